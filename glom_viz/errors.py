@@ -1,0 +1,25 @@
+"""One exception type per kind of failure a user can meet. All are ValueErrors, caught at the edge."""
+
+
+class GlomInputError(ValueError):
+    """An image or state tensor that the model cannot take (wrong size, channels, non-finite)."""
+
+
+class ConfigError(ValueError):
+    """A model or training configuration that cannot work."""
+
+
+class StatesError(ValueError):
+    """States, grids or clustering settings the islands engine cannot use."""
+
+
+class ImageLoadError(ValueError):
+    """An uploaded file that is not a usable image."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not data we can load, or does not fit the model."""
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be written (for example: no browser for static images)."""
