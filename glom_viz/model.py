@@ -1,0 +1,420 @@
+"""GLOM: a drop-in for glom-pytorch 0.0.14 that steps through its iterations and runs near the CPU's limit.
+
+Parameter names and shapes are glom-pytorch's own, so its state dicts load with ``strict=True`` and give
+the same states. The arithmetic differs in layout only: the bottom-up and top-down nets of every level
+run as one batched matrix product per layer (``(2L - 1)`` groups), and under autocast their weights
+are cast once per forward instead of once per iteration. Columns' states stay fp32 between steps,
+so bf16 rounding does not pile up over the iterations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from einops.layers.torch import Rearrange
+from torch import nn
+
+from glom_viz.errors import ConfigError, GlomInputError
+
+# glom-pytorch replaces a column's similarity to itself by this value when consensus_self is False
+TOKEN_ATTEND_SELF_VALUE = -5e-4
+CONTRIBUTIONS = ("previous", "bottom_up", "top_down", "consensus")
+LEVEL_NORMS = ("none", "layernorm", "l2")
+FEEDFORWARD_MULT = 4
+
+
+@dataclass(frozen=True)
+class GlomConfig:
+    """Everything that fixes a GLOM's shape and its update rule.
+
+    The first six fields are glom-pytorch's constructor arguments. The rest are glom-viz's options for
+    making islands form; their defaults give glom-pytorch's behaviour exactly and add no parameters.
+    """
+
+    dim: int = 512
+    levels: int = 6
+    image_size: int = 224
+    patch_size: int = 14
+    consensus_self: bool = False
+    local_consensus_radius: float = 0
+    # similarity scale inside the consensus softmax; None is glom-pytorch's dim ** -0.5
+    attention_scale: float | None = None
+    # normalise the queries too, making the consensus a pure cosine attention
+    consensus_cosine: bool = False
+    # weights of (previous, bottom_up, top_down, consensus) in the update; None is the plain mean
+    contribution_weights: tuple[float, float, float, float] | None = None
+    # applied to every level after each update: "none", "layernorm" (no affine) or "l2" (unit vectors)
+    level_norm: str = "none"
+    # a local consensus radius per level (in patches; 0 = global), overriding local_consensus_radius
+    consensus_radii: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.dim < 1 or self.levels < 2 or self.patch_size < 1 or self.image_size < 1:
+            raise ConfigError(
+                f"dim, image_size and patch_size must be positive and levels at least 2 "
+                f"(got dim={self.dim}, levels={self.levels}, image_size={self.image_size}, "
+                f"patch_size={self.patch_size})"
+            )
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}: "
+                f"pick an image_size that is a multiple of the patch size, for example "
+                f"{(self.image_size // self.patch_size) * self.patch_size or self.patch_size}"
+            )
+        if self.level_norm not in LEVEL_NORMS:
+            raise ConfigError(f"level_norm must be one of {LEVEL_NORMS}, got {self.level_norm!r}")
+        if self.contribution_weights is not None:
+            weights = tuple(float(w) for w in self.contribution_weights)
+            if len(weights) != 4 or min(weights) < 0 or weights[0] + weights[1] + weights[3] <= 0:
+                raise ConfigError(
+                    "contribution_weights must be four non-negative numbers for (previous, bottom_up, "
+                    f"top_down, consensus), not all of the top level's zero; got {self.contribution_weights}"
+                )
+            object.__setattr__(self, "contribution_weights", weights)
+        if self.consensus_radii is not None:
+            radii = tuple(float(r) for r in self.consensus_radii)
+            if len(radii) != self.levels or min(radii) < 0:
+                raise ConfigError(
+                    f"consensus_radii needs one non-negative radius per level ({self.levels}), "
+                    f"got {self.consensus_radii}"
+                )
+            object.__setattr__(self, "consensus_radii", radii)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return side, side
+
+    @property
+    def num_patches(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GlomConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown GLOM config fields {unknown}; known fields are {sorted(known)}")
+        values = dict(values)
+        for key in ("contribution_weights", "consensus_radii"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass
+class GlomStep:
+    """One step of GLOM's settling.
+
+    levels: (b, patches, levels, dim), the columns after this step (step 0 is the initial state).
+    contributions: on request, name -> (b, patches, len(which_levels), dim): the four things this step
+        averaged (previous, bottom_up, top_down, consensus); None at step 0 and when not asked.
+    attention: on request, (b, len(which_levels), patches, patches) consensus attention weights.
+    """
+
+    step: int
+    levels: torch.Tensor
+    contributions: dict[str, torch.Tensor] | None = None
+    attention: torch.Tensor | None = None
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def patch_distances(side: int) -> torch.Tensor:
+    """(n, n) Euclidean distances between patch centres on a side x side grid, row-major."""
+    coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).float()
+    coords = rearrange(coords, "c h w -> (h w) c")
+    return torch.cdist(coords, coords)
+
+
+class GroupedFeedForward(nn.Module):
+    """One two-layer MLP per level, held as glom-pytorch holds it (grouped 1x1 convolutions).
+
+    The convolutions define the parameter names and layout; the forward runs them as batched matrix
+    products, which is the same arithmetic, and lets ``Glom`` fuse bottom-up and top-down into one.
+    """
+
+    def __init__(self, *, dim: int, groups: int, mult: int = FEEDFORWARD_MULT):
+        super().__init__()
+        total_dim = dim * groups
+        self.dim, self.groups, self.mult = dim, groups, mult
+        self.net = nn.Sequential(
+            Rearrange("b n l d -> b (l d) n"),
+            nn.Conv1d(total_dim, total_dim * mult, 1, groups=groups),
+            nn.GELU(),
+            nn.Conv1d(total_dim * mult, total_dim, 1, groups=groups),
+            Rearrange("b (l d) n -> b n l d", l=groups),
+        )
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(groups, d, hidden), (groups, 1, hidden), (groups, hidden, d), (groups, 1, d), ready for baddbmm."""
+        d, g, hidden = self.dim, self.groups, self.dim * self.mult
+        w_in = rearrange(self.net[1].weight, "(g e) d 1 -> g d e", g=g)
+        b_in = rearrange(self.net[1].bias, "(g e) -> g () e", g=g)
+        w_out = rearrange(self.net[3].weight, "(g d) e 1 -> g e d", g=g)
+        b_out = rearrange(self.net[3].bias, "(g d) -> g () d", g=g)
+        assert w_in.shape == (g, d, hidden) and w_out.shape == (g, hidden, d)
+        return w_in, b_in, w_out, b_out
+
+    def forward(self, levels: torch.Tensor) -> torch.Tensor:
+        """(b, n, groups, d) -> (b, n, groups, d)."""
+        b, n = levels.shape[:2]
+        x = rearrange(levels, "b n g d -> g (b n) d")
+        out = fused_feedforward(x, *self.weights())
+        return rearrange(out, "g (b n) d -> b n g d", b=b, n=n)
+
+
+def fused_feedforward(x, w_in, b_in, w_out, b_out):
+    """(g, m, d) -> (g, m, d): g independent MLPs, each a batched matmul, GELU, batched matmul."""
+    hidden = F.gelu(torch.baddbmm(b_in, x, w_in))
+    return torch.baddbmm(b_out, hidden, w_out)
+
+
+class ConsensusAttention(nn.Module):
+    """Attention of every column to the same level of the other columns; keys are unit vectors."""
+
+    def __init__(self, num_patches_side: int, attend_self: bool = True, local_consensus_radius: float = 0,
+                 consensus_radii: tuple[float, ...] | None = None):
+        super().__init__()
+        self.attend_self = attend_self
+        self.local_consensus_radius = local_consensus_radius
+        distances = patch_distances(num_patches_side)
+        if local_consensus_radius > 0:
+            # persistent, as in glom-pytorch, so that its state dicts load strictly
+            self.register_buffer("non_local_mask", rearrange(distances > local_consensus_radius, "i j -> () i j"))
+        if consensus_radii is not None:
+            radii = torch.tensor(consensus_radii).view(-1, 1, 1)
+            per_level = (distances[None] > radii) & (radii > 0)
+            self.register_buffer("non_local_mask_per_level", per_level, persistent=False)
+
+    def mask(self) -> torch.Tensor | None:
+        """(levels or 1, n, n) True where a column may not attend, or None."""
+        if hasattr(self, "non_local_mask_per_level"):
+            return self.non_local_mask_per_level
+        if self.local_consensus_radius > 0:
+            return self.non_local_mask
+        return None
+
+
+class Glom(nn.Module):
+    """GLOM's columns of levels, settling by bottom-up, top-down, previous value and consensus.
+
+    Same constructor and forward as ``glom_pytorch.Glom`` (0.0.14); see ``GlomConfig`` for the options.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int = 512,
+        levels: int = 6,
+        image_size: int = 224,
+        patch_size: int = 14,
+        consensus_self: bool = False,
+        local_consensus_radius: float = 0,
+        **extensions,
+    ):
+        super().__init__()
+        self.config = GlomConfig(
+            dim=dim, levels=levels, image_size=image_size, patch_size=patch_size,
+            consensus_self=consensus_self, local_consensus_radius=local_consensus_radius, **extensions,
+        )
+        side = image_size // patch_size
+        self.levels = levels  # glom-pytorch's attribute: the number of levels
+        self.image_to_tokens = nn.Sequential(
+            Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size),
+            nn.Linear(patch_size ** 2 * 3, dim),
+        )
+        self.pos_emb = nn.Embedding(side * side, dim)
+        self.init_levels = nn.Parameter(torch.randn(levels, dim))
+        self.bottom_up = GroupedFeedForward(dim=dim, groups=levels)
+        self.top_down = GroupedFeedForward(dim=dim, groups=levels - 1)
+        self.attention = ConsensusAttention(
+            side, attend_self=consensus_self, local_consensus_radius=local_consensus_radius,
+            consensus_radii=self.config.consensus_radii,
+        )
+        self.register_buffer("update_weights", self._update_weights(), persistent=False)
+        self._cast_cache: tuple | None = None
+
+    @classmethod
+    def from_config(cls, config: GlomConfig) -> "Glom":
+        return cls(**config.to_dict())
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.config.grid
+
+    @property
+    def num_patches(self) -> int:
+        return self.config.num_patches
+
+    def _update_weights(self) -> torch.Tensor:
+        """(4, levels): each contribution's weight in the mean; the top level has no top-down."""
+        w = torch.tensor(self.config.contribution_weights or (1.0, 1.0, 1.0, 1.0)).view(4, 1).repeat(1, self.levels)
+        w[2, -1] = 0.0
+        return w / w.sum(dim=0, keepdim=True)
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def _check_image(self, img: torch.Tensor) -> None:
+        size = self.config.image_size
+        if not isinstance(img, torch.Tensor):
+            raise GlomInputError(f"expected an image tensor (b, 3, {size}, {size}), got {type(img).__name__}")
+        if img.ndim != 4 or img.shape[1] != 3 or tuple(img.shape[2:]) != (size, size):
+            raise GlomInputError(
+                f"expected images of shape (b, 3, {size}, {size}), got {tuple(img.shape)}: "
+                f"resize to {size} px square with 3 colour channels (glom_viz.images.to_model_input does)"
+            )
+        if not img.is_floating_point():
+            raise GlomInputError(f"expected a floating point image, got {img.dtype}: divide uint8 pixels by 255")
+        if not torch.isfinite(img).all():
+            raise GlomInputError("the image holds NaN or Inf values: only finite pixel values can be encoded")
+
+    def _check_levels(self, levels: torch.Tensor, b: int) -> None:
+        expected = (b, self.num_patches, self.config.levels, self.config.dim)
+        if tuple(levels.shape) != expected:
+            raise GlomInputError(
+                f"levels to continue from must have shape (b, patches, levels, dim) = {expected}, "
+                f"got {tuple(levels.shape)}: pass the output of a forward of this model on {b} image(s)"
+            )
+        if not torch.isfinite(levels).all():
+            raise GlomInputError("the levels to continue from hold NaN or Inf values")
+
+    # -- the update -----------------------------------------------------------------------------
+
+    def _feedforward_weights(self, dtype: torch.dtype):
+        """Bottom-up and top-down weights stacked as (2L - 1) groups, cast to the compute dtype once.
+
+        Under no_grad / inference the cast weights are kept until a parameter changes.
+        """
+        params = (self.bottom_up.net[1].weight, self.bottom_up.net[3].weight,
+                  self.top_down.net[1].weight, self.top_down.net[3].weight)
+        cacheable = not torch.is_grad_enabled()
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in params)) if cacheable else None
+        if cacheable and self._cast_cache is not None and self._cast_cache[0] == key:
+            return self._cast_cache[1]
+        stacked = tuple(
+            torch.cat((bottom_up, top_down)).to(dtype)
+            for bottom_up, top_down in zip(self.bottom_up.weights(), self.top_down.weights())
+        )
+        if cacheable:
+            self._cast_cache = (key, stacked)
+        return stacked
+
+    def _consensus(self, levels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """levels (L, b, n, d) fp32 -> consensus (L, b, n, d) fp32, attention (L, b, n, n) fp32."""
+        config = self.config
+        n, d = levels.shape[2], levels.shape[3]
+        keys = F.normalize(levels, dim=-1)
+        queries = keys if config.consensus_cosine else levels
+        scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
+        sim = torch.matmul(queries.to(dtype), keys.to(dtype).transpose(-1, -2)).float() * scale
+        if not config.consensus_self:
+            sim.diagonal(dim1=-2, dim2=-1).fill_(TOKEN_ATTEND_SELF_VALUE)
+        mask = self.attention.mask()
+        if mask is not None:
+            sim = sim.masked_fill(rearrange(mask, "l i j -> l () i j"), -torch.finfo(sim.dtype).max)
+        attention = sim.softmax(dim=-1)
+        consensus = torch.matmul(attention.to(dtype), levels.to(dtype)).float()
+        return consensus, attention
+
+    def _normalize(self, levels: torch.Tensor) -> torch.Tensor:
+        if self.config.level_norm == "layernorm":
+            return F.layer_norm(levels, levels.shape[-1:])
+        if self.config.level_norm == "l2":
+            return F.normalize(levels, dim=-1)
+        return levels
+
+    def iterate(
+        self,
+        img: torch.Tensor,
+        iters: int | None = None,
+        levels: torch.Tensor | None = None,
+        *,
+        contributions: bool = False,
+        attention: bool = False,
+        which_levels: list[int] | None = None,
+    ) -> Iterator[GlomStep]:
+        """Yield GLOM's state step by step, as each step is computed.
+
+        Args:
+            img: (b, 3, image_size, image_size) float images.
+            iters: number of updates; default levels * 2, so information can travel up and back down.
+            levels: (b, patches, levels, dim) columns to continue from (a previous frame's output).
+            contributions: also yield the four contributions of each step (large: 4x the states).
+            attention: also yield the consensus attention weights (patches x patches per level).
+            which_levels: the levels whose contributions and attention are kept; default all.
+
+        Yields:
+            GlomStep for step 0 (the initial state) up to step iters.
+        """
+        config = self.config
+        L, d = config.levels, config.dim
+        iters = L * 2 if iters is None else int(iters)
+        if iters < 0:
+            raise GlomInputError(f"iters must be 0 or more, got {iters}")
+        self._check_image(img)
+        b, device = img.shape[0], img.device
+        kept = list(range(L)) if which_levels is None else [int(l) for l in which_levels]
+        if any(not 0 <= l < L for l in kept):
+            raise GlomInputError(f"which_levels must lie in 0..{L - 1}, got {which_levels}")
+
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+        w_in, b_in, w_out, b_out = self._feedforward_weights(dtype)
+        update_weights = rearrange(self.update_weights, "c l -> c l () () ()")
+
+        tokens = self.image_to_tokens(img).float()  # (b, n, d)
+        n = tokens.shape[1]
+        pos = self.pos_emb.weight[:n].float()  # (n, d), given to the top-down nets
+
+        if levels is None:
+            state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=n)
+        else:
+            self._check_levels(levels, b)
+            state = rearrange(levels.float(), "b n l d -> l b n d")
+        yield GlomStep(0, rearrange(state, "l b n d -> b n l d"))
+
+        for step in range(1, iters + 1):
+            # groups 0..L-1: bottom-up into level l from level l-1 (the patch tokens below level 0);
+            # groups L..2L-2: top-down into level l from level l+1, with position
+            ff_in = torch.cat((tokens[None], state[:-1], state[1:] + pos))
+            ff_out = fused_feedforward(rearrange(ff_in, "g b n d -> g (b n) d").to(dtype), w_in, b_in, w_out, b_out)
+            ff_out = rearrange(ff_out.float(), "g (b n) d -> g b n d", b=b)
+            bottom_up = ff_out[:L]
+            top_down = F.pad(ff_out[L:], (0, 0, 0, 0, 0, 0, 0, 1))  # the top level gets none
+            consensus, attention_weights = self._consensus(state, dtype)
+            previous = state
+            state = torch.stack((previous, bottom_up, top_down, consensus)).mul(update_weights).sum(dim=0)
+            state = self._normalize(state)
+
+            step_contributions = step_attention = None
+            if contributions:
+                step_contributions = {
+                    name: rearrange(part[kept], "l b n d -> b n l d")
+                    for name, part in zip(CONTRIBUTIONS, (previous, bottom_up, top_down, consensus))
+                }
+            if attention:
+                step_attention = rearrange(attention_weights[kept], "l b i j -> b l i j")
+            yield GlomStep(step, rearrange(state, "l b n d -> b n l d"), step_contributions, step_attention)
+
+    def forward(self, img: torch.Tensor, iters: int | None = None, levels: torch.Tensor | None = None,
+                return_all: bool = False) -> torch.Tensor:
+        """(b, 3, s, s) -> (b, patches, levels, dim), or (iters + 1, b, patches, levels, dim) with return_all."""
+        if return_all:
+            return torch.stack([step.levels for step in self.iterate(img, iters, levels)])
+        last = None
+        for last in self.iterate(img, iters, levels):
+            pass
+        return last.levels
