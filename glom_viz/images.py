@@ -1,0 +1,477 @@
+"""Hostile uploads checked before decoding; any picture turned into the model's input.
+
+Every upload goes through the same gate, cheapest check first, and nothing is decoded until the
+header has been read and found within ``LIMITS``:
+
+1. empty file, file larger than ``LIMITS.max_upload_bytes``;
+2. the format sniffed from the magic bytes (PNG, JPEG, WebP, BMP, TIFF, GIF); anything else is named
+   (SVG, HTML, text, PDF, HEIC, ...) and refused, whatever the file name says;
+3. the dimensions from the header (``Image.open`` is lazy): zero, more than ``LIMITS.max_pixels``
+   (a decompression bomb), a side above ``LIMITS.max_side``, an aspect ratio above
+   ``LIMITS.max_aspect``;
+4. decoding, with Pillow's own bomb guard left on and truncated files not tolerated; every failure of
+   Pillow's decoders becomes an ``ImageLoadError``.
+
+Odd but valid pictures come out as plain RGB: 16-bit, CMYK, palette, greyscale, 1-bit, transparency
+(composited on white), EXIF orientation applied, the first frame of an animation (``load_frames``
+gives them all). Images smaller than ``LIMITS.small_side`` are accepted with a note that the model
+will see them upscaled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from glom_viz.errors import ImageLoadError
+
+FITS = ("crop", "pad", "stretch")
+PAD_RGB = (255, 255, 255)  # padding and transparency both become white: a plain, neutral background
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+# The formats we decode, by magic bytes. The value is Pillow's format name.
+RASTER_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+SNIFF_BYTES = 512  # enough of the head of a file to tell what it is
+
+# Whatever Pillow's decoders raise on malformed bytes. Pillow parses untrusted input with many
+# plugins, and each reports damage its own way; all of them mean "not a usable image".
+DECODE_FAILURES = (
+    OSError,  # truncated data, broken streams, "cannot identify image file"
+    SyntaxError,  # malformed headers (PNG chunks, GIF, TIFF tags)
+    ValueError,  # impossible sizes or modes, oversized text chunks
+    EOFError,  # frames that end early
+    struct.error,  # short header fields
+    IndexError,  # tables (palettes, TIFF tags) shorter than they claim
+    KeyError,  # unknown modes or tags
+    TypeError,  # tag values of the wrong kind
+    ZeroDivisionError,  # zero resolutions or strides in headers
+    OverflowError,  # header fields that do not fit C types
+    Image.DecompressionBombError,  # Pillow's own guard, if its limit is set below ours
+)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an upload may be. Raise them for a private server (see docs/LIMITS.md)."""
+
+    max_upload_bytes: int = 20 * 2**20  # 20 MiB, as the app's server.maxUploadSize
+    max_pixels: int = 40_000_000  # 40 MP; Pillow warns at 89 MP and refuses at 179 MP
+    max_side: int = 16_384
+    max_aspect: float = 20.0  # long side / short side
+    min_side: int = 1  # a header claiming 0 pixels is refused
+    small_side: int = 32  # below this, accepted with a note that the model sees it upscaled
+    max_frames: int = 64  # frames read from one animation; later ones are dropped with a note
+    max_sequence_pixels: int = 40_000_000  # all frames of a sequence together
+
+
+LIMITS = ImageLimits()
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded upload: ``rgb`` (H, W, 3) uint8, what to tell the user, and the file's sha256."""
+
+    rgb: np.ndarray
+    name: str
+    note: str | None
+    sha256: str
+    format: str = ""
+    frame: int = 0
+
+
+def load_image(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> LoadedImage:
+    """Check an uploaded file before decoding it, then decode its first frame to RGB.
+
+    Args:
+        data: the file's bytes, exactly as uploaded.
+        name: the file name, only used in messages.
+        limits: the limits to check against (``LIMITS`` unless a private server raises them).
+
+    Returns:
+        ``LoadedImage`` with ``rgb`` (H, W, 3) uint8 and a ``note`` saying what was done to it
+        (bit depth reduced, transparency composited, rotated, first of several frames, tiny), or
+        ``None`` when it was a plain RGB picture.
+
+    Raises:
+        ImageLoadError: with a sentence saying what is wrong with the file and what to do.
+    """
+    label = _label(name)
+    image, fmt = _open_checked(data, label, limits)
+    n_frames = _frame_count(image, label)
+    rgb, notes = _decode_frame(image, label, upright=True)
+    if n_frames > 1:
+        notes.append(f"first of {n_frames} frames shown (load the frames as a sequence to see all)")
+    notes += _size_notes(rgb, limits)
+    return LoadedImage(rgb=rgb, name=name, note=_join(notes), sha256=_sha256(data), format=fmt)
+
+
+def load_frames(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> list[LoadedImage]:
+    """All frames of an animated GIF, WebP, PNG or multi-page TIFF, each checked like an upload.
+
+    A still image gives one frame. At most ``limits.max_frames`` frames and
+    ``limits.max_sequence_pixels`` pixels in all are read; the rest are dropped with a note on the
+    last frame kept.
+
+    Returns:
+        list of ``LoadedImage`` (``frame`` = index in the file), all with the file's sha256.
+
+    Raises:
+        ImageLoadError: the file, or any frame of it, cannot be used.
+    """
+    label = _label(name)
+    image, fmt = _open_checked(data, label, limits)
+    n_frames = _frame_count(image, label)
+    digest = _sha256(data)
+    frames: list[LoadedImage] = []
+    total_pixels = 0
+    for index in range(n_frames):
+        if index == limits.max_frames:
+            break
+        try:
+            image.seek(index)
+        except DECODE_FAILURES as error:
+            raise ImageLoadError(
+                f"{label}: frame {index + 1} of {n_frames} is damaged ({_reason(error)}); "
+                "re-export the animation or upload a single frame"
+            ) from error
+        width, height = image.size
+        _check_dimensions(width, height, f"{label} (frame {index + 1})", limits)
+        if total_pixels + width * height > limits.max_sequence_pixels:
+            break
+        total_pixels += width * height
+        rgb, notes = _decode_frame(image, label, upright=index == 0)
+        notes += _size_notes(rgb, limits)
+        frames.append(LoadedImage(rgb=rgb, name=name, note=_join(notes), sha256=digest, format=fmt,
+                                  frame=index))
+    if len(frames) < n_frames:
+        last = frames[-1]
+        dropped = (f"only the first {len(frames)} of {n_frames} frames were read (limit: "
+                   f"{limits.max_frames} frames, {limits.max_sequence_pixels:,} pixels in all)")
+        frames[-1] = LoadedImage(rgb=last.rgb, name=name, note=_join([n for n in (last.note, dropped) if n]),
+                                 sha256=digest, format=fmt, frame=last.frame)
+    return frames
+
+
+def to_model_input(rgb: np.ndarray, image_size: int, fit: str = "crop") -> tuple[torch.Tensor, np.ndarray, str]:
+    """Turn a picture into the model's input: square, ``image_size`` pixels, values in [0, 1].
+
+    Args:
+        rgb: (H, W, 3) uint8.
+        image_size: S, the model's ``image_size``.
+        fit: ``"crop"`` (centre crop to a square, the default), ``"pad"`` (pad to a square with
+            white) or ``"stretch"`` (resize without keeping the aspect ratio).
+
+    Returns:
+        ``(tensor (1, 3, S, S) float32 in [0, 1], shown (S, S, 3) uint8, info)``: ``shown`` is what
+        the model sees, ``info`` says how it was made, e.g. ``"cropped 640x427 to 427x427, resized
+        to 64x64"``.
+    """
+    if fit not in FITS:
+        raise ImageLoadError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ImageLoadError(f"image_size must be a positive integer, not {image_size!r}")
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
+        raise ImageLoadError(
+            f"expected an RGB picture as a (H, W, 3) uint8 array, got {rgb.dtype} {tuple(rgb.shape)}; "
+            "use load_image(...).rgb"
+        )
+    height, width = rgb.shape[:2]
+    size = int(image_size)
+    picture = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    steps = []
+    if fit == "crop" and width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        picture = picture.crop((left, top, left + side, top + side))
+        steps.append(f"cropped {width}x{height} to {side}x{side}")
+    elif fit == "pad" and width != height:
+        side = max(width, height)
+        square = Image.new("RGB", (side, side), PAD_RGB)
+        square.paste(picture, ((side - width) // 2, (side - height) // 2))
+        picture = square
+        steps.append(f"padded {width}x{height} to {side}x{side} with white")
+    if picture.size != (size, size):
+        before = "x".join(map(str, picture.size))
+        picture = picture.resize((size, size), Image.Resampling.LANCZOS)
+        if fit == "stretch" and width != height:
+            steps.append(f"stretched {before} to {size}x{size}")
+        elif steps:
+            steps.append(f"resized to {size}x{size}")
+        else:
+            steps.append(f"resized {before} to {size}x{size}")
+    if not steps:
+        steps.append(f"used as is ({size}x{size})")
+    shown = np.asarray(picture, dtype=np.uint8).copy()
+    tensor = torch.from_numpy(shown).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return tensor, shown, ", ".join(steps)
+
+
+def sample_images() -> dict[str, np.ndarray]:
+    """Pictures that ship inside scikit-learn and scikit-image, (H, W, 3) uint8 each; no network."""
+    from skimage import data as skimage_data
+    from sklearn.datasets import load_sample_image
+
+    return {
+        "china": load_sample_image("china.jpg"),
+        "flower": load_sample_image("flower.jpg"),
+        "astronaut": skimage_data.astronaut(),
+        "coffee": skimage_data.coffee(),
+        "chelsea": skimage_data.chelsea(),
+    }
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Pillow's format name for a raster file we decode, from its first bytes; None otherwise."""
+    for magic, fmt in RASTER_MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def describe_content(head: bytes) -> str:
+    """What a file that is not one of our raster formats looks like it is, for the message."""
+    if head[:4] == b"RIFF" and head[8:12] != b"WEBP":
+        return "a RIFF file that is not WebP (audio or video?)"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
+            return "a HEIC/HEIF photo"
+        if brand in (b"avif", b"avis"):
+            return "an AVIF image"
+        return "an MP4/QuickTime video"
+    binary = {
+        b"%PDF": "a PDF document",
+        b"PK\x03\x04": "a ZIP archive (or an Office document)",
+        b"\x1f\x8b": "a gzip archive",
+        b"\x00\x00\x01\x00": "a Windows icon (ICO)",
+        b"8BPS": "a Photoshop document",
+        b"\x00\x00\x00\x0cjP  ": "a JPEG 2000 image",
+        b"\xff\x0a": "a JPEG XL image",
+        b"\x80": "a Python pickle",
+        b"\x7fELF": "a program (ELF)",
+        b"MZ": "a Windows program",
+    }
+    for magic, what in binary.items():
+        if head.startswith(magic):
+            return what
+    text = _as_text(head)
+    if text is None:
+        return "not an image in any format we know"
+    lowered = text.lstrip("\ufeff \t\r\n").lower()
+    if "<svg" in lowered or lowered.startswith("<?xml") and "svg" in lowered:
+        return "an SVG drawing (XML text), not a raster image"
+    if lowered.startswith(("<!doctype html", "<html", "<head", "<body")) or "<html" in lowered:
+        return "an HTML page, not an image"
+    if lowered.startswith("<?xml"):
+        return "an XML text file, not an image"
+    if lowered.startswith(("{", "[")):
+        return "a JSON text file, not an image"
+    return "a text file, not an image"
+
+
+def _open_checked(data: bytes, label: str, limits: ImageLimits) -> tuple[Image.Image, str]:
+    """Steps 1-3 of the gate: size, format by magic bytes, header dimensions. Nothing decoded yet."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageLoadError(f"{label}: expected the file's bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) == 0:
+        raise ImageLoadError(f"{label} is empty (0 bytes): upload the image file again")
+    if len(data) > limits.max_upload_bytes:
+        raise ImageLoadError(
+            f"{label} is {_megabytes(len(data))}, above the {_megabytes(limits.max_upload_bytes)} "
+            "upload limit: save it smaller (JPEG, or fewer pixels) and upload that"
+        )
+    head = data[:SNIFF_BYTES]
+    fmt = sniff_format(head)
+    if fmt is None:
+        raise ImageLoadError(
+            f"{label} is {describe_content(head)}: upload a {FORMAT_NAMES} file "
+            "(export or screenshot it as PNG)"
+        )
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(
+            f"{label} claims more pixels than Pillow will decode ({_reason(error)}), far above our "
+            f"limit of {limits.max_pixels:,} pixels: a decompression bomb or a huge scan; upload a "
+            "smaller image"
+        ) from error
+    except DECODE_FAILURES as error:
+        raise ImageLoadError(
+            f"{label} starts like a {fmt} file but its header is damaged ({_reason(error)}): "
+            "open it in an image editor and save it again"
+        ) from error
+    _check_dimensions(width, height, label, limits)
+    return image, fmt
+
+
+def _check_dimensions(width: int, height: int, label: str, limits: ImageLimits) -> None:
+    """Header dimensions against the limits, before a single pixel is decoded."""
+    if min(width, height) < limits.min_side:
+        raise ImageLoadError(f"{label} claims to be {width}x{height} pixels, which has no pixels to show: "
+                             "the file is damaged; save it again")
+    if width * height > limits.max_pixels:
+        raise ImageLoadError(
+            f"{label} is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{limits.max_pixels:,} (a decompression bomb, or a very large scan): resize it to a "
+            "few megapixels and upload that"
+        )
+    if max(width, height) > limits.max_side:
+        raise ImageLoadError(
+            f"{label} is {width}x{height} pixels; sides are limited to {limits.max_side:,}: resize it"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > limits.max_aspect:
+        raise ImageLoadError(
+            f"{label} is {width}x{height} pixels, an aspect ratio of {aspect:.0f}:1 (limit "
+            f"{limits.max_aspect:.0f}:1): the model sees a square, so crop the part you want first"
+        )
+
+
+def _decode_frame(image: Image.Image, label: str, upright: bool) -> tuple[np.ndarray, list[str]]:
+    """Decode the current frame to (H, W, 3) uint8 and list what was done to it.
+
+    ``upright``: apply the EXIF orientation (only the first frame of a file carries it).
+    """
+    notes: list[str] = []
+    try:
+        image.load()
+        frame = _exif_upright(image, notes) if upright else image.copy()
+        rgb = _to_rgb(frame, notes)
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(
+            f"{label} is larger than Pillow will decode ({_reason(error)}): upload a smaller image"
+        ) from error
+    except DECODE_FAILURES as error:
+        raise ImageLoadError(
+            f"{label} could not be decoded ({_reason(error)}): the file is truncated or damaged; "
+            "upload it again or save it again from an image editor"
+        ) from error
+    return rgb, notes
+
+
+def _exif_upright(image: Image.Image, notes: list[str]) -> Image.Image:
+    """The frame turned as its EXIF orientation says; a broken EXIF block is ignored with a note."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+        upright = ImageOps.exif_transpose(image)
+    except DECODE_FAILURES:
+        notes.append("its EXIF block is damaged, so any rotation it records was not applied")
+        return image.copy()
+    if orientation not in (None, 1) and upright is not None:
+        notes.append(f"rotated upright as its EXIF orientation ({orientation}) says")
+        return upright
+    return image.copy()
+
+
+def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
+    """Any Pillow mode to (H, W, 3) uint8; transparency composited on white."""
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        grey = _high_depth_to_8bit(np.asarray(image), mode, notes)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "CMYK":
+        notes.append("CMYK colours converted to RGB (approximate, no colour profile)")
+    if mode == "P" and "transparency" in image.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba)[:, :, 3]
+        if alpha.min() < 255:
+            notes.append("transparent areas composited on white")
+        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        image = Image.alpha_composite(background, rgba)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def _high_depth_to_8bit(values: np.ndarray, mode: str, notes: list[str]) -> np.ndarray:
+    """16-bit, 32-bit integer or float greyscale to uint8 (H, W)."""
+    values = values.astype(np.float64)
+    if mode.startswith("I;16"):
+        notes.append("16-bit greyscale reduced to 8 bits")
+        return np.round(values / 257.0).astype(np.uint8)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.nan_to_num(values, nan=0.0, posinf=high, neginf=low)
+    if 0.0 <= low and high <= 255.0 and mode == "I":
+        return np.round(values).astype(np.uint8)
+    if 0.0 <= low and high <= 65535.0 and mode == "I":
+        notes.append("16-bit greyscale reduced to 8 bits")
+        return np.round(values / 257.0).astype(np.uint8)
+    if 0.0 <= low and high <= 1.0 and mode == "F":
+        return np.round(values * 255.0).astype(np.uint8)
+    notes.append(f"{'32-bit' if mode == 'I' else 'floating-point'} values {low:g}..{high:g} stretched to 0..255")
+    span = high - low if high > low else 1.0
+    return np.round((values - low) / span * 255.0).astype(np.uint8)
+
+
+def _size_notes(rgb: np.ndarray, limits: ImageLimits) -> list[str]:
+    height, width = rgb.shape[:2]
+    if min(height, width) < limits.small_side:
+        return [f"only {width}x{height} pixels: the model will see it upscaled, with little detail"]
+    return []
+
+
+def _frame_count(image: Image.Image, label: str) -> int:
+    """How many frames the file holds (GIF counts them by reading the whole file)."""
+    try:
+        return max(1, int(getattr(image, "n_frames", 1) or 1))
+    except DECODE_FAILURES as error:
+        raise ImageLoadError(
+            f"{label} could not be read to its end ({_reason(error)}): the file is truncated or "
+            "damaged; upload it again or save it again from an image editor"
+        ) from error
+
+
+def _as_text(head: bytes) -> str | None:
+    """The head of a file as text if it reads as UTF-8/ASCII (a cut multi-byte tail is fine)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:
+            return None
+        text = head[: error.start].decode("utf-8")
+    printable = sum(ch.isprintable() or ch in "\t\r\n" for ch in text)
+    return text if text and printable >= 0.95 * len(text) else None
+
+
+def _label(name: str) -> str:
+    return f"'{name}'" if name else "the file"
+
+
+def _join(notes: list[str]) -> str | None:
+    return "; ".join(notes) if notes else None
+
+
+def _reason(error: BaseException) -> str:
+    """Pillow's own words, short, without object addresses."""
+    text = OBJECT_REPR.sub("", str(error)).strip() or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MB"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
