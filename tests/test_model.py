@@ -1,0 +1,226 @@
+"""glom_viz.Glom against the reference, glom-pytorch 0.0.14: same parameters, same states, same API."""
+
+import pathlib
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+glom_pytorch = pytest.importorskip("glom_pytorch")
+
+from glom_viz import ConfigError, Glom, GlomConfig, GlomInputError  # noqa: E402
+
+SEED_README = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seed" / "glom-pytorch-README.md"
+
+CONFIGS = [
+    dict(dim=32, levels=3, image_size=32, patch_size=8),
+    dict(dim=24, levels=4, image_size=30, patch_size=5, local_consensus_radius=1.5),  # odd sizes, local
+    dict(dim=16, levels=2, image_size=16, patch_size=4, consensus_self=True),
+    dict(dim=40, levels=5, image_size=21, patch_size=7, consensus_self=True, local_consensus_radius=1),
+]
+
+
+def twins(config, seed=0):
+    """A glom-pytorch model and ours holding the same weights."""
+    torch.manual_seed(seed)
+    reference = glom_pytorch.Glom(**config)
+    ours = Glom(**config)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_states_match_glom_pytorch(config):
+    reference, ours = twins(config)
+    img = torch.randn(2, 3, config["image_size"], config["image_size"])
+    expected = reference(img, iters=4, return_all=True)
+    got = ours(img, iters=4, return_all=True)
+    assert got.shape == expected.shape == (5, 2, ours.num_patches, config["levels"], config["dim"])
+    assert relative_error(got, expected) < 1e-4
+    # continuation through levels=, as for consecutive frames
+    img2 = torch.randn_like(img)
+    assert relative_error(ours(img2, levels=got[-1], iters=3), reference(img2, levels=expected[-1], iters=3)) < 1e-4
+
+
+def test_state_dict_names_and_shapes_are_glom_pytorch_s():
+    for config in CONFIGS:
+        reference, ours = twins(config)
+        ref_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+        our_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+        assert our_shapes == ref_shapes
+
+
+def test_default_iterations_and_shapes():
+    _, ours = twins(CONFIGS[0])
+    img = torch.randn(1, 3, 32, 32)
+    assert ours(img).shape == (1, 16, 3, 32)
+    assert ours(img, return_all=True).shape == (3 * 2 + 1, 1, 16, 3, 32)
+    assert ours(img, iters=0, return_all=True).shape == (1, 1, 16, 3, 32)
+
+
+def test_iterate_equals_forward_return_all():
+    _, ours = twins(CONFIGS[1])
+    img = torch.randn(2, 3, 30, 30)
+    steps = list(ours.iterate(img, iters=5))
+    assert [s.step for s in steps] == list(range(6))
+    assert torch.equal(torch.stack([s.levels for s in steps]), ours(img, iters=5, return_all=True))
+    # step 0: every column holds the same initial vector per level
+    assert torch.allclose(steps[0].levels, ours.init_levels.expand_as(steps[0].levels))
+
+
+def test_contributions_rebuild_the_step_and_attention_is_a_distribution():
+    _, ours = twins(CONFIGS[1])
+    img = torch.randn(1, 3, 30, 30)
+    steps = list(ours.iterate(img, iters=3, contributions=True, attention=True))
+    assert steps[0].contributions is None and steps[0].attention is None
+    L = ours.config.levels
+    for before, step in zip(steps, steps[1:]):
+        parts = step.contributions
+        assert set(parts) == {"previous", "bottom_up", "top_down", "consensus"}
+        assert torch.equal(parts["previous"], before.levels)
+        assert torch.count_nonzero(parts["top_down"][:, :, -1]) == 0  # nothing above the top level
+        mean = (parts["previous"] + parts["bottom_up"] + parts["top_down"] + parts["consensus"])
+        counts = torch.tensor([4.0] * (L - 1) + [3.0]).view(1, 1, L, 1)
+        assert torch.allclose(mean / counts, step.levels, atol=1e-5)
+        attention = step.attention
+        assert attention.shape == (1, L, ours.num_patches, ours.num_patches)
+        assert torch.allclose(attention.sum(-1), torch.ones(()), atol=1e-5)
+        # radius 1.5 on the grid: a column never attends to one three patches away
+        assert attention[0, :, 0, 3].abs().max() == 0
+
+
+def test_which_levels_selects_contributions_and_attention():
+    _, ours = twins(CONFIGS[0])
+    img = torch.randn(1, 3, 32, 32)
+    full = list(ours.iterate(img, iters=2, contributions=True, attention=True))[-1]
+    some = list(ours.iterate(img, iters=2, contributions=True, attention=True, which_levels=[2]))[-1]
+    assert some.attention.shape == (1, 1, 16, 16)
+    assert torch.equal(some.attention[:, 0], full.attention[:, 2])
+    assert torch.equal(some.contributions["consensus"][:, :, 0], full.contributions["consensus"][:, :, 2])
+    with pytest.raises(GlomInputError, match="which_levels"):
+        next(ours.iterate(img, which_levels=[3]))
+
+
+def test_gradients_are_finite_and_reach_every_parameter():
+    _, ours = twins(CONFIGS[1])
+    img = torch.randn(2, 3, 30, 30)
+    states = ours(img + torch.randn_like(img), iters=4, return_all=True)
+    loss = states[-1, :, :, -1].pow(2).mean() + states[2].mean()
+    loss.backward()
+    for name, p in ours.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_bf16_autocast_states_stay_close_to_fp32():
+    _, ours = twins(dict(dim=64, levels=4, image_size=32, patch_size=4))
+    img = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        exact = ours(img, iters=8, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = ours(img, iters=8, return_all=True)
+    assert fast.dtype == torch.float32  # states stay fp32 between steps
+    cosine = F.cosine_similarity(fast, exact, dim=-1)  # (T, b, n, L)
+    assert cosine.mean(dim=(0, 1, 2)).min() > 0.995
+    assert not torch.equal(fast, exact)  # the fast path did run in bf16
+
+
+def test_cast_weights_follow_parameter_updates():
+    _, ours = twins(CONFIGS[0])
+    img = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = ours(img, iters=2)
+    with torch.no_grad():
+        ours.bottom_up.net[1].weight.mul_(2)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = ours(img, iters=2)
+    assert not torch.allclose(before, after)
+
+
+def test_extensions_default_to_glom_pytorch_and_change_the_update():
+    config = dict(dim=32, levels=3, image_size=32, patch_size=8)
+    reference, plain = twins(config)
+    img = torch.randn(1, 3, 32, 32)
+    expected = reference(img, iters=3)
+    for extension in [dict(attention_scale=5.0), dict(consensus_cosine=True, attention_scale=10.0),
+                      dict(contribution_weights=(1, 2, 1, 3)), dict(level_norm="layernorm"),
+                      dict(level_norm="l2"), dict(consensus_radii=(1, 2, 0))]:
+        model = Glom(**config, **extension)
+        model.load_state_dict(reference.state_dict(), strict=True)  # no new parameters
+        out = model(img, iters=3)
+        assert torch.isfinite(out).all()
+        assert relative_error(out, expected) > 1e-3, extension
+    normed = Glom(**config, level_norm="l2")
+    normed.load_state_dict(reference.state_dict())
+    assert torch.allclose(normed(img, iters=2).norm(dim=-1), torch.ones(()), atol=1e-5)
+
+
+def test_config_round_trips():
+    config = GlomConfig(dim=32, levels=3, image_size=32, patch_size=8, contribution_weights=(1, 1, 1, 2),
+                        consensus_radii=(1, 2, 3))
+    assert GlomConfig.from_dict(config.to_dict()) == config
+    assert Glom.from_config(config).config == config
+    with pytest.raises(ConfigError, match="unknown"):
+        GlomConfig.from_dict({"dim": 8, "depth": 3})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(image_size=30, patch_size=7), "not divisible"),
+    (dict(levels=1), "levels at least 2"),
+    (dict(level_norm="batch"), "level_norm"),
+    (dict(contribution_weights=(1, 1)), "four"),
+    (dict(consensus_radii=(1, 2)), "one non-negative radius per level"),
+])
+def test_impossible_configs_are_refused_with_the_reason(kwargs, match):
+    base = dict(dim=16, levels=3, image_size=32, patch_size=8)
+    with pytest.raises(ConfigError, match=match):
+        Glom(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("img, match", [
+    (torch.randn(1, 3, 16, 16), r"shape \(b, 3, 32, 32\)"),
+    (torch.randn(1, 1, 32, 32), r"got \(1, 1, 32, 32\)"),
+    (torch.randn(3, 32, 32), "shape"),
+    (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "floating point"),
+])
+def test_bad_images_get_a_value_error_saying_what_was_expected(img, match):
+    model = Glom(dim=16, levels=3, image_size=32, patch_size=8)
+    with pytest.raises(ValueError, match=match):
+        model(img)
+
+
+def test_bad_levels_to_continue_from_are_refused():
+    model = Glom(dim=16, levels=3, image_size=32, patch_size=8)
+    img = torch.randn(1, 3, 32, 32)
+    with pytest.raises(GlomInputError, match="levels to continue from"):
+        model(img, levels=torch.zeros(1, 16, 2, 16))
+
+
+def readme_examples():
+    blocks = re.findall(r"```python\n(.*?)```", SEED_README.read_text(), flags=re.S)
+    return [b.replace("from glom_pytorch import Glom", "from glom_viz import Glom") for b in blocks]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SEED_README.exists(), reason="the seed README lies in ../shared/seed")
+def test_seed_readme_examples_run_unchanged_but_for_the_import():
+    examples = readme_examples()
+    assert len(examples) == 4
+    for code in examples:
+        assert "glom_pytorch" not in code
+        namespace = {}
+        exec(compile(code, "seed-readme-example", "exec"), namespace)  # noqa: S102 - our own test text
+        if "loss" in namespace:  # the denoising example
+            model = namespace["model"]
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            assert grads and all(torch.isfinite(g).all() for g in grads)
+        if "levels3" in namespace:
+            assert namespace["levels3"].shape == (1, 256, 6, 512)
+        if "top_level_output" in namespace:
+            assert namespace["top_level_output"].shape == (1, 256, 512)
