@@ -42,12 +42,31 @@ FORMAT_VERSION = "1"
 RESERVED_METADATA = ("format", "format_version", "config")
 SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "shipped.safetensors"
 
-MAX_CHECKPOINT_BYTES = 2**30  # 1 GiB; the default GLOM (dim 512, 6 levels) is about 100 MB
+MAX_CHECKPOINT_ENV = "GLOM_VIZ_MAX_CHECKPOINT_BYTES"
+DEFAULT_MAX_CHECKPOINT_BYTES = 2**30  # 1 GiB; the default GLOM (dim 512, 6 levels) is 90 MiB
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own cap on the JSON header
 HASH_CHUNK_BYTES = 2**20
 # torch.save wraps state dicts that training scripts often nest under one of these keys
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema")
 DDP_PREFIX = "module."
+
+
+def _max_checkpoint_bytes(environ=os.environ) -> int:
+    """The size limit for checkpoints: the default, or the server's GLOM_VIZ_MAX_CHECKPOINT_BYTES."""
+    text = environ.get(MAX_CHECKPOINT_ENV)
+    if text is None:
+        return DEFAULT_MAX_CHECKPOINT_BYTES
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{MAX_CHECKPOINT_ENV}={text!r} must be a positive number of bytes, "
+                          f"e.g. {MAX_CHECKPOINT_ENV}={4 * 2**30}")
+    return value
+
+
+MAX_CHECKPOINT_BYTES = _max_checkpoint_bytes()
 
 SAFETENSORS_ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,

@@ -20,18 +20,22 @@ will see them upscaled.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from glom_viz.errors import ImageLoadError
+from glom_viz.errors import ConfigError, ImageLoadError
 
+ENV_PREFIX = "GLOM_VIZ_"  # a server raises a limit with GLOM_VIZ_<FIELD>, e.g. GLOM_VIZ_MAX_PIXELS
 FITS = ("crop", "pad", "stretch")
 PAD_RGB = (255, 255, 255)  # padding and transparency both become white: a plain, neutral background
 TRANSPARENT_BACKGROUND = (255, 255, 255)
@@ -80,8 +84,34 @@ class ImageLimits:
     max_frames: int = 64  # frames read from one animation; later ones are dropped with a note
     max_sequence_pixels: int = 40_000_000  # all frames of a sequence together
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"image limit {field.name}={value!r} must be a positive number")
+        if self.max_aspect < 1:
+            raise ConfigError(f"image limit max_aspect={self.max_aspect} must be 1 or more (long side / short side)")
 
-LIMITS = ImageLimits()
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ImageLimits":
+        """The defaults, each replaced by ``GLOM_VIZ_<FIELD>`` where set (``GLOM_VIZ_MAX_PIXELS=100000000``)."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            text = environ.get(ENV_PREFIX + field.name.upper())
+            if text is None:
+                continue
+            kind = float if field.type in (float, "float") else int
+            try:
+                values[field.name] = kind(text.replace("_", ""))
+            except ValueError:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{field.name.upper()}={text!r} is not a{'' if kind is int else ' real'} "
+                    f"number: set it like {ENV_PREFIX}{field.name.upper()}={getattr(cls, field.name)}"
+                ) from None
+        return cls(**values)
+
+
+LIMITS = ImageLimits.from_env()  # what a server allows: the defaults unless its environment raises them
 
 
 @dataclass(frozen=True)
@@ -313,9 +343,8 @@ def _open_checked(data: bytes, label: str, limits: ImageLimits) -> tuple[Image.I
         width, height = image.size
     except Image.DecompressionBombError as error:
         raise ImageLoadError(
-            f"{label} claims more pixels than Pillow will decode ({_reason(error)}), far above our "
-            f"limit of {limits.max_pixels:,} pixels: a decompression bomb or a huge scan; upload a "
-            "smaller image"
+            f"{label} claims more pixels than Pillow will decode ({_reason(error)}): a decompression "
+            f"bomb or a huge scan; upload an image of at most {limits.max_pixels:,} pixels"
         ) from error
     except DECODE_FAILURES as error:
         raise ImageLoadError(

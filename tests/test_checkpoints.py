@@ -19,7 +19,7 @@ from glom_viz.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
-from glom_viz.errors import CheckpointError
+from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom
 
 TINY = dict(dim=16, levels=3, image_size=32, patch_size=8)
@@ -219,6 +219,23 @@ def test_missing_file_and_wrong_argument(tmp_path):
         checkpoint_hash(tmp_path / "nowhere.safetensors")
     with pytest.raises(CheckpointError, match="expected a path, bytes or a binary file"):
         load_checkpoint(12345)
+
+
+def test_size_limit(monkeypatch, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(Glom(**TINY), path)
+    monkeypatch.setattr(checkpoints, "MAX_CHECKPOINT_BYTES", path.stat().st_size - 1)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(CheckpointError, match="above the .* limit for checkpoints"):
+            load_checkpoint(source)
+
+
+def test_size_limit_from_the_environment():
+    assert checkpoints._max_checkpoint_bytes({}) == 2**30
+    assert checkpoints._max_checkpoint_bytes({"GLOM_VIZ_MAX_CHECKPOINT_BYTES": "4_000_000_000"}) == 4 * 10**9
+    for bad in ("lots", "0", "-5"):
+        with pytest.raises(ConfigError, match="GLOM_VIZ_MAX_CHECKPOINT_BYTES"):
+            checkpoints._max_checkpoint_bytes({"GLOM_VIZ_MAX_CHECKPOINT_BYTES": bad})
 
 
 def test_non_state_dict_contents_are_refused():

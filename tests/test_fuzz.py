@@ -23,7 +23,9 @@ from glom_viz.images import LIMITS, RASTER_MAGIC, load_frames, load_image, to_mo
 from glom_viz.model import Glom
 
 # damaged files make Pillow warn (corrupt EXIF, truncated reads) before we refuse them
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
+# and torch.load warns about pickle protocols it does not expect
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:PIL"),
+              pytest.mark.filterwarnings("ignore:Detected pickle protocol")]
 
 FUZZ = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 HANG_SECONDS = 120  # a whole property; any single load taking long would show up here

@@ -17,7 +17,7 @@ from fixtures.hostile import (
     odd_uploads,
     png_header_only,
 )
-from glom_viz.errors import ImageLoadError
+from glom_viz.errors import ConfigError, ImageLoadError
 from glom_viz.images import LIMITS, ImageLimits, load_frames, load_image, sample_images, to_model_input
 
 # words each refusal must contain: what is wrong, in the user's terms
@@ -103,6 +103,17 @@ def test_limits_can_be_raised_or_lowered():
     assert load_image(ribbon, limits=ImageLimits(max_aspect=300)).rgb.shape == (10, 2100, 3)
     with pytest.raises(ImageLoadError):
         load_image(ribbon)
+
+
+def test_limits_from_the_server_environment():
+    limits = ImageLimits.from_env({"GLOM_VIZ_MAX_PIXELS": "100_000_000", "GLOM_VIZ_MAX_ASPECT": "50",
+                                   "UNRELATED": "1"})
+    assert limits == ImageLimits(max_pixels=100_000_000, max_aspect=50.0)
+    assert ImageLimits.from_env({}) == ImageLimits()
+    with pytest.raises(ConfigError, match="GLOM_VIZ_MAX_FRAMES='many' is not a number"):
+        ImageLimits.from_env({"GLOM_VIZ_MAX_FRAMES": "many"})
+    with pytest.raises(ConfigError, match="max_pixels=0 must be a positive number"):
+        ImageLimits(max_pixels=0)
 
 
 def test_next_upload_works_after_each_refusal():
