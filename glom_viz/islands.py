@@ -1,0 +1,691 @@
+"""Islands of agreement: find them in one level's states, keep their ids across steps, measure them.
+
+An island is a set of columns whose vectors at one level point the same way (GLOM, section 2). All
+functions are pure, arrays in and arrays out:
+
+    find_islands(states (T, N, D) | (N, D), grid=(h, w)) -> labels (T, N) | (N,)
+    align_islands(labels (T, N)) -> labels (T, N)
+    find_islands_all_levels(states (T, N, L, D), grid) -> labels (T, L, N)
+    island_measures(states (T, N, D), labels (T, N), grid, truth=None) -> [dict per step]
+    parse_tree(labels_by_level (L, N)) -> {"nodes", "edges", "purity"}
+
+Vectors are compared by direction (cosine), as consensus attention does: every method L2-normalises
+them first. Labels are int64, row-major patch order, -1 = noise (HDBSCAN, or threshold islands
+smaller than `min_size`).
+
+The default method, "kmeans", is k-means in kernel form on the cosine Gram matrix of the (N, N)
+columns rather than on the (N, D) vectors: with N = 256 patches and D = 512 every Lloyd step and every
+silhouette is an (N, N) @ (N, k) product, so all 78 (step, level) maps of a 224 px image with the
+island count picked automatically take a fraction of a second (benchmarks/islands.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.cluster.hierarchy import linkage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import squareform
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
+
+from glom_viz.errors import StatesError
+
+METHODS = ("kmeans", "agglomerative", "hdbscan", "threshold")
+SPACES = ("vectors", "umap")
+
+# n_islands=None: counts 2..MAX_ISLANDS are tried and the best silhouette (cosine) wins.
+MAX_ISLANDS = 8
+# ...unless even the best silhouette is below this: then there is no island structure worth
+# splitting and the step is one island (Kaufman & Rousseeuw read < 0.25 as "no substantial
+# structure"; we are more lenient so that weak early islands still show).
+MIN_SILHOUETTE = 0.1
+# A step whose vectors all lie within this cosine distance of their mean direction is one island
+# (GLOM's step 0: every column holds the same vector). 1e-5 is about a quarter of a degree, well
+# above float32 round-off (~1e-7) and well below any split a silhouette could justify.
+DEGENERATE_SPREAD = 1e-5
+
+KMEANS_MAX_ITER = 100  # Lloyd from a Ward cut settles in a handful of steps
+THRESHOLD = 0.9  # cosine two neighbouring columns need to be in the same island
+HDBSCAN_MIN_CLUSTER_SIZE = 5
+UMAP_CLUSTER_DIMS = 5  # UMAP-then-cluster recipe: a few dims, min_dist 0 so islands stay tight
+UMAP_CLUSTER_MIN_DIST = 0.0
+
+# Parameters each method accepts, with their defaults; anything else is a typo we report.
+METHOD_PARAMS = {
+    "kmeans": {"max_islands": MAX_ISLANDS, "min_silhouette": MIN_SILHOUETTE},
+    "agglomerative": {"max_islands": MAX_ISLANDS, "min_silhouette": MIN_SILHOUETTE, "connectivity": False},
+    "hdbscan": {
+        "min_cluster_size": HDBSCAN_MIN_CLUSTER_SIZE,
+        "min_samples": None,
+        "cluster_selection_epsilon": 0.0,
+        "allow_single_cluster": False,
+    },
+    "threshold": {"threshold": THRESHOLD, "min_size": 1},
+}
+COUNT_METHODS = ("kmeans", "agglomerative")  # the methods that take n_islands
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+
+
+def _as_array(values, name: str) -> np.ndarray:
+    """numpy or torch -> float32 numpy, refusing NaN/Inf."""
+    if hasattr(values, "detach"):  # torch tensor, without importing torch here
+        values = values.detach().cpu().float().numpy()
+    array = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise StatesError(
+            f"{name} hold {bad} NaN or Inf values: the model diverged or the states were cut; "
+            "pass finite states (rerun the model, or lower its iterations)"
+        )
+    return array
+
+
+def _as_steps(states) -> tuple[np.ndarray, bool]:
+    """states (T, N, D) or (N, D) -> (T, N, D) float32 and whether a single step was given."""
+    vectors = _as_array(states, "states")
+    if vectors.ndim == 2:
+        return vectors[None], True
+    if vectors.ndim != 3:
+        raise StatesError(
+            f"states have shape {tuple(vectors.shape)}: pass one level's states as (steps, patches, dim) "
+            "or (patches, dim); for all levels use find_islands_all_levels with (steps, patches, levels, dim)"
+        )
+    return vectors, False
+
+
+def _grid_shape(grid) -> tuple[int, int]:
+    """(h, w) as two positive ints, or a StatesError."""
+    try:
+        h, w = (int(side) for side in grid)
+    except (TypeError, ValueError):
+        raise StatesError(f"grid {grid!r} is not a pair of ints: pass grid=(rows, columns) of the patch grid") from None
+    if h < 1 or w < 1:
+        raise StatesError(f"grid {(h, w)} has an empty side: pass grid=(rows, columns), both 1 or more")
+    return h, w
+
+
+def _check_grid(grid, n_patches: int) -> tuple[int, int]:
+    h, w = _grid_shape(grid)
+    if h * w != n_patches:
+        side = int(round(n_patches**0.5))
+        hint = f", such as {(side, side)}" if side * side == n_patches else ""
+        raise StatesError(
+            f"grid {(h, w)} holds {h * w} patches but the states have {n_patches}: "
+            f"pass the model's patch grid (rows x columns = {n_patches}){hint}"
+        )
+    return h, w
+
+
+def _check_settings(method: str, n_islands, space: str, n_patches: int, params: dict) -> dict:
+    """Validate the clustering settings; return the method's parameters with defaults filled in."""
+    if method not in METHODS:
+        raise StatesError(f"unknown island method {method!r}: pick one of {', '.join(METHODS)}")
+    if space not in SPACES:
+        raise StatesError(f"unknown space {space!r}: pick one of {', '.join(SPACES)}")
+    accepted = METHOD_PARAMS[method]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise StatesError(
+            f"{method} does not take {', '.join(unknown)}: its parameters are {', '.join(accepted)}"
+        )
+    if n_islands is not None:
+        if method not in COUNT_METHODS:
+            raise StatesError(
+                f"{method} finds the number of islands itself: pass n_islands=None, "
+                f"or pick {' or '.join(COUNT_METHODS)} to fix the count"
+            )
+        if isinstance(n_islands, bool) or not isinstance(n_islands, (int, np.integer)) or n_islands < 1:
+            raise StatesError(f"n_islands={n_islands!r}: pass a positive int, or None to pick the count")
+        if n_islands > n_patches:
+            raise StatesError(
+                f"n_islands={n_islands} is more islands than the {n_patches} patches: "
+                f"pass n_islands between 1 and {n_patches}, or None to pick the count"
+            )
+    if method == "threshold" and space != "vectors":
+        raise StatesError(
+            "threshold compares neighbouring vectors by cosine, which a UMAP embedding does not keep: "
+            "use space='vectors' with threshold, or another method on space='umap'"
+        )
+    settings = {**accepted, **params}
+    if "max_islands" in settings and int(settings["max_islands"]) < 2:
+        raise StatesError(f"max_islands={settings['max_islands']}: pass 2 or more, the most islands to try")
+    if method == "threshold" and not -1.0 <= float(settings["threshold"]) <= 1.0:
+        raise StatesError(f"threshold={settings['threshold']} is not a cosine: pass a value in [-1, 1], e.g. 0.9")
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+def _directions(vectors: np.ndarray) -> np.ndarray:
+    """(..., D) -> unit vectors (..., D); a zero vector stays zero (it agrees with nothing)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def _spread(directions: np.ndarray) -> np.ndarray:
+    """(T, N, D) unit vectors -> (T,) largest cosine distance of a column to the step's mean direction."""
+    mean = _directions(directions.astype(np.float64).mean(axis=1, keepdims=True))
+    cosines = np.einsum("tnd,tod->tn", directions.astype(np.float64), mean)
+    return 1.0 - cosines.min(axis=1)
+
+
+def _grid_pairs(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (a, b) of 4-neighbour patches in row-major order: right neighbours, then below."""
+    h, w = grid
+    index = np.arange(h * w).reshape(h, w)
+    first = np.concatenate([index[:, :-1].ravel(), index[:-1, :].ravel()])
+    second = np.concatenate([index[:, 1:].ravel(), index[1:, :].ravel()])
+    return first, second
+
+
+def _grid_graph(grid: tuple[int, int]) -> coo_matrix:
+    h, w = grid
+    first, second = _grid_pairs(grid)
+    ones = np.ones(first.size, dtype=np.int8)
+    return coo_matrix((ones, (first, second)), shape=(h * w, h * w))
+
+
+def _silhouettes(dissimilarity: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Mean silhouette of each candidate labeling, as sklearn's silhouette_score(metric="precomputed").
+
+    Args:
+        dissimilarity: (N, N) precomputed distances.
+        candidates: (B, N) labels, ids 0..K-1 (empty ids allowed).
+    Returns:
+        (B,) mean silhouettes; NaN where a labeling has fewer than 2 or more than N - 1 islands.
+
+    All B labelings in one (N, N) @ (N, B * K) product instead of sklearn's chunked loops: the
+    auto count scores every candidate count of every (step, level) map.
+    """
+    count, n = candidates.shape
+    width = int(candidates.max()) + 1
+    onehot, columns = _onehot(candidates, width, dissimilarity.dtype)  # (N, B * K), (B, N)
+    sizes = onehot.sum(axis=0)  # (B * K,)
+    sums = dissimilarity @ onehot  # (N, B * K) summed distance of each column to each island
+    own = columns.T  # (N, B) column index of each patch's own island
+    own_size = sizes[own]
+    within = np.take_along_axis(sums, own, axis=1) / np.maximum(own_size - 1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = sums / sizes
+    means[:, sizes == 0] = np.inf
+    np.put_along_axis(means, own, np.inf, axis=1)
+    nearest = means.reshape(n, count, width).min(axis=2)  # (N, B)
+    scores = (nearest - within) / np.maximum(np.maximum(within, nearest), np.finfo(np.float32).tiny)
+    scores[own_size == 1] = 0.0  # sklearn's convention for an island of one column
+    result = scores.mean(axis=0).astype(np.float64)
+    islands = (sizes.reshape(count, width) > 0).sum(axis=1)
+    result[(islands < 2) | (islands > n - 1)] = np.nan
+    return result
+
+
+def _onehot(labels: np.ndarray, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """B labelings (B, N) with ids < width -> indicators (N, B * width) and each entry's column (B, N).
+
+    One 2-D layout for all labelings, so that a single GEMM serves them all.
+    """
+    count, n = labels.shape
+    columns = labels + width * np.arange(count)[:, None]
+    onehot = np.zeros((n, count * width), dtype=dtype)
+    onehot[np.arange(n)[None, :], columns] = 1.0
+    return onehot, columns
+
+
+# ----------------------------------------------------------------------------------------------
+# one Ward tree per map, cut at every candidate count; k-means refines each cut
+
+
+def _ward_children(step: "_Map", grid, connectivity: bool) -> np.ndarray:
+    """Ward merges (N - 1, 2) in order, node N + i made by merge i (scipy's and sklearn's numbering)."""
+    if connectivity:
+        from sklearn.cluster import ward_tree  # scikit-learn's clustering module is slow to import
+
+        children, *_ = ward_tree(step.points, connectivity=_grid_graph(grid))
+        return np.asarray(children, dtype=np.int64)
+    return linkage(step.condensed, method="ward")[:, :2].astype(np.int64)
+
+
+def _cuts(children: np.ndarray, n_leaves: int, counts: list[int]) -> np.ndarray:
+    """Labels (len(counts), N) of the islands left when the last k - 1 merges are undone, per k.
+
+    Exactly k islands for every k (unlike fcluster on tied heights). The island of a leaf at count
+    k is its highest ancestor made before the last k - 1 merges; ancestors are found for all
+    leaves at once by pointer doubling on the parent array.
+    """
+    nodes = 2 * n_leaves - 1
+    parent = np.arange(nodes)
+    parent[children.ravel()] = np.repeat(np.arange(n_leaves, nodes), 2)
+    depth_steps = max(int(np.ceil(np.log2(nodes))), 1)
+    labels = np.empty((len(counts), n_leaves), dtype=np.int64)
+    for row, k in enumerate(counts):
+        kept = nodes - k + 1  # nodes made by the last k - 1 merges (ids >= kept) are undone
+        up = np.where(parent < kept, parent, np.arange(nodes))
+        for _ in range(depth_steps):
+            up = up[up]
+        _, labels[row] = np.unique(up[:n_leaves], return_inverse=True)
+    return labels
+
+
+def _lloyd(step: "_Map", starts: np.ndarray) -> np.ndarray:
+    """k-means (Lloyd) from each start at once, on the Gram matrix only -> labels (B, N).
+
+    |x_i - mean_j|^2 = G_ii - 2 (G m_j)_i / n_j + m_j' G m_j / n_j^2, m_j island j's indicator. A
+    start whose island empties is kept as it was, so every result has its start's count.
+    """
+    count, n = starts.shape
+    width = int(starts.max()) + 1
+    used = _onehot(starts, width, np.float32)[0].any(axis=0)  # (B * K,) the ids each start uses
+    labels = starts
+    for _ in range(KMEANS_MAX_ITER):
+        onehot, _ = _onehot(labels, width, step.gram.dtype)  # (N, B * K)
+        sizes = onehot.sum(axis=0)
+        safe = np.maximum(sizes, 1)
+        products = step.gram @ onehot  # (N, B * K)
+        mean_sq = (onehot * products).sum(axis=0) / safe**2
+        absent = np.where(sizes > 0, 0.0, np.inf).astype(step.gram.dtype)
+        distance = step.sq[:, None] - 2 * products / safe + (mean_sq + absent)
+        updated = distance.reshape(n, count, width).argmin(axis=2).T  # (B, N)
+        if np.array_equal(updated, labels):
+            break
+        labels = updated
+    emptied = (_onehot(labels, width, np.float32)[0].any(axis=0) != used).reshape(count, width).any(axis=1)
+    labels = labels.copy()
+    labels[emptied] = starts[emptied]
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------
+# one map (N, D) -> labels (N,)
+
+
+class _Map:
+    """One step's points with the matrices every count-based method shares (all (N, N) float32)."""
+
+    def __init__(self, points: np.ndarray, gram: np.ndarray, cosine: bool):
+        self.points = points
+        self.gram = gram
+        self.sq = np.diag(self.gram).copy()
+        self.euclidean = np.sqrt(np.maximum(self.sq[:, None] + self.sq[None, :] - 2 * self.gram, 0.0))
+        np.fill_diagonal(self.euclidean, 0.0)
+        # silhouettes in cosine distance on unit vectors (as island_measures reports them); in a
+        # UMAP embedding, where directions mean nothing, in euclidean distance
+        self.dissimilarity = np.clip(1.0 - self.gram, 0.0, 2.0) if cosine else self.euclidean
+        self.condensed = squareform(self.euclidean, checks=False).astype(np.float64)  # for scipy's linkage
+
+
+def _counts(n_islands, max_islands: int, n_patches: int) -> list[int]:
+    if n_islands is not None:
+        return [int(n_islands)]
+    return list(range(2, min(int(max_islands), n_patches - 1) + 1))
+
+
+def _islands_by_count(method: str, step: _Map, grid, n_islands, settings) -> np.ndarray:
+    """kmeans or agglomerative: candidates at every count, the best silhouette wins."""
+    n = step.sq.size
+    counts = _counts(n_islands, settings["max_islands"], n)
+    if counts == [1] or not counts:
+        return np.zeros(n, dtype=np.int64)
+    connectivity = method == "agglomerative" and bool(settings["connectivity"])
+    candidates = _cuts(_ward_children(step, grid, connectivity), n, counts)
+    if method == "kmeans":
+        candidates = _lloyd(step, candidates)
+    if n_islands is not None:
+        return candidates[0]
+    scores = _silhouettes(step.dissimilarity, candidates)
+    if np.isnan(scores).all() or np.nanmax(scores) < float(settings["min_silhouette"]):
+        return np.zeros(n, dtype=np.int64)  # no structure worth splitting: one island
+    return candidates[int(np.nanargmax(scores))]  # ties: the fewer islands
+
+
+def _islands_hdbscan(step: _Map, settings) -> np.ndarray:
+    from sklearn.cluster import HDBSCAN
+
+    n = step.sq.size
+    min_cluster_size = min(int(settings["min_cluster_size"]), n)
+    if min_cluster_size < 2:
+        raise StatesError(f"min_cluster_size={settings['min_cluster_size']}: pass 2 or more")
+    model = HDBSCAN(
+        min_cluster_size=min_cluster_size,
+        min_samples=settings["min_samples"],
+        cluster_selection_epsilon=float(settings["cluster_selection_epsilon"]),
+        allow_single_cluster=bool(settings["allow_single_cluster"]),
+        metric="precomputed",
+        copy=True,
+    )
+    return model.fit_predict(step.euclidean.copy()).astype(np.int64)
+
+
+def _islands_threshold(directions: np.ndarray, grid, settings) -> np.ndarray:
+    """The paper's definition: connected regions of the grid whose neighbours agree >= threshold."""
+    n = directions.shape[0]
+    first, second = _grid_pairs(grid)
+    agree = np.einsum("pd,pd->p", directions[first], directions[second]) >= float(settings["threshold"])
+    graph = coo_matrix((np.ones(int(agree.sum())), (first[agree], second[agree])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    labels = np.where(sizes[labels] >= int(settings["min_size"]), labels, -1)
+    return _renumber(labels)
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Ids 0..k-1 in order of first appearance (row-major); -1 stays -1."""
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    kept = labels >= 0
+    _, first, inverse = np.unique(labels[kept], return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    out[kept] = order[inverse]
+    return out
+
+
+def _grams(points: np.ndarray) -> np.ndarray:
+    """(T, N, D) -> (T, N, N) float32 Gram matrices, in torch: its batched matmul is several times
+    faster than numpy's here, and these 78 products are most of the default method's flops."""
+    import torch
+
+    batch = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+    with torch.no_grad():
+        return torch.bmm(batch, batch.transpose(1, 2)).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def find_islands(
+    states,
+    grid,
+    method: str = "kmeans",
+    n_islands: int | None = None,
+    *,
+    space: str = "vectors",
+    seed: int = 0,
+    align: bool = True,
+    **params,
+) -> np.ndarray:
+    """Find the islands of agreement in one level's states.
+
+    Args:
+        states: (T, N, D) one level over steps, or (N, D) one step; numpy or torch.
+        grid: (h, w) patch grid, h * w = N, patches in row-major order.
+        method: "kmeans" (default; k-means on directions), "agglomerative" (Ward; pass
+            connectivity=True for spatially contiguous islands), "hdbscan" (noise = -1) or
+            "threshold" (connected grid regions whose neighbours have cosine >= threshold).
+        n_islands: number of islands for kmeans/agglomerative; None picks it per step by silhouette
+            (counts 2..max_islands), giving one island when the best silhouette is below
+            min_silhouette. hdbscan and threshold find the count themselves.
+        space: "vectors" clusters the unit vectors; "umap" clusters a UMAP embedding of them (one
+            embedding shared by all steps, UMAP_CLUSTER_DIMS dims).
+        seed: makes the result deterministic.
+        align: align ids across steps with align_islands (default), so an island keeps its id.
+        **params: method parameters, see METHOD_PARAMS (max_islands, min_silhouette, connectivity,
+            min_cluster_size, min_samples, cluster_selection_epsilon, allow_single_cluster,
+            threshold, min_size).
+
+    Returns:
+        int64 labels (T, N), or (N,) for a (N, D) input; -1 is noise. A step whose vectors all
+        coincide (GLOM's step 0) is a single island 0, whatever the method or n_islands.
+
+    Raises:
+        StatesError: NaN/Inf states, a grid that does not hold N patches, n_islands > N, an unknown
+            method, space or parameter.
+    """
+    vectors, single = _as_steps(states)
+    steps, n_patches, _ = vectors.shape
+    grid = _check_grid(grid, n_patches)
+    settings = _check_settings(method, n_islands, space, n_patches, params)
+    directions = _directions(vectors)
+    degenerate = _spread(directions) < DEGENERATE_SPREAD
+    labels = np.zeros((steps, n_patches), dtype=np.int64)
+    live = np.flatnonzero(~degenerate)
+    if live.size and method == "threshold":
+        for t in live:
+            labels[t] = _islands_threshold(directions[t], grid, settings)
+    elif live.size:
+        points = directions[live] if space == "vectors" else _umap_points(directions[live], seed)
+        grams = _grams(points)
+        # Many tiny (N, N) @ (N, B * K) products: threaded OpenBLAS spends more time waking its
+        # threads than multiplying (3-4x slower on busy shared cores), so one thread, as sklearn's
+        # own KMeans does.
+        with threadpool_limits(limits=1, user_api="blas"):
+            for t, points_t, gram in zip(live, points, grams):
+                step = _Map(points_t, gram, cosine=space == "vectors")
+                if method == "hdbscan":
+                    labels[t] = _islands_hdbscan(step, settings)
+                else:
+                    labels[t] = _islands_by_count(method, step, grid, n_islands, settings)
+    if align:
+        labels = align_islands(labels)
+    return labels[0] if single else labels
+
+
+def _umap_points(directions: np.ndarray, seed: int) -> np.ndarray:
+    """(T, N, D) unit vectors -> (T, N, UMAP_CLUSTER_DIMS), one UMAP embedding shared by the steps."""
+    from glom_viz.project import umap_embedding
+
+    steps, n_patches, dim = directions.shape
+    embedded = umap_embedding(
+        directions.reshape(-1, dim), UMAP_CLUSTER_DIMS, seed=seed, min_dist=UMAP_CLUSTER_MIN_DIST
+    )
+    return embedded.reshape(steps, n_patches, UMAP_CLUSTER_DIMS)
+
+
+def align_islands(labels) -> np.ndarray:
+    """Give each island the id it had at the previous step, so its colour stays while scrubbing.
+
+    Each step is matched to the previous one by Hungarian assignment on patch overlap. Islands left
+    unmatched get fresh ids never used before; when islands merge, the merged island keeps the id of
+    the parent that contributed most of its patches; -1 (noise) stays -1. Step 0's islands are
+    numbered 0, 1, ... from the largest.
+
+    Args:
+        labels: int (T, N), any ids (-1 = noise).
+    Returns:
+        int64 (T, N).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise StatesError(f"labels have shape {labels.shape}: pass (steps, patches)")
+    aligned = np.full(labels.shape, -1, dtype=np.int64)
+    if labels.shape[0] == 0:
+        return aligned
+    aligned[0] = _by_size(labels[0])
+    next_id = int(aligned[0].max()) + 1
+    for t in range(1, labels.shape[0]):
+        current, before = labels[t], aligned[t - 1]
+        ids = np.unique(current[current >= 0])
+        old_ids = np.unique(before[before >= 0])
+        rename = {}
+        if ids.size and old_ids.size:
+            both = (current >= 0) & (before >= 0)
+            rows = np.searchsorted(ids, current[both])
+            cols = np.searchsorted(old_ids, before[both])
+            overlap = np.zeros((ids.size, old_ids.size), dtype=np.int64)
+            np.add.at(overlap, (rows, cols), 1)
+            matched_rows, matched_cols = linear_sum_assignment(overlap, maximize=True)
+            for row, col in zip(matched_rows, matched_cols):
+                if overlap[row, col] > 0:
+                    rename[int(ids[row])] = int(old_ids[col])
+        # new islands: fresh ids, largest first so numbering is reproducible
+        sizes = {int(i): int((current == i).sum()) for i in ids}
+        for island in sorted((i for i in sizes if i not in rename), key=lambda i: (-sizes[i], i)):
+            rename[island] = next_id
+            next_id += 1
+        for island, new_id in rename.items():
+            aligned[t][current == island] = new_id
+    return aligned
+
+
+def _by_size(labels: np.ndarray) -> np.ndarray:
+    """Ids 0..k-1 from the largest island down (ties: first in row-major order); -1 stays -1."""
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    kept = labels >= 0
+    ids, first, inverse, sizes = np.unique(labels[kept], return_index=True, return_inverse=True, return_counts=True)
+    order = np.lexsort((first, -sizes))  # rank of each id
+    rank = np.empty(ids.size, dtype=np.int64)
+    rank[order] = np.arange(ids.size)
+    out[kept] = rank[inverse]
+    return out
+
+
+def find_islands_all_levels(states, grid, **settings) -> np.ndarray:
+    """find_islands on every level: states (T, N, L, D) -> labels (T, L, N). Same keywords as find_islands."""
+    vectors = _as_array(states, "states")
+    if vectors.ndim != 4:
+        raise StatesError(
+            f"states have shape {tuple(vectors.shape)}: pass one image's states as (steps, patches, levels, dim); "
+            "for a batch from the model pick one image first, states[:, i]"
+        )
+    per_level = [find_islands(vectors[:, :, level], grid, **settings) for level in range(vectors.shape[2])]
+    return np.stack(per_level, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# measures
+
+
+def patch_truth(mask, grid, background: int = 0) -> np.ndarray:
+    """Per-pixel ground truth (H, W) ints -> (N,) the majority label of each patch.
+
+    Pixels are split into h x w blocks as evenly as possible (exactly the patches when H, W are
+    multiples of the grid). A tie goes to an object over background, then to the smaller label.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        raise StatesError(f"mask has shape {mask.shape} and dtype {mask.dtype}: pass an (H, W) integer label image")
+    h, w = _grid_shape(grid)
+    height, width = mask.shape
+    if height < h or width < w:
+        raise StatesError(f"mask {mask.shape} is smaller than the grid {(h, w)}: pass the mask at image resolution")
+    rows = np.arange(height) * h // height
+    cols = np.arange(width) * w // width
+    patch = (rows[:, None] * w + cols[None, :]).ravel()
+    values, codes = np.unique(mask.ravel(), return_inverse=True)
+    counts = np.zeros((h * w, values.size), dtype=np.int64)
+    np.add.at(counts, (patch, codes), 1)
+    # rank by count, then non-background, then the smaller value (values are sorted ascending)
+    score = counts * 2 * values.size + (values != background) * values.size + (values.size - 1 - np.arange(values.size))
+    return values[score.argmax(axis=1)].astype(np.int64)
+
+
+def fg_ari(truth, labels, background: int = 0) -> float | None:
+    """ARI over the patches whose truth is not background (FG-ARI); None when there are none."""
+    truth, labels = np.asarray(truth).ravel(), np.asarray(labels).ravel()
+    if truth.shape != labels.shape:
+        raise StatesError(f"truth has {truth.size} patches, labels {labels.size}: pass both per patch (N,)")
+    foreground = truth != background
+    if not foreground.any():
+        return None
+    return float(adjusted_rand_score(truth[foreground], labels[foreground]))
+
+
+def island_measures(states, labels, grid, truth=None, background: int = 0) -> list[dict]:
+    """How well each step's islands agree, one dict per step (plain floats, JSON-able).
+
+    Args:
+        states: (T, N, D) one level's vectors (or (N, D) one step).
+        labels: (T, N) islands of those states (or (N,)), -1 = noise.
+        grid: (h, w) patch grid.
+        truth: optional (N,) ground-truth label per patch (see patch_truth).
+        background: the truth label that fg_ari leaves out.
+
+    Returns:
+        per step: step, n_islands, within_cosine (mean cosine of a column to its island's mean
+        direction, noise left out), neighbour_agreement (mean cosine of 4-neighbour grid pairs),
+        silhouette (cosine distance, noise left out; None where undefined), change (mean 1 - cosine
+        to the same column at the previous step; 0 at step 0); with truth also ari and fg_ari.
+    """
+    vectors, _ = _as_steps(states)
+    steps, n_patches, _ = vectors.shape
+    grid = _check_grid(grid, n_patches)
+    labels = np.asarray(labels)
+    if labels.size != steps * n_patches:
+        raise StatesError(f"labels do not match states of {steps} steps x {n_patches} patches: pass labels (steps, patches)")
+    labels = labels.reshape(steps, n_patches)
+    if truth is not None:
+        truth = np.asarray(truth).ravel()
+        if truth.size != n_patches:
+            raise StatesError(f"truth has {truth.size} entries for {n_patches} patches: pass one label per patch (patch_truth)")
+
+    directions = _directions(vectors.astype(np.float64))
+    first, second = _grid_pairs(grid)
+    measures = []
+    for t in range(steps):
+        unit, ids = directions[t], labels[t]
+        kept = ids >= 0
+        islands = np.unique(ids[kept])
+        entry = {
+            "step": t,
+            "n_islands": int(islands.size),
+            "within_cosine": _within_cosine(unit[kept], ids[kept]) if kept.any() else None,
+            "neighbour_agreement": float(np.einsum("pd,pd->p", unit[first], unit[second]).mean()) if first.size else None,
+            "silhouette": None,
+            "change": 0.0 if t == 0 else float(np.mean(1.0 - np.einsum("nd,nd->n", unit, directions[t - 1]))),
+        }
+        if 2 <= islands.size <= kept.sum() - 1:
+            _, members = np.unique(ids[kept], return_inverse=True)
+            cosine_distance = np.clip(1.0 - unit[kept] @ unit[kept].T, 0.0, 2.0)
+            entry["silhouette"] = float(_silhouettes(cosine_distance, members[None])[0])
+        if truth is not None:
+            entry["ari"] = float(adjusted_rand_score(truth, ids))
+            entry["fg_ari"] = fg_ari(truth, ids, background)
+        measures.append(entry)
+    return measures
+
+
+def _within_cosine(unit: np.ndarray, ids: np.ndarray) -> float:
+    """Mean cosine of each unit vector (M, D) to the mean direction of its island."""
+    _, members = np.unique(ids, return_inverse=True)
+    sums = np.zeros((members.max() + 1, unit.shape[1]))
+    np.add.at(sums, members, unit)
+    means = _directions(sums)
+    return float(np.einsum("md,md->m", unit, means[members]).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# parse tree
+
+
+def parse_tree(labels_by_level) -> dict:
+    """How the islands of level l sit inside the islands of level l + 1: GLOM's part-whole tree.
+
+    Args:
+        labels_by_level: (L, N) islands of one step at every level, -1 = noise.
+
+    Returns:
+        {"nodes": [{"level", "island", "size"}] for every island at every level,
+         "edges": [{"level", "child", "parent", "purity"}] for every island below the top: its parent
+            is the island at level + 1 holding most of its patches (None if all of them are noise
+            there), purity the fraction of its patches inside that parent,
+         "purity": [per level pair l -> l + 1, the fraction of level l's non-noise patches that lie
+            inside their island's parent]}. All plain ints and floats (JSON-able).
+    """
+    labels = np.asarray(labels_by_level)
+    if labels.ndim != 2:
+        raise StatesError(f"labels_by_level have shape {labels.shape}: pass one step's labels as (levels, patches)")
+    nodes, edges, purity = [], [], []
+    for level, ids in enumerate(labels):
+        for island in np.unique(ids[ids >= 0]):
+            nodes.append({"level": level, "island": int(island), "size": int((ids == island).sum())})
+    for level in range(labels.shape[0] - 1):
+        child_ids, parent_ids = labels[level], labels[level + 1]
+        inside_total, child_total = 0, int((child_ids >= 0).sum())
+        for child in np.unique(child_ids[child_ids >= 0]):
+            members = child_ids == child
+            parents = parent_ids[members]
+            parents = parents[parents >= 0]
+            size = int(members.sum())
+            if parents.size:
+                values, counts = np.unique(parents, return_counts=True)
+                parent, inside = int(values[counts.argmax()]), int(counts.max())
+            else:
+                parent, inside = None, 0
+            inside_total += inside
+            edges.append({"level": level, "child": int(child), "parent": parent, "purity": inside / size})
+        purity.append(inside_total / child_total if child_total else None)
+    return {"nodes": nodes, "edges": edges, "purity": purity}

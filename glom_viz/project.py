@@ -1,0 +1,181 @@
+"""PCA and UMAP views of one level's vectors, all steps in one shared frame.
+
+    project(states (T, N, D), method="pca" | "umap", dims=2 | 3, seed=0) -> (T, N, dims) float32
+
+The frame is fitted on all T * N unit vectors at once, so scrubbing through steps shows the same
+columns moving and gathering into islands instead of every step being laid out afresh.
+
+UMAP is made fast enough to follow the user (13 x 256 = 3,328 points of dim 512 in well under 2 s
+once warm, against several seconds for a default umap.UMAP fit): the vectors go through PCA down to
+UMAP_PCA_DIMS first, exact duplicates are embedded once (GLOM's step 0 is 256 copies of one vector),
+the k nearest neighbours are computed exactly with one matrix product instead of umap's NN-descent,
+and the layout runs UMAP_EPOCHS epochs from a PCA initialisation instead of 500 from a spectral one.
+numba compiles umap's layout code on the first fit in every process (several seconds):
+warm_up_umap() pays that once, off the user's path.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from glom_viz.errors import StatesError
+
+PROJECTIONS = ("pca", "umap")
+DIMS = (2, 3)
+
+UMAP_PCA_DIMS = 32  # PCA before the kNN graph: keeps the islands, drops the float noise
+UMAP_NEIGHBOURS = 15
+UMAP_EPOCHS = 150  # umap's default is 500 below 10k points; the layout has settled well before
+UMAP_MIN_DIST = 0.1
+UMAP_INIT_SCALE = 10.0  # umap scales its PCA/spectral initialisations to +-10
+POWER_ITERATIONS = 2  # randomized PCA: leading directions to ~1e-4 when their eigenvalues are apart
+OVERSAMPLING = 8
+DEGENERATE_VARIANCE = 1e-12  # total variance below this: every vector points the same way
+
+
+def _as_steps(states) -> np.ndarray:
+    """numpy or torch (T, N, D) | (N, D) -> finite float32 (T, N, D)."""
+    if hasattr(states, "detach"):
+        states = states.detach().cpu().float().numpy()
+    vectors = np.asarray(states, dtype=np.float32)
+    if vectors.ndim == 2:
+        vectors = vectors[None]
+    if vectors.ndim != 3 or 0 in vectors.shape:
+        raise StatesError(
+            f"states have shape {tuple(vectors.shape)}: pass one level's states as (steps, patches, dim)"
+        )
+    if not np.isfinite(vectors).all():
+        raise StatesError("states hold NaN or Inf values: pass finite states (rerun the model, or lower its iterations)")
+    return vectors
+
+
+def _directions(points: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(points, axis=-1, keepdims=True)
+    return points / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def _orthonormal(block: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (M, r') of a tall block's column space, from its small (r, r) Gram matrix.
+
+    Cheaper than a QR of the tall block (LAPACK's QR crawls on busy shared cores); directions the
+    block does not span are dropped.
+    """
+    values, vectors = np.linalg.eigh((block.T @ block).astype(np.float64))
+    keep = values > values.max() * 1e-8
+    return block @ (vectors[:, keep] / np.sqrt(values[keep])).astype(block.dtype)
+
+
+def pca_components(points: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+    """Leading principal coordinates of points (M, D) -> (M, dims) float64, zeros if no variance.
+
+    Randomized range finder with power iterations (Halko et al. 2011) and a seeded generator, so no
+    global RNG is touched; each axis' sign is fixed so that its largest loading is positive (as
+    sklearn's svd_flip), which makes the frame reproducible.
+    """
+    points = np.asarray(points, dtype=np.float32)  # the tall products in float32: twice as fast
+    centred = points - points.mean(axis=0, dtype=np.float64).astype(np.float32)
+    m, d = centred.shape
+    out = np.zeros((m, dims))
+    if m == 0 or np.einsum("md,md->", centred, centred, dtype=np.float64) / m < DEGENERATE_VARIANCE:
+        return out
+    rng = np.random.default_rng(seed)
+    sketch = rng.standard_normal((d, min(dims + OVERSAMPLING, d))).astype(np.float32)
+    basis = _orthonormal(centred @ sketch)
+    for _ in range(POWER_ITERATIONS):
+        basis = _orthonormal(centred @ (centred.T @ basis))
+    # SVD of the small (r, D) sketch through its (r, r) Gram matrix: LAPACK's gesdd is slow here
+    sketch = (basis.T @ centred).astype(np.float64)
+    variances, mixing = np.linalg.eigh(sketch @ sketch.T)  # ascending
+    variances, mixing = variances[::-1], mixing[:, ::-1]
+    keep = int(min(dims, (variances > variances[0] * 1e-10).sum()))
+    axes = (mixing[:, :keep].T @ sketch) / np.sqrt(variances[:keep])[:, None]  # (keep, D) unit rows
+    signs = np.sign(axes[np.arange(keep), np.abs(axes).argmax(axis=1)])
+    out[:, :keep] = centred @ (axes * signs[:, None]).T.astype(np.float32)
+    return out
+
+
+def _exact_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours of each point (itself first) by one Gram product -> indices, distances (M, k)."""
+    sq = (points**2).sum(axis=1)
+    distances = np.maximum(sq[:, None] + sq[None, :] - 2 * points @ points.T, 0.0)
+    np.fill_diagonal(distances, -1.0)  # each point is its own first neighbour, as umap expects
+    index = np.argpartition(distances, k - 1, axis=1)[:, :k]
+    ordered = np.take_along_axis(distances, index, axis=1).argsort(axis=1, kind="stable")
+    index = np.take_along_axis(index, ordered, axis=1)
+    near = np.sqrt(np.maximum(np.take_along_axis(distances, index, axis=1), 0.0))
+    return index.astype(np.int32), near.astype(np.float32)
+
+
+def umap_embedding(
+    points: np.ndarray,
+    dims: int = 2,
+    *,
+    seed: int = 0,
+    min_dist: float = UMAP_MIN_DIST,
+    n_neighbors: int = UMAP_NEIGHBOURS,
+    n_epochs: int = UMAP_EPOCHS,
+) -> np.ndarray:
+    """UMAP of points (M, D) -> (M, dims) float32, deterministic for a seed (see module docstring)."""
+    import umap  # ~10 s on first import: only when a UMAP is asked for
+
+    points = np.asarray(points, dtype=np.float32)
+    reduced = pca_components(points, min(UMAP_PCA_DIMS, points.shape[1]), seed).astype(np.float32)
+    unique, inverse = np.unique(reduced, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    if unique.shape[0] <= n_neighbors + 1:  # too few distinct points for a neighbour graph
+        return pca_components(reduced, dims, seed).astype(np.float32)
+    index, distances = _exact_neighbours(unique, n_neighbors)
+    start = pca_components(unique, dims, seed)
+    start *= UMAP_INIT_SCALE / max(np.abs(start).max(), 1e-12)  # the scale umap gives its own inits
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        n_components=dims,
+        min_dist=min_dist,
+        n_epochs=n_epochs,
+        init=start.astype(np.float32),
+        random_state=seed,
+        precomputed_knn=(index, distances, None),
+        n_jobs=1,
+    )
+    with warnings.catch_warnings():
+        # precomputed kNN without a search index only disables transform(), which we never call
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+        warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
+        embedded = reducer.fit_transform(unique)
+    return embedded[inverse].astype(np.float32)
+
+
+def project(states, method: str = "pca", dims: int = 2, seed: int = 0) -> np.ndarray:
+    """One level's vectors over all steps -> coordinates in one shared frame.
+
+    Args:
+        states: (T, N, D) numpy or torch (or (N, D), one step).
+        method: "pca" (instant) or "umap" (see module docstring for its speed settings).
+        dims: 2 or 3.
+        seed: makes the projection deterministic.
+
+    Returns:
+        (T, N, dims) float32; all zeros when every vector points the same way.
+    """
+    if method not in PROJECTIONS:
+        raise StatesError(f"unknown projection {method!r}: pick one of {', '.join(PROJECTIONS)}")
+    if dims not in DIMS:
+        raise StatesError(f"dims={dims!r}: pass 2 or 3")
+    vectors = _as_steps(states)
+    steps, n_patches, dim = vectors.shape
+    points = _directions(vectors.reshape(steps * n_patches, dim))
+    if method == "pca":
+        coordinates = pca_components(points, dims, seed)
+    else:
+        coordinates = umap_embedding(points, dims, seed=seed)
+    return coordinates.reshape(steps, n_patches, dims).astype(np.float32)
+
+
+def warm_up_umap(seed: int = 0) -> None:
+    """Compile umap's numba code now (several seconds, once per process) so the first real projection is fast."""
+    rng = np.random.default_rng(seed)
+    blob = rng.standard_normal((3 * UMAP_NEIGHBOURS, 8)).astype(np.float32)
+    for dims in DIMS:
+        umap_embedding(blob, dims, seed=seed, n_epochs=5)
