@@ -10,7 +10,10 @@ so bf16 rounding does not pile up over the iterations.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
+import os
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -27,6 +30,11 @@ TOKEN_ATTEND_SELF_VALUE = -5e-4
 CONTRIBUTIONS = ("previous", "bottom_up", "top_down", "consensus")
 LEVEL_NORMS = ("none", "layernorm", "l2")
 FEEDFORWARD_MULT = 4
+# CPU flags that make bf16 matrix products native (AVX512-BF16, AMX); without them torch emulates bf16
+# and a bf16 matmul runs tens of times slower than fp32 (measured 0.25 vs 12 GFLOP/s on an AVX2 EPYC)
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# set to 1 or 0 to force or forbid reduced precision under autocast, whatever the probe says
+REDUCED_PRECISION_ENV = "GLOM_VIZ_REDUCED_PRECISION"
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,55 @@ class GlomStep:
 def default_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.cache
+def reduced_precision_is_fast(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether matrix products in ``dtype`` beat fp32 on this device (always on CUDA).
+
+    On x86 CPUs the answer is read from the CPU flags; elsewhere a small timed probe decides.
+    """
+    forced = os.environ.get(REDUCED_PRECISION_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    if device_type != "cpu":
+        return True
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return any(flag in flags.split() for flag in NATIVE_BF16_FLAGS) if dtype == torch.bfloat16 else False
+    a, b = torch.randn(64, 256), torch.randn(256, 256)
+    timings = {}
+    for probe_dtype in (torch.float32, dtype):
+        x, y = a.to(probe_dtype), b.to(probe_dtype)
+        torch.mm(x, y)
+        start = time.perf_counter()
+        for _ in range(3):
+            torch.mm(x, y)
+        timings[probe_dtype] = time.perf_counter() - start
+    return timings[dtype] < timings[torch.float32]
+
+
+def compute_dtype(device_type: str) -> torch.dtype:
+    """The dtype GLOM's matrix products run in: autocast's where it is fast here, else fp32.
+
+    An autocast request asks for speed at a small cost in precision; where the CPU has no native bf16
+    that request would make the forward tens of times slower, so it is served in fp32 instead.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return torch.float32
+    requested = torch.get_autocast_dtype(device_type)
+    if reduced_precision_is_fast(device_type, requested):
+        return requested
+    warnings.warn(
+        f"{requested} is not native on this {device_type.upper()} (it would run many times slower than fp32): "
+        f"GLOM runs in fp32 here. Set {REDUCED_PRECISION_ENV}=1 to force {requested}.",
+        stacklevel=3,
+    )
+    return torch.float32
 
 
 def patch_distances(side: int) -> torch.Tensor:
@@ -360,8 +417,7 @@ class Glom(nn.Module):
         Yields:
             GlomStep for step 0 (the initial state) up to step iters.
         """
-        config = self.config
-        L, d = config.levels, config.dim
+        L = self.config.levels
         iters = L * 2 if iters is None else int(iters)
         if iters < 0:
             raise GlomInputError(f"iters must be 0 or more, got {iters}")
@@ -371,43 +427,47 @@ class Glom(nn.Module):
         if any(not 0 <= l < L for l in kept):
             raise GlomInputError(f"which_levels must lie in 0..{L - 1}, got {which_levels}")
 
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
-        w_in, b_in, w_out, b_out = self._feedforward_weights(dtype)
-        update_weights = rearrange(self.update_weights, "c l -> c l () () ()")
-
-        tokens = self.image_to_tokens(img).float()  # (b, n, d)
-        n = tokens.shape[1]
-        pos = self.pos_emb.weight[:n].float()  # (n, d), given to the top-down nets
-
-        if levels is None:
-            state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=n)
-        else:
-            self._check_levels(levels, b)
-            state = rearrange(levels.float(), "b n l d -> l b n d")
+        dtype = compute_dtype(device.type)
+        with torch.autocast(device.type, enabled=False):  # dtypes are chosen explicitly below
+            weights = self._feedforward_weights(dtype)
+            tokens = self.image_to_tokens(img.float())  # (b, n, d)
+            if levels is None:
+                state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=tokens.shape[1])
+            else:
+                self._check_levels(levels, b)
+                state = rearrange(levels.float(), "b n l d -> l b n d")
         yield GlomStep(0, rearrange(state, "l b n d -> b n l d"))
 
         for step in range(1, iters + 1):
-            # groups 0..L-1: bottom-up into level l from level l-1 (the patch tokens below level 0);
-            # groups L..2L-2: top-down into level l from level l+1, with position
-            ff_in = torch.cat((tokens[None], state[:-1], state[1:] + pos))
-            ff_out = fused_feedforward(rearrange(ff_in, "g b n d -> g (b n) d").to(dtype), w_in, b_in, w_out, b_out)
-            ff_out = rearrange(ff_out.float(), "g (b n) d -> g b n d", b=b)
-            bottom_up = ff_out[:L]
-            top_down = F.pad(ff_out[L:], (0, 0, 0, 0, 0, 0, 0, 1))  # the top level gets none
-            consensus, attention_weights = self._consensus(state, dtype)
-            previous = state
-            state = torch.stack((previous, bottom_up, top_down, consensus)).mul(update_weights).sum(dim=0)
-            state = self._normalize(state)
-
+            with torch.autocast(device.type, enabled=False):
+                previous = state
+                state, parts, attention_weights = self._update(previous, tokens, weights, dtype)
             step_contributions = step_attention = None
             if contributions:
                 step_contributions = {
                     name: rearrange(part[kept], "l b n d -> b n l d")
-                    for name, part in zip(CONTRIBUTIONS, (previous, bottom_up, top_down, consensus))
+                    for name, part in zip(CONTRIBUTIONS, (previous, *parts))
                 }
             if attention:
                 step_attention = rearrange(attention_weights[kept], "l b i j -> b l i j")
             yield GlomStep(step, rearrange(state, "l b n d -> b n l d"), step_contributions, step_attention)
+
+    def _update(self, state: torch.Tensor, tokens: torch.Tensor, weights, dtype: torch.dtype):
+        """One GLOM step. state (L, b, n, d) fp32, tokens (b, n, d) -> new state, (bottom_up, top_down,
+        consensus) each (L, b, n, d), attention (L, b, n, n)."""
+        L, b, n, _ = state.shape
+        pos = self.pos_emb.weight[:n].float()  # (n, d), given to the top-down nets
+        # groups 0..L-1: bottom-up into level l from level l-1 (the patch tokens below level 0);
+        # groups L..2L-2: top-down into level l from level l+1, with position
+        ff_in = torch.cat((tokens[None], state[:-1], state[1:] + pos))
+        ff_out = fused_feedforward(rearrange(ff_in, "g b n d -> g (b n) d").to(dtype), *weights)
+        ff_out = rearrange(ff_out.float(), "g (b n) d -> g b n d", b=b)
+        bottom_up = ff_out[:L]
+        top_down = F.pad(ff_out[L:], (0, 0, 0, 0, 0, 0, 0, 1))  # the top level gets none
+        consensus, attention_weights = self._consensus(state, dtype)
+        update_weights = rearrange(self.update_weights, "c l -> c l () () ()")
+        new_state = torch.stack((state, bottom_up, top_down, consensus)).mul(update_weights).sum(dim=0)
+        return self._normalize(new_state), (bottom_up, top_down, consensus), attention_weights
 
     def forward(self, img: torch.Tensor, iters: int | None = None, levels: torch.Tensor | None = None,
                 return_all: bool = False) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 glom_pytorch = pytest.importorskip("glom_pytorch")
 
 from glom_viz import ConfigError, Glom, GlomConfig, GlomInputError  # noqa: E402
+from glom_viz.model import REDUCED_PRECISION_ENV, reduced_precision_is_fast  # noqa: E402
 
 SEED_README = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seed" / "glom-pytorch-README.md"
 
@@ -117,7 +118,18 @@ def test_gradients_are_finite_and_reach_every_parameter():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_bf16_autocast_states_stay_close_to_fp32():
+@pytest.fixture
+def reduced_precision(monkeypatch):
+    """Make autocast's bf16 run in bf16 even where this CPU emulates it (slowly)."""
+    def force(on: bool):
+        monkeypatch.setenv(REDUCED_PRECISION_ENV, "1" if on else "0")
+        reduced_precision_is_fast.cache_clear()
+    yield force
+    reduced_precision_is_fast.cache_clear()
+
+
+def test_bf16_autocast_states_stay_close_to_fp32(reduced_precision):
+    reduced_precision(True)
     _, ours = twins(dict(dim=64, levels=4, image_size=32, patch_size=4))
     img = torch.rand(1, 3, 32, 32)
     with torch.inference_mode():
@@ -130,7 +142,19 @@ def test_bf16_autocast_states_stay_close_to_fp32():
     assert not torch.equal(fast, exact)  # the fast path did run in bf16
 
 
-def test_cast_weights_follow_parameter_updates():
+def test_autocast_falls_back_to_exact_fp32_where_bf16_is_not_native(reduced_precision):
+    reduced_precision(False)
+    _, ours = twins(CONFIGS[0])
+    img = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        exact = ours(img, iters=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning, match="not native"):
+            fallback = ours(img, iters=3)
+    assert torch.equal(fallback, exact)
+
+
+def test_cast_weights_follow_parameter_updates(reduced_precision):
+    reduced_precision(True)
     _, ours = twins(CONFIGS[0])
     img = torch.randn(1, 3, 32, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
