@@ -463,7 +463,8 @@ def parse_tree_figure(tree: Mapping, title: str | None = "parse tree: islands ac
     Args:
         tree: `islands.parse_tree` output: {"nodes": [{"level", "island", "size"}], "edges":
             [{"level", "child", "parent", "purity"}]}, where an edge joins island `child` of `level` to
-            island `parent` of `level + 1`, and purity is the share of the child's patches inside it.
+            island `parent` of `level + 1` (None: no parent, drawn without edge), and purity is the share
+            of the child's patches inside it.
 
     Returns:
         A figure with one Scatter line per edge (width by purity) and one Scatter of nodes (size by
@@ -475,7 +476,9 @@ def parse_tree_figure(tree: Mapping, title: str | None = "parse tree: islands ac
     levels = sorted({int(n["level"]) for n in nodes})
     by_level = {level: sorted(int(n["island"]) for n in nodes if int(n["level"]) == level) for level in levels}
     size = {(int(n["level"]), int(n["island"])): int(n["size"]) for n in nodes}
-    parent_of = {(int(e["level"]), int(e["child"])): (int(e["parent"]), float(e["purity"])) for e in edges}
+    # a child whose patches are all noise one level up has parent None: no edge
+    parent_of = {(int(e["level"]), int(e["child"])): (int(e["parent"]), float(e["purity"]))
+                 for e in edges if e.get("parent") is not None}
 
     # top level evenly spaced by id; each level below ordered under its parents to avoid crossings
     x = {}

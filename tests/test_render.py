@@ -207,15 +207,17 @@ def test_parse_tree_figure_layers_levels_and_colours_islands():
     tree = {
         "nodes": [{"level": 0, "island": i, "size": 4} for i in range(4)]
         + [{"level": 1, "island": i, "size": 8} for i in (7, 3)],
-        "edges": [{"level": 0, "child": i, "parent": (7, 3)[i // 2], "purity": 1.0 - 0.1 * i} for i in range(4)],
+        "edges": [{"level": 0, "child": i, "parent": (7, 3)[i // 2], "purity": 1.0 - 0.1 * i} for i in range(4)]
+        + [{"level": 0, "child": 9, "parent": None, "purity": 0.0}],  # all noise above: no edge
         "purity": [0.85],
     }
+    tree["nodes"].append({"level": 0, "island": 9, "size": 2})
     fig = render.parse_tree_figure(tree)
     lines = [t for t in fig.data if t.mode == "lines"]
     (nodes,) = [t for t in fig.data if t.mode == "markers+text"]
     assert len(lines) == 4
-    assert list(nodes.y) == [0, 0, 0, 0, 1, 1]
-    assert list(nodes.marker.color) == render.island_hex([0, 1, 2, 3, 3, 7])
+    assert list(nodes.y) == [0, 0, 0, 0, 0, 1, 1]
+    assert list(nodes.marker.color) == render.island_hex([0, 1, 2, 3, 9, 3, 7])
     x = {tuple(k): v for k, v in zip(nodes.customdata.tolist(), nodes.x)}
     for line in lines:  # every edge joins a child's node to its parent's node one level up
         assert line.y == (0, 1)
@@ -242,3 +244,19 @@ def test_contributions_figure_bars_in_glom_order():
     assert list(fig.data[3].y) == [3, 2, 1]
     with pytest.raises(StatesError):
         render.contributions_figure({"previous": [1, 2], "consensus": [1, 2, 3]})
+
+
+def test_figures_take_the_islands_engine_outputs_as_they_are():
+    """Contract with glom_viz.islands: its parse tree and measures draw without reshaping."""
+    islands = pytest.importorskip("glom_viz.islands")
+    rng = np.random.default_rng(5)
+    labels = np.stack([np.repeat(np.arange(4 >> level), 16 // (4 >> level)) for level in range(3)])  # (3, 16)
+    labels[0, :2] = -1
+    tree = islands.parse_tree(labels)
+    fig = render.parse_tree_figure(tree)
+    (nodes,) = [t for t in fig.data if t.mode == "markers+text"]
+    assert len(nodes.x) == len(tree["nodes"])
+    states = rng.normal(size=(4, 16, 8))
+    measures = {level: islands.island_measures(states, np.tile(labels[level], (4, 1)), (4, 4)) for level in range(3)}
+    fig = render.measures_figure(measures)
+    assert len(fig.data) % 3 == 0 and len(fig.data) >= 3 * 3
