@@ -1,0 +1,209 @@
+"""How well GLOM's islands match the objects and parts of held-out scenes (``python -m glom_viz.evaluate``).
+
+For every scene and every level, the columns' vectors at the final step are clustered with k-means into
+as many islands as the truth has segments (objects + background, or parts + background), as
+object-discovery papers do, and compared with the truth per patch (the majority label of the patch's
+pixels) by the adjusted Rand index: FG-ARI over foreground patches only, ARI over all patches.
+
+Baselines, scored the same way: k-means on the raw patch pixels, the untrained model, and the same
+model trained with glom-pytorch's denoising objective alone (``assets/denoise_only.safetensors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from glom_viz.errors import CheckpointError, ConfigError
+from glom_viz.islands import fg_ari, find_islands, patch_truth
+from glom_viz.model import Glom
+from glom_viz.scenes import EVAL_SEEDS, make_batch
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED = ASSETS / "shipped.safetensors"
+DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
+DEFAULT_SCENES = 64
+KMEANS_RESTARTS = 4
+BATCH = 16
+UNTRAINED_SEED = 0
+METRICS = ("fg_ari_objects", "fg_ari_parts", "ari_objects")
+
+
+def score(vectors: np.ndarray, objects: np.ndarray, parts: np.ndarray, grid: tuple[int, int],
+          seed: int = 0) -> dict[str, float]:
+    """One scene at one level: vectors (patches, dim), objects and parts (patches,) truth -> the metrics.
+
+    The vectors are split into as many islands as the truth has segments (background included) by the
+    islands engine's k-means on directions, the clustering the app shows.
+    """
+    scores = {}
+    for name, truth in (("objects", objects), ("parts", parts)):
+        labels = find_islands(vectors, grid, "kmeans", n_islands=len(np.unique(truth)), seed=seed)
+        scores[f"fg_ari_{name}"] = _nan_if_none(fg_ari(truth, labels))
+        if name == "objects":
+            scores["ari_objects"] = float(adjusted_rand_score(truth, labels))
+    return scores
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _mean(rows: list[dict]) -> dict[str, float]:
+    return {key: float(np.nanmean([row[key] for row in rows])) for key in METRICS}
+
+
+@torch.no_grad()
+def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None) -> np.ndarray:
+    """(b, 3, s, s) -> (b, patches, levels, dim) numpy, the columns at the final step."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(images[i:i + BATCH].to(device), iters=iters).float().cpu() for i in range(0, len(images), BATCH)]
+    return torch.cat(out).numpy()
+
+
+def evaluate(model: Glom, images: torch.Tensor, objects: np.ndarray, parts: np.ndarray,
+             iters: int | None = None) -> dict:
+    """Score every level of a model on scenes.
+
+    Args:
+        model: a Glom whose image_size matches the images.
+        images: (b, 3, s, s) in [0, 1]; objects, parts: (b, s, s) int masks (0 = background).
+        iters: settling steps (default the model's 2 * levels).
+
+    Returns:
+        {"levels": [{"level": l, "fg_ari_objects", "fg_ari_parts", "ari_objects"}, ...]} means over scenes.
+    """
+    columns = final_columns(model, images, iters)
+    grid = model.grid
+    truths = [(patch_truth(o, grid), patch_truth(p, grid)) for o, p in zip(objects, parts)]
+    levels = []
+    for level in range(columns.shape[2]):
+        rows = [score(columns[i, :, level], *truths[i], grid, seed=i) for i in range(len(images))]
+        levels.append({"level": level, **_mean(rows)})
+    return {"levels": levels}
+
+
+def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int) -> dict:
+    """The three metrics of k-means (Euclidean, sklearn) on the raw patch pixels (p * p * 3 per patch)."""
+    pixels = rearrange(images.numpy(), "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
+    grid = (images.shape[2] // patch_size,) * 2
+    rows = []
+    for i in range(len(images)):
+        scores = {}
+        for name, mask in (("objects", objects[i]), ("parts", parts[i])):
+            truth = patch_truth(mask, grid)
+            labels = KMeans(len(np.unique(truth)), n_init=KMEANS_RESTARTS, random_state=i).fit_predict(pixels[i])
+            scores[f"fg_ari_{name}"] = _nan_if_none(fg_ari(truth, labels))
+            if name == "objects":
+                scores["ari_objects"] = float(adjusted_rand_score(truth, labels))
+        rows.append(scores)
+    return _mean(rows)
+
+
+def best_level(levels: list[dict], metric: str) -> dict:
+    return max(levels, key=lambda row: row[metric])
+
+
+def summary(result: dict) -> dict:
+    """The goals of issue 5, checked: best object level, best part level below it, margins over baselines."""
+    objects = best_level(result["levels"], "fg_ari_objects")
+    lower = [row for row in result["levels"] if row["level"] < objects["level"]]
+    parts = best_level(lower, "fg_ari_parts") if lower else None
+    baseline_objects = max(b["fg_ari_objects"] for b in result["baselines"].values())
+    baseline_parts = max(b["fg_ari_parts"] for b in result["baselines"].values())
+    return {
+        "object_level": objects["level"], "fg_ari_objects": objects["fg_ari_objects"],
+        "part_level": None if parts is None else parts["level"],
+        "fg_ari_parts": None if parts is None else parts["fg_ari_parts"],
+        "objects_margin_over_baselines": objects["fg_ari_objects"] - baseline_objects,
+        "parts_margin_over_baselines": None if parts is None else parts["fg_ari_parts"] - baseline_parts,
+    }
+
+
+def load_model(path: str | Path) -> Glom:
+    from glom_viz.checkpoints import load_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train one with python -m glom_viz.train, or leave "
+                              f"--checkpoint out for the shipped model")
+    return load_checkpoint(path)
+
+
+def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: int = EVAL_SEEDS.start,
+        iters: int | None = None, baselines: bool = True) -> dict:
+    """The full evaluation of a checkpoint on `scenes` held-out scenes from `seed` on, with baselines."""
+    if scenes < 1:
+        raise ConfigError(f"evaluate at least one scene, got --scenes {scenes}")
+    model = load_model(checkpoint)
+    config = model.config
+    images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
+    result = evaluate(model, images, objects, parts, iters)
+    if baselines:
+        torch.manual_seed(UNTRAINED_SEED)
+        untrained = Glom(**config.to_dict())
+        result["baselines"] = {
+            "pixels": pixel_baseline(images, objects, parts, config.patch_size),
+            "untrained": _collapse(evaluate(untrained, images, objects, parts, iters)),
+            "denoise_only": _collapse(evaluate(load_model(DENOISE_ONLY), images, objects, parts, iters))
+            if DENOISE_ONLY.exists() else None,
+        }
+        result["baselines"] = {k: v for k, v in result["baselines"].items() if v is not None}
+    result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
+    result["checkpoint"] = str(checkpoint)
+    return result
+
+
+def _collapse(result: dict) -> dict:
+    """A model's baseline entry: each metric at its best level (the most favourable reading)."""
+    levels = result["levels"]
+    entry = {metric: best_level(levels, metric)[metric] for metric in METRICS}
+    entry["levels"] = levels
+    return entry
+
+
+def table(result: dict) -> str:
+    lines = [f"{'':>16} {'FG-ARI objects':>15} {'FG-ARI parts':>13} {'ARI objects':>12}"]
+    for row in result["levels"]:
+        lines.append(f"{'level ' + str(row['level']):>16} {row['fg_ari_objects']:>15.3f} "
+                     f"{row['fg_ari_parts']:>13.3f} {row['ari_objects']:>12.3f}")
+    for name, row in result.get("baselines", {}).items():
+        lines.append(f"{name:>16} {row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>13.3f} {row['ari_objects']:>12.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m glom_viz.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(SHIPPED), help="a glom-viz safetensors checkpoint")
+    parser.add_argument("--scenes", type=int, default=DEFAULT_SCENES, help="held-out scenes to score")
+    parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="first scene seed")
+    parser.add_argument("--iters", type=int, default=None, help="settling steps (default 2 * levels)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        result = run(args.checkpoint, args.scenes, args.seed, args.iters)
+    except (ConfigError, CheckpointError) as error:
+        print(f"evaluation stopped: {error}", file=sys.stderr)
+        return 2
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if "baselines" in result and result["baselines"]:
+        result["summary"] = summary(result)
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

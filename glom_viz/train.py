@@ -1,0 +1,497 @@
+"""Self-supervised training of GLOM on synthetic scenes (``python -m glom_viz.train``).
+
+Masks are never used: the scenes' images are the only thing the loss sees. The objective adds up
+
+- **denoising** (glom-pytorch's README): reconstruct the clean image from one level of the columns
+  of a noisy image, through a linear patch decoder;
+- **masked-patch filling** (Hinton's paper, section 3): some patches are replaced by noise, and their
+  reconstruction error counts ``mask_weight`` times more, so columns must fill them in from context;
+- **contrastive agreement** of top-ish levels: the image is seen twice, with different noise and masks;
+  a column's vector at a contrasted level must pick out the same column of the other view among the
+  columns of that image that lie further than that level's radius away. Near columns are neither
+  pulled nor pushed, so islands up to that size can form, while distant regions must stay apart.
+  Every term is a mean over images, so data-parallel gradients equal single-process ones.
+
+The loop reports through callbacks (``Trainer.set_callback(event, fn)``, events in ``EVENTS``), so the
+CLI's progress bar, a notebook and the app drive the same loop. Run with ``torchrun --nproc_per_node N``
+for data parallelism (DDP, gloo on CPU): each process takes an equal share of every batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from einops.layers.torch import Rearrange
+from torch import nn
+
+from glom_viz.errors import CheckpointError, ConfigError
+from glom_viz.model import Glom, GlomConfig, patch_distances, reduced_precision_is_fast
+from glom_viz.scenes import TRAIN_SEEDS, make_batch
+
+EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+LOG_FILE = "log.jsonl"
+GRAY = 0.5  # masked patches are noise around mid-gray
+# the GlomConfig fields a TrainConfig carries
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on; defaults are the shipped model's recipe."""
+
+    # the model (GlomConfig fields)
+    dim: int = 64
+    levels: int = 4
+    image_size: int = 64
+    patch_size: int = 4
+    consensus_self: bool = False
+    local_consensus_radius: float = 0
+    attention_scale: float | None = None
+    consensus_cosine: bool = False
+    contribution_weights: tuple[float, float, float, float] | None = None
+    level_norm: str = "none"
+    consensus_radii: tuple[float, ...] | None = None
+    iters: int = 8
+    # data: 0 = fresh scenes in seed order; N = each batch drawn at random from the first N training seeds
+    batch_size: int = 16
+    scenes: int = 0
+    flip: bool = False  # mirror half of the scenes left-right
+    # objective
+    noise_std: float = 0.1
+    mask_ratio: float = 0.25
+    mask_weight: float = 2.0
+    recon_level: int = 0
+    contrast_weight: float = 0.0
+    contrast_levels: tuple[int, ...] = ()
+    contrast_radii: tuple[float, ...] = ()
+    temperature: float = 0.1
+    # optimisation
+    steps: int = 500
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 30
+    grad_clip: float = 1.0
+    bf16: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    # output
+    out: str = "runs/glom"
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        for key in ("contribution_weights", "consensus_radii"):
+            if getattr(self, key) is not None:
+                setattr(self, key, tuple(float(x) for x in getattr(self, key)))
+        self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
+        self.contrast_radii = tuple(float(x) for x in self.contrast_radii)
+
+    def model_config(self) -> GlomConfig:
+        """The GlomConfig of this run; raises ConfigError for shapes that cannot work."""
+        return GlomConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
+
+    def validate(self) -> None:
+        """Raise ConfigError, saying what to change, for a run that cannot work."""
+        self.model_config()
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}: there is no data to train on")
+        if self.scenes < 0:
+            raise ConfigError(f"scenes must be 0 (a fresh scene every time) or a positive count, got {self.scenes}")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        if self.iters < 1:
+            raise ConfigError(f"iters must be at least 1 for the columns to settle, got {self.iters}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here: use --device cpu")
+        if not -self.levels <= self.recon_level < self.levels:
+            raise ConfigError(f"recon_level {self.recon_level} is not a level of a {self.levels}-level model")
+        if len(self.contrast_radii) != len(self.contrast_levels):
+            raise ConfigError(
+                f"give one contrast radius per contrasted level: contrast_levels={self.contrast_levels}, "
+                f"contrast_radii={self.contrast_radii}"
+            )
+        if any(not 0 <= l < self.levels for l in self.contrast_levels):
+            raise ConfigError(f"contrast_levels must lie in 0..{self.levels - 1}, got {self.contrast_levels}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ConfigError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
+        if not 0 <= self.mask_ratio < 1:
+            raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config fields {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+
+def draw_corruption(shape: tuple[int, int, int, int], patch_size: int, noise_std: float, mask_ratio: float,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel noise (b, 3, s, s) and the patches to mask (b, patches) bool, row-major."""
+    b, _, s, _ = shape
+    noise = torch.randn(shape, generator=generator) * noise_std
+    masked = torch.rand((b, (s // patch_size) ** 2), generator=generator) < mask_ratio
+    return noise, masked
+
+
+def corrupt(images: torch.Tensor, noise: torch.Tensor, masked: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Add the noise, and replace masked patches by noise around gray: (b, 3, s, s) -> (b, 3, s, s)."""
+    side = images.shape[-1] // patch_size
+    pixel_mask = rearrange(masked, "b (h w) -> b () h w", h=side)
+    pixel_mask = pixel_mask.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    return torch.where(pixel_mask, GRAY + noise, images + noise)
+
+
+class Learner(nn.Module):
+    """A GLOM and its patch decoder; forward returns the training losses of one batch."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.config = config
+        self.glom = Glom(**config.model_config().to_dict())
+        side = config.image_size // config.patch_size
+        self.decoder = nn.Sequential(
+            nn.Linear(config.dim, config.patch_size ** 2 * 3),
+            Rearrange("b (h w) (p1 p2 c) -> b c (h p1) (w p2)", p1=config.patch_size, p2=config.patch_size, h=side),
+        )
+        self.register_buffer("distances", patch_distances(side), persistent=False)
+
+    def columns(self, noisy: torch.Tensor) -> torch.Tensor:
+        """(b, 3, s, s) -> final columns (b, patches, levels, dim)."""
+        return self.glom(noisy, iters=self.config.iters)
+
+    def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches) -> named losses."""
+        c = self.config
+        losses = {}
+        states = [self.columns(noisy) for noisy, _ in views]
+        recon = torch.zeros((), device=images.device)
+        for (_, masked), columns in zip(views, states):
+            decoded = self.decoder(columns[:, :, c.recon_level].float())
+            error = rearrange((decoded - images) ** 2, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)",
+                              p1=c.patch_size, p2=c.patch_size).mean(-1)
+            weight = 1 + (c.mask_weight - 1) * masked.float()
+            # a mean per image, then over images: shares of a batch average to the whole batch's loss
+            recon = recon + ((error * weight).sum(-1) / weight.sum(-1)).mean()
+        losses["reconstruction"] = recon / len(views)
+        if c.contrast_weight > 0 and len(states) == 2:
+            contrast = sum(
+                self.contrast(states[0][:, :, level], states[1][:, :, level], radius)
+                for level, radius in zip(c.contrast_levels, c.contrast_radii)
+            ) / len(c.contrast_levels)
+            losses["contrast"] = contrast
+        losses["total"] = losses["reconstruction"] + c.contrast_weight * losses.get("contrast", 0.0)
+        return losses
+
+    def contrast(self, view_a: torch.Tensor, view_b: torch.Tensor, radius: float) -> torch.Tensor:
+        """InfoNCE within each image: (b, n, d) x (b, n, d) -> scalar.
+
+        The positive of column i is column i of the other view; its negatives are that view's columns
+        further than `radius` patches away. Symmetric in the two views.
+        """
+        a, b = F.normalize(view_a.float(), dim=-1), F.normalize(view_b.float(), dim=-1)
+        logits = torch.einsum("bid,bjd->bij", a, b) / self.config.temperature
+        near = (self.distances <= radius) & ~torch.eye(len(self.distances), dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(near, float("-inf"))
+        targets = torch.arange(logits.shape[1], device=a.device).expand(logits.shape[0], -1)
+        return 0.5 * (F.cross_entropy(rearrange(logits, "b i j -> b j i"), targets)
+                      + F.cross_entropy(rearrange(logits.transpose(1, 2), "b i j -> b j i"), targets))
+
+
+def batch_scenes(config: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The step's scene seeds (batch_size,) and which of them are mirrored (batch_size,) bool.
+
+    The same in every process, so data-parallel ranks split one batch.
+    """
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    if config.scenes:
+        index = torch.randint(config.scenes, (config.batch_size,), generator=generator).numpy()
+    else:
+        index = np.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(TRAIN_SEEDS)
+    flips = torch.rand(config.batch_size, generator=generator).numpy() < 0.5
+    return TRAIN_SEEDS.start + index, flips & config.flip
+
+
+def draw_views(config: TrainConfig, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The corruption (noise, masked) of the whole batch for each view: one, or two with the contrastive term.
+
+    Seeded by (seed, step), so every data-parallel process draws the same and takes its share.
+    """
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + step)
+    shape = (config.batch_size, 3, config.image_size, config.image_size)
+    count = 2 if config.contrast_weight > 0 else 1
+    return [draw_corruption(shape, config.patch_size, config.noise_std, config.mask_ratio, generator)
+            for _ in range(count)]
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Trainer:
+    """The training loop; progress goes to callbacks.
+
+    Events: ``on_step_end(trainer)`` (``trainer.step``, ``trainer.losses``), ``on_checkpoint(trainer, path)``,
+    ``on_train_end(trainer)``. ``trainer.history`` holds every step's losses.
+    """
+
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.device = torch.device(config.device)
+        # bf16 only where it is native: emulated bf16 runs many times slower than fp32
+        self.autocast = config.bf16 and reduced_precision_is_fast(self.device.type, torch.bfloat16)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if config.batch_size % self.world:
+            raise ConfigError(
+                f"batch_size {config.batch_size} does not split over {self.world} processes: "
+                f"use a multiple of {self.world}"
+            )
+        torch.manual_seed(config.seed)
+        self.learner = Learner(config).to(self.device)
+        self.model = self.learner.glom
+        self.optimizer = torch.optim.AdamW(self.learner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.losses: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self._parallel = (
+            nn.parallel.DistributedDataParallel(self.learner) if self.world > 1 else self.learner
+        )
+
+    def set_callback(self, event: str, fn: Callable) -> "Trainer":
+        """Replace the callbacks of an event by fn."""
+        self._check_event(event)
+        self.callbacks[event] = [fn]
+        return self
+
+    def add_callback(self, event: str, fn: Callable) -> "Trainer":
+        self._check_event(event)
+        self.callbacks[event].append(fn)
+        return self
+
+    def _check_event(self, event: str) -> None:
+        if event not in EVENTS:
+            raise ConfigError(f"unknown training event {event!r}; events are {EVENTS}")
+
+    def _fire(self, event: str, *args) -> None:
+        for fn in self.callbacks[event]:
+            fn(self, *args)
+
+    def shard(self, step: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """This process's share of the step's batch: clean images and their views."""
+        c = self.config
+        share = slice(self.rank * c.batch_size // self.world, (self.rank + 1) * c.batch_size // self.world)
+        seeds, flips = batch_scenes(c, step)
+        images, _, _ = make_batch(seeds[share], c.image_size)
+        images = torch.where(torch.from_numpy(flips[share])[:, None, None, None], images.flip(-1), images)
+        views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
+                 for noise, masked in draw_views(c, step)]
+        return images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views]
+
+    def compute_losses(self, step: int) -> dict[str, torch.Tensor]:
+        images, views = self.shard(step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self._parallel(images, views)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; raises FloatingPointError, keeping the weights, if the loss is not finite."""
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(c, self.step)
+        losses = self.compute_losses(self.step)
+        if not torch.isfinite(losses["total"]):
+            raise FloatingPointError(
+                f"the loss became {losses['total'].item()} at step {self.step}: lower lr (now {c.lr}) "
+                f"or noise_std; the last good checkpoint is kept in {c.out}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.learner.parameters(), c.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(
+                f"the gradients became non-finite at step {self.step}: lower lr (now {c.lr}); "
+                f"the last good checkpoint is kept in {c.out}"
+            )
+        self.optimizer.step()
+        self.step += 1
+        self.losses = {name: float(value.detach()) for name, value in losses.items()}
+        self.losses["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.history.append({"step": self.step, **self.losses})
+        return self.losses
+
+    def fit(self, steps: int | None = None) -> list[dict]:
+        """Train up to `steps` (default config.steps), checkpointing every checkpoint_every steps."""
+        c = self.config
+        last = c.steps if steps is None else min(c.steps, steps)
+        try:
+            while self.step < last:
+                started = time.perf_counter()
+                self.train_step()
+                self.elapsed += time.perf_counter() - started
+                self._fire("on_step_end")
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                    self.save()
+        except FloatingPointError:
+            self._fire("on_train_end")
+            raise
+        if c.checkpoint_every:
+            self.save()
+        self._fire("on_train_end")
+        return self.history
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Write model.safetensors (the GLOM alone, config in the metadata) and trainer.pt (the rest)."""
+        from glom_viz.checkpoints import save_checkpoint
+
+        directory = Path(directory or self.config.out)
+        if self.rank != 0:
+            return directory
+        directory.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.model, directory / MODEL_FILE, train_config=json.dumps(self.config.to_dict()),
+                        step=str(self.step))
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "decoder": self.learner.decoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": json.dumps(self.history),
+            "config": json.dumps(self.config.to_dict()),
+        }
+        partial = directory / (TRAINER_FILE + ".partial")
+        torch.save(state, partial)
+        partial.replace(directory / TRAINER_FILE)
+        self._fire("on_checkpoint", directory)
+        return directory
+
+    @classmethod
+    def resume(cls, directory: str | Path, **overrides) -> "Trainer":
+        """A trainer continuing the run saved in `directory` (its config, with `overrides` such as steps)."""
+        from glom_viz.checkpoints import load_checkpoint
+
+        directory = Path(directory)
+        if not (directory / TRAINER_FILE).exists() or not (directory / MODEL_FILE).exists():
+            raise CheckpointError(f"no run to resume in {directory}: expected {MODEL_FILE} and {TRAINER_FILE} there")
+        state = torch.load(directory / TRAINER_FILE, weights_only=True)
+        config = TrainConfig.from_dict({**json.loads(state["config"]), **overrides})
+        trainer = cls(config)
+        glom = load_checkpoint(directory / MODEL_FILE, **config.model_config().to_dict())
+        trainer.model.load_state_dict(glom.state_dict())
+        trainer.learner.decoder.load_state_dict(state["decoder"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.step = int(state["step"])
+        trainer.elapsed = float(state["elapsed"])
+        trainer.history = json.loads(state["history"])
+        return trainer
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def _parse_value(text: str, default):
+    """A flag's text as the type of its field's default ('none' for None, comma lists for tuples)."""
+    if text.lower() == "none":
+        return None
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, tuple) or default is None:
+        items = [x for x in text.replace("(", "").replace(")", "").split(",") if x.strip()]
+        return tuple(float(x) for x in items)
+    return type(default)(text)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m glom_viz.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                            help=f"default {getattr(defaults, f.name)!r}")
+    args = parser.parse_args(argv)
+    values = json.loads(Path(args.config).read_text()) if args.config else {}
+    for f in dataclasses.fields(TrainConfig):
+        text = getattr(args, f.name)
+        if text is not None:
+            values[f.name] = _parse_value(text, values.get(f.name, getattr(defaults, f.name)))
+    if values.get("contrast_levels") is not None:
+        values["contrast_levels"] = tuple(int(x) for x in values["contrast_levels"])
+    args.given = values  # what the command line set, for --resume
+    return TrainConfig.from_dict(values), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    try:
+        if args.resume:
+            trainer = Trainer.resume(config.out, **{k: v for k, v in args.given.items() if k != "out"})
+        else:
+            trainer = Trainer(config)
+        if trainer.rank == 0:
+            _attach_cli_reporting(trainer, quiet=args.quiet)
+        trainer.fit()
+    except (ConfigError, CheckpointError, FloatingPointError) as error:
+        print(f"training stopped: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+def _attach_cli_reporting(trainer: Trainer, quiet: bool) -> None:
+    """A tqdm bar and a JSON-lines log of every step in the run's folder."""
+    from tqdm import tqdm
+
+    out = Path(trainer.config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / LOG_FILE, "a")
+    bar = tqdm(total=trainer.config.steps, initial=trainer.step, disable=quiet, unit="step")
+
+    def on_step(t: Trainer):
+        log.write(json.dumps({"step": t.step, "elapsed": round(t.elapsed, 2), **t.losses}) + "\n")
+        log.flush()
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in t.losses.items() if k != "lr"})
+
+    def on_end(t: Trainer):
+        bar.close()
+        log.close()
+
+    trainer.add_callback("on_step_end", on_step)
+    trainer.add_callback("on_train_end", on_end)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
