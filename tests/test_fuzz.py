@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save as safetensors_save
@@ -205,3 +205,139 @@ TENSOR_NAMES = st.sampled_from(sorted(Glom(**TINY).state_dict()) + ["extra", "__
 @given(st.dictionaries(TENSOR_NAMES, TENSOR_ENTRY, max_size=6), st.binary(max_size=2048))
 def test_safetensors_headers_that_may_lie(header, buffer):
     load_or_refuse_checkpoint(safetensors_bytes(header, buffer))
+
+
+# -- the islands engine ---------------------------------------------------------------------------
+
+from glom_viz.errors import StatesError  # noqa: E402
+from glom_viz.islands import align_islands, find_islands, find_islands_all_levels  # noqa: E402
+
+FAST_METHODS = ("kmeans", "agglomerative", "hdbscan", "threshold")  # "umap" space: seconds per call
+FINITE_32 = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
+ANY_32 = st.floats(width=32)  # NaN and Inf included
+
+
+def grids():
+    return st.tuples(st.integers(1, 5), st.integers(1, 5))
+
+
+@st.composite
+def level_states(draw, values=FINITE_32):
+    """(T, N, D) states on an (h, w) grid, with the grid."""
+    h, w = draw(grids())
+    steps, dim = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    flat = draw(st.lists(values, min_size=steps * h * w * dim, max_size=steps * h * w * dim))
+    return np.asarray(flat, dtype=np.float32).reshape(steps, h * w, dim), (h, w)
+
+
+def assert_labels(labels, steps, patches, n_islands=None):
+    assert isinstance(labels, np.ndarray) and labels.dtype == np.int64 and labels.shape == (steps, patches)
+    assert labels.min(initial=0) >= -1
+    if n_islands is not None:
+        for step in labels:
+            assert len(set(step[step >= 0].tolist())) <= n_islands
+
+
+@pytest.mark.timeout(HANG_SECONDS)
+@FUZZ
+@given(level_states(), st.sampled_from(FAST_METHODS), st.one_of(st.none(), st.integers(1, 4)))
+def test_islands_of_any_finite_states(states_and_grid, method, n_islands):
+    states, grid = states_and_grid
+    if method not in ("kmeans", "agglomerative"):
+        n_islands = None
+    try:
+        labels = find_islands(states, grid, method=method, n_islands=n_islands)
+    except StatesError as error:
+        assert str(error)
+        assert n_islands is not None and n_islands > states.shape[1]  # the only refusal of valid states
+        return
+    assert_labels(labels, states.shape[0], states.shape[1], n_islands)
+    again = find_islands(states, grid, method=method, n_islands=n_islands)
+    assert np.array_equal(labels, again)  # deterministic for a seed
+
+
+@pytest.mark.timeout(HANG_SECONDS)
+@FUZZ
+@given(level_states(values=ANY_32), st.sampled_from(FAST_METHODS))
+def test_islands_of_non_finite_states_are_refused(states_and_grid, method):
+    states, grid = states_and_grid
+    finite = bool(np.isfinite(states).all())
+    try:
+        labels = find_islands(states, grid, method=method)
+    except StatesError as error:
+        assert not finite or "grid" in str(error)
+        return
+    assert finite
+    assert_labels(labels, states.shape[0], states.shape[1])
+
+
+@pytest.mark.timeout(HANG_SECONDS)
+@FUZZ
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 3), st.lists(FINITE_32, min_size=1, max_size=6),
+       st.sampled_from(FAST_METHODS), st.one_of(st.none(), st.integers(1, 4)), st.floats(0.1, 100.0))
+def test_degenerate_states_are_one_island(h, w, steps, vector, method, n_islands, scale):
+    """Every column holding the same vector (GLOM's step 0) is a single island 0 for every method.
+
+    The zero vector is left out: it has no direction, and the islands engine says it agrees with
+    nothing.
+    """
+    if method not in ("kmeans", "agglomerative") or (n_islands or 0) > h * w:
+        n_islands = None
+    column = np.asarray(vector, dtype=np.float32)
+    assume(float(np.linalg.norm(column)) > 1e-6)
+    states = np.broadcast_to(column * np.float32(scale), (steps, h * w, column.size)).copy()
+    labels = find_islands(states, (h, w), method=method, n_islands=n_islands)
+    assert labels.shape == (steps, h * w) and np.all(labels == 0)
+
+
+ARRAY_SHAPES = st.lists(st.integers(0, 4), min_size=0, max_size=5)
+
+
+@pytest.mark.timeout(HANG_SECONDS)
+@FUZZ
+@given(ARRAY_SHAPES, st.one_of(grids(), st.tuples(st.integers(-2, 5), st.integers(-2, 5)),
+                               st.just((2,)), st.just("4x4"), st.none()))
+def test_islands_of_any_shape(shape, grid):
+    """Any array shape and any grid: labels of the documented shape, or a StatesError."""
+    states = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    try:
+        labels = find_islands(states, grid)
+    except StatesError as error:
+        assert str(error)
+    else:
+        assert states.ndim in (2, 3) and states.shape[-2] >= 1
+        assert labels.shape == states.shape[:-1] and labels.dtype == np.int64
+    if states.ndim == 4 and states.shape[2] == 0:
+        return  # no levels: test_islands_of_no_levels
+    try:
+        all_levels = find_islands_all_levels(states, grid)
+    except StatesError as error:
+        assert str(error)
+    else:
+        steps, patches, levels = states.shape[:3]
+        assert all_levels.shape == (steps, levels, patches)
+
+
+@pytest.mark.timeout(HANG_SECONDS)
+@FUZZ
+@given(st.integers(0, 4), st.integers(1, 12), st.data())
+def test_aligned_islands_are_the_same_islands(steps, patches, data):
+    """Aligning renames ids only: each step splits the patches exactly as before; noise stays -1."""
+    labels = np.asarray(data.draw(st.lists(st.lists(st.integers(-1, 5), min_size=patches, max_size=patches),
+                                           min_size=steps, max_size=steps)), dtype=np.int64).reshape(steps, patches)
+    aligned = align_islands(labels)
+    assert aligned.shape == labels.shape and aligned.dtype == np.int64
+    assert np.array_equal(aligned == -1, labels == -1)
+    for before, after in zip(labels, aligned):
+        assert np.array_equal(before[:, None] == before[None, :], after[:, None] == after[None, :])
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="found by fuzzing: find_islands_all_levels of states with 0 levels raises numpy's "
+                          "'need at least one array to stack' instead of a StatesError or empty labels")
+def test_islands_of_no_levels():
+    try:
+        labels = find_islands_all_levels(np.zeros((2, 4, 0, 3), np.float32), (2, 2))
+    except StatesError:
+        return
+    assert labels.shape == (2, 0, 4)
