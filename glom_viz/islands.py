@@ -449,9 +449,9 @@ def find_islands(
     elif live.size:
         points = directions[live] if space == "vectors" else _umap_points(directions[live], seed)
         grams = _grams(points)
-        # Many tiny (N, N) @ (N, B * K) products: threaded OpenBLAS spends more time waking its
-        # threads than multiplying (3-4x slower on busy shared cores), so one thread, as sklearn's
-        # own KMeans does.
+        # Many small (N, N) @ (N, B * K) products: threaded OpenBLAS spends more time waking its
+        # threads than multiplying (3-10x slower on busy shared cores), so one thread, as
+        # scikit-learn's own KMeans does.
         with threadpool_limits(limits=1, user_api="blas"):
             for t, points_t, gram in zip(live, points, grams):
                 step = _Map(points_t, gram, cosine=space == "vectors")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from glom_viz.errors import StatesError
 
@@ -27,11 +28,12 @@ DIMS = (2, 3)
 
 UMAP_PCA_DIMS = 32  # PCA before the kNN graph: keeps the islands, drops the float noise
 UMAP_NEIGHBOURS = 15
-UMAP_EPOCHS = 150  # umap's default is 500 below 10k points; the layout has settled well before
+UMAP_EPOCHS = 100  # umap's default is 500 below 10k points: 100 keeps its trustworthiness (benchmarks)
 UMAP_MIN_DIST = 0.1
 UMAP_INIT_SCALE = 10.0  # umap scales its PCA/spectral initialisations to +-10
 POWER_ITERATIONS = 2  # randomized PCA: leading directions to ~1e-4 when their eigenvalues are apart
 OVERSAMPLING = 8
+KNN_BLOCK = 512  # rows of the distance matrix at a time
 DEGENERATE_VARIANCE = 1e-12  # total variance below this: every vector points the same way
 
 
@@ -67,7 +69,7 @@ def _orthonormal(block: np.ndarray) -> np.ndarray:
     return block @ (vectors[:, keep] / np.sqrt(values[keep])).astype(block.dtype)
 
 
-def pca_components(points: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+def pca_components(points: np.ndarray, dims: int, seed: int = 0, power_iterations: int = POWER_ITERATIONS) -> np.ndarray:
     """Leading principal coordinates of points (M, D) -> (M, dims) float64, zeros if no variance.
 
     Randomized range finder with power iterations (Halko et al. 2011) and a seeded generator, so no
@@ -83,7 +85,7 @@ def pca_components(points: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     sketch = rng.standard_normal((d, min(dims + OVERSAMPLING, d))).astype(np.float32)
     basis = _orthonormal(centred @ sketch)
-    for _ in range(POWER_ITERATIONS):
+    for _ in range(power_iterations):
         basis = _orthonormal(centred @ (centred.T @ basis))
     # SVD of the small (r, D) sketch through its (r, r) Gram matrix: LAPACK's gesdd is slow here
     sketch = (basis.T @ centred).astype(np.float64)
@@ -97,15 +99,25 @@ def pca_components(points: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
 
 
 def _exact_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours of each point (itself first) by one Gram product -> indices, distances (M, k)."""
+    """k nearest neighbours of each point (itself first) -> indices (M, k) int32, distances (M, k) float32.
+
+    Brute force by Gram products in row blocks that stay in cache; exact, and quicker than umap's
+    NN-descent (and its numba compile) at a few thousand points.
+    """
+    m = points.shape[0]
     sq = (points**2).sum(axis=1)
-    distances = np.maximum(sq[:, None] + sq[None, :] - 2 * points @ points.T, 0.0)
-    np.fill_diagonal(distances, -1.0)  # each point is its own first neighbour, as umap expects
-    index = np.argpartition(distances, k - 1, axis=1)[:, :k]
-    ordered = np.take_along_axis(distances, index, axis=1).argsort(axis=1, kind="stable")
-    index = np.take_along_axis(index, ordered, axis=1)
-    near = np.sqrt(np.maximum(np.take_along_axis(distances, index, axis=1), 0.0))
-    return index.astype(np.int32), near.astype(np.float32)
+    index = np.empty((m, k), dtype=np.int64)
+    near = np.empty((m, k), dtype=np.float32)
+    for first in range(0, m, KNN_BLOCK):
+        rows = slice(first, min(first + KNN_BLOCK, m))
+        block = np.maximum(sq[rows, None] + sq[None, :] - 2 * points[rows] @ points.T, 0.0)
+        block[np.arange(block.shape[0]), np.arange(rows.start, rows.stop)] = -1.0  # itself first, as umap expects
+        nearest = np.argpartition(block, k - 1, axis=1)[:, :k]
+        distances = np.take_along_axis(block, nearest, axis=1)
+        order = distances.argsort(axis=1, kind="stable")
+        index[rows] = np.take_along_axis(nearest, order, axis=1)
+        near[rows] = np.sqrt(np.maximum(np.take_along_axis(distances, order, axis=1), 0.0))
+    return index.astype(np.int32), near
 
 
 def umap_embedding(
@@ -121,7 +133,8 @@ def umap_embedding(
     import umap  # ~10 s on first import: only when a UMAP is asked for
 
     points = np.asarray(points, dtype=np.float32)
-    reduced = pca_components(points, min(UMAP_PCA_DIMS, points.shape[1]), seed).astype(np.float32)
+    # an approximate subspace is enough for a neighbour graph: one power iteration
+    reduced = pca_components(points, min(UMAP_PCA_DIMS, points.shape[1]), seed, power_iterations=1).astype(np.float32)
     unique, inverse = np.unique(reduced, axis=0, return_inverse=True)
     inverse = inverse.ravel()
     if unique.shape[0] <= n_neighbors + 1:  # too few distinct points for a neighbour graph
@@ -166,10 +179,12 @@ def project(states, method: str = "pca", dims: int = 2, seed: int = 0) -> np.nda
     vectors = _as_steps(states)
     steps, n_patches, dim = vectors.shape
     points = _directions(vectors.reshape(steps * n_patches, dim))
-    if method == "pca":
-        coordinates = pca_components(points, dims, seed)
-    else:
-        coordinates = umap_embedding(points, dims, seed=seed)
+    # tall-skinny products: threaded OpenBLAS is 5-10x slower than one thread on busy shared cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        if method == "pca":
+            coordinates = pca_components(points, dims, seed)
+        else:
+            coordinates = umap_embedding(points, dims, seed=seed)
     return coordinates.reshape(steps, n_patches, dims).astype(np.float32)
 
 
