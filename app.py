@@ -31,7 +31,7 @@ from glom_viz import export, islands, render
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, GlomInputError, ImageLoadError, StatesError
 from glom_viz.images import FITS, LIMITS, load_frames, load_image, sample_images, to_model_input
-from glom_viz.model import Glom, GlomConfig
+from glom_viz.model import Glom, GlomConfig, reduced_precision_is_fast
 from glom_viz.project import PROJECTIONS, project, warm_up_umap
 from glom_viz.scenes import EVAL_SEEDS, make_scene
 
@@ -64,7 +64,6 @@ SOURCES = {"shipped": "Trained (shipped)", "random": "Random weights (seeded)", 
 RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
 RANDOM_SEED = 0
 PRECISIONS = {"bf16": "bf16 (fast where the CPU has bf16 units)", "fp32": "fp32 (exact)"}
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # without these, CPU bf16 matmuls are emulated and slow
 
 # pictures
 SCENE_SEEDS = tuple(EVAL_SEEDS[i] for i in (0, 1, 2))  # held-out scenes, never seen in training
@@ -204,7 +203,9 @@ class Session:
 
 # ---------------------------------------------------------------------------------------------------
 # caching: the only place in the project. Keys are content hashes; a leading underscore keeps an
-# argument out of the key (it is only used to compute a missing entry).
+# argument out of the key (it is only used to compute a missing entry). st.cache_data pickles what it
+# keeps, and this script's own classes cannot be unpickled in a later run of it, so the cached
+# functions return plain dicts, tuples and arrays that the callers wrap.
 
 
 def content_key(*parts) -> str:
@@ -241,25 +242,26 @@ def cached_photos() -> dict[str, Picture]:
 
 
 @st.cache_data(max_entries=PICTURE_CACHE_ENTRIES, max_size=PICTURE_CACHE_BYTES, show_spinner=False)
-def cached_scene(seed: int, image_size: int) -> Picture:
+def cached_scene(seed: int, image_size: int) -> dict:
+    """A held-out synthetic scene as Picture fields, with its objects and parts as ground truth."""
     scene = make_scene(seed, image_size)
     rgb = np.rint(scene.image * 255).astype(np.uint8)
     kinds = ", ".join(scene.kinds)
-    return Picture(f"scene {seed - EVAL_SEEDS[0] + 1}", content_key("scene", seed, image_size), rgb,
-                   note=f"synthetic scene ({kinds}) with ground-truth objects and parts",
-                   masks=(("objects", scene.objects), ("parts", scene.parts)))
+    return dict(name=f"scene {seed - EVAL_SEEDS[0] + 1}", key=content_key("scene", seed, image_size), rgb=rgb,
+                note=f"synthetic scene ({kinds}) with ground-truth objects and parts",
+                masks=(("objects", scene.objects), ("parts", scene.parts)))
 
 
 @st.cache_data(max_entries=PICTURE_CACHE_ENTRIES, max_size=PICTURE_CACHE_BYTES, show_spinner=False)
-def cached_upload(data: bytes, name: str, as_frames: bool) -> list[Picture]:
-    """Check and decode an upload (glom_viz.images); raises ImageLoadError with what to do."""
+def cached_upload(data: bytes, name: str, as_frames: bool) -> list[dict]:
+    """Check and decode an upload (glom_viz.images) into Picture fields; raises ImageLoadError saying what to do."""
     if as_frames:
         loaded = load_frames(data, name)
         many = len(loaded) > 1
-        return [Picture(f"{name} · frame {image.frame + 1}" if many else name, f"{image.sha256}:{image.frame}",
-                        image.rgb, image.note) for image in loaded]
+        return [dict(name=f"{name} · frame {image.frame + 1}" if many else name, key=f"{image.sha256}:{image.frame}",
+                     rgb=image.rgb, note=image.note) for image in loaded]
     image = load_image(data, name)
-    return [Picture(name, image.sha256, image.rgb, image.note)]
+    return [dict(name=name, key=image.sha256, rgb=image.rgb, note=image.note)]
 
 
 @st.cache_data(max_entries=PICTURE_CACHE_ENTRIES, max_size=PICTURE_CACHE_BYTES, show_spinner=False)
@@ -276,7 +278,7 @@ def cached_input(key: str, image_size: int, fit: str, _rgb: np.ndarray) -> tuple
 
 
 @st.cache_data(max_entries=RUN_CACHE_ENTRIES, max_size=RUN_CACHE_BYTES, show_spinner=False)
-def cached_run(key: str, _compute: Callable[[], RunResult]) -> RunResult:
+def cached_run(key: str, _compute: Callable[[], dict]) -> dict:
     return _compute()
 
 
@@ -293,18 +295,6 @@ def cached_derived(kind: str, key: str, _compute: Callable[[], object]) -> objec
 
 # ---------------------------------------------------------------------------------------------------
 # the model
-
-
-def bf16_is_fast() -> bool:
-    """Whether this CPU has bf16 matrix units; without them torch emulates bf16 and fp32 is faster."""
-    if torch.cuda.is_available():
-        return True
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def model_panel() -> ModelSettings:
@@ -339,11 +329,15 @@ def model_panel() -> ModelSettings:
                  "whether columns attended to themselves is not, so say it here.")
         if upload is not None:
             checkpoint_name, checkpoint = upload.name, upload.getvalue()
+    bf16_fast = reduced_precision_is_fast("cpu", torch.bfloat16)
     precision = st.sidebar.radio("Precision", list(PRECISIONS), format_func=PRECISIONS.get, horizontal=True,
-                                 index=0 if bf16_is_fast() else 1, key="model_precision",
+                                 index=0 if bf16_fast else 1, key="model_precision",
                                  help="bf16 runs the feed-forward nets and attention in bfloat16 (states stay "
                                       "fp32 between steps). It is the fast path only on CPUs with bf16 units "
                                       "(AVX-512 BF16, AMX) or GPUs; elsewhere fp32 is faster.")
+    if precision == "bf16" and not bf16_fast:
+        st.sidebar.caption("This CPU has no native bf16 (it would run many times slower), so GLOM runs in fp32.")
+        precision = "fp32"
     if isinstance(config, tuple):
         image_size, patch_size, dim, levels, consensus_self, radius = config
         try:
@@ -363,9 +357,8 @@ def random_model(seed: int, config: GlomConfig, title: str, note: str | None) ->
 
 def load_model(settings: ModelSettings) -> tuple[LoadedModel, str | None]:
     """The model the settings ask for, and an error to show if it could not be had (then a stand-in)."""
-    stand_in_note = ("The trained model is not shipped yet (glom_viz/assets/shipped.safetensors is missing): "
-                     f"this is a **random GLOM (seed {RANDOM_SEED})** of the shipped model's shape. Its islands "
-                     "come from untrained weights.")
+    stand_in_note = (f"**Stand-in model.** The trained model is not shipped yet, so this is a random GLOM (seed "
+                     f"{RANDOM_SEED}) of its shape: its islands come from untrained weights.")
 
     def stand_in() -> LoadedModel:
         return cached_model(content_key("random", RANDOM_SEED, RANDOM_CONFIG),
@@ -459,7 +452,7 @@ def gather_pictures(settings: ImageSettings, image_size: int) -> tuple[list[Pict
     photos = cached_photos()
     for name in settings.bundled:
         if name.startswith("scene "):
-            pictures.append(cached_scene(SCENE_SEEDS[int(name.split()[1]) - 1], image_size))
+            pictures.append(Picture(**cached_scene(SCENE_SEEDS[int(name.split()[1]) - 1], image_size)))
         elif name in photos:
             pictures.append(photos[name])
     uploads = settings.uploads
@@ -469,7 +462,7 @@ def gather_pictures(settings: ImageSettings, image_size: int) -> tuple[list[Pict
         uploads = uploads[:MAX_UPLOADS]
     for name, data in uploads:
         try:
-            pictures.extend(cached_upload(data, name, settings.animations_as_frames))
+            pictures.extend(Picture(**fields) for fields in cached_upload(data, name, settings.animations_as_frames))
         except ImageLoadError as error:
             problems.append(str(error))
     return pictures, problems
@@ -535,8 +528,8 @@ def run_panel(levels: int) -> RunSettings:
 
 
 def compute_run(model: Glom, frame: Frame, init: Callable[[], RunResult] | None, iterations: int,
-                precision: str, label: str) -> RunResult:
-    """Run GLOM on one frame step by step with a progress bar; states stored compactly."""
+                precision: str, label: str) -> dict:
+    """Run GLOM on one frame step by step with a progress bar; RunResult's fields, states stored compactly."""
     start_levels = None
     if init is not None:
         previous = init()
@@ -561,7 +554,7 @@ def compute_run(model: Glom, frame: Frame, init: Callable[[], RunResult] | None,
         first_nonfinite = (int(step), int(level))
     safe = np.abs(np.nan_to_num(states, nan=0.0, posinf=0.0, neginf=0.0)).max() < FLOAT16_SAFE
     stored = states.astype(STATES_DTYPE) if safe else states
-    return RunResult(stored, states[-1].copy(), first_nonfinite, seconds)
+    return dict(states=stored, final=states[-1].copy(), first_nonfinite=first_nonfinite, seconds=seconds)
 
 
 def runs_for(session_model: LoadedModel, frames: list[Frame], sequence: bool, iterations: int,
@@ -573,8 +566,8 @@ def runs_for(session_model: LoadedModel, frames: list[Frame], sequence: bool, it
         label = f"frame {index + 1} of {len(frames)} · {frame.picture.name}" if sequence else frame.picture.name
 
         def run(frame=frame, previous=previous, label=label) -> RunResult:
-            return cached_run(frame.run_key, lambda: compute_run(session_model.model, frame, previous, iterations,
-                                                                 precision, label))
+            return RunResult(**cached_run(frame.run_key, lambda: compute_run(
+                session_model.model, frame, previous, iterations, precision, label)))
         runs.append(run)
     return tuple(runs)
 
@@ -678,7 +671,7 @@ def viewer(session: Session) -> None:
                        width="stretch", help="Play the steps (shortcut: p)", shortcut="p")
     level_options = [*range(levels), ALL_LEVELS]
     if st.session_state.get("level") not in level_options:
-        st.session_state["level"] = levels - 1 if levels > 2 else 0
+        st.session_state["level"] = levels - 1  # the top level: the largest islands
     level = controls[2].segmented_control(
         "Level", level_options, key="level", required=True,
         format_func=lambda l: "all levels" if l == ALL_LEVELS else (
@@ -798,9 +791,9 @@ def islands_view(context: ViewContext):
         measures = measures_of(frame, context.result, labels, context.session.island_settings, grid, truth_name)
         now = measures[level][step]
         metrics = st.columns(3)
-        metrics[0].metric("within-island cosine", fmt(now.get("within_cosine")),
+        metrics[0].metric("cosine in island", fmt(now.get("within_cosine")),
                           help="Mean cosine of each column to its island's mean direction")
-        metrics[1].metric("neighbour agreement", fmt(now.get("neighbour_agreement")),
+        metrics[1].metric("neighbours", fmt(now.get("neighbour_agreement")),
                           help="Mean cosine between neighbouring columns")
         metrics[2].metric("change", fmt(now.get("change")), help="Mean 1 - cosine to the previous step")
         if truth_name is not None:
@@ -956,6 +949,8 @@ def column_view(context: ViewContext):
     probe_key = content_key(frame.run_key, step)
     requested = st.session_state.setdefault("probes", set())
     if probe_key not in requested:
+        st.image(render.draw_islands(frame.display, context.labels[step, level], grid, highlight=[patch]),
+                 width=360, caption=f"patch ({row}, {col}) at level {level}, step {step}")
         pick[2].caption("Attention and contributions are not kept during the run (they are ~4× the states); "
                         "they are recomputed for one step on request.")
         if pick[2].button(f"Compute attention and contributions at step {step}", key="probe", type="primary"):
@@ -1071,14 +1066,14 @@ def main() -> None:
     run_settings = run_panel(config.levels)
     island_settings = islands_panel()
 
-    title, badge = st.columns([5, 3], vertical_alignment="bottom")
-    title.markdown("### 🏝️ glom-viz · islands of agreement in GLOM")
-    badge.caption(f"{loaded.title} · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
+    title, chooser, badge = st.columns([4, 3, 3], vertical_alignment="bottom")
+    title.markdown("#### glom-viz · islands of agreement in GLOM")
+    badge.caption(f"**{loaded.title}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
                   f"{run_settings.iterations} iterations · {model_settings.precision}")
     if model_error:
         st.error(model_error + " Showing the default model instead.")
     if loaded.note:
-        (st.warning if "random" in loaded.title and "stand-in" in loaded.title else st.info)(loaded.note)
+        (st.warning if loaded.title.endswith("(stand-in)") else st.info)(loaded.note)
 
     pictures, problems = gather_pictures(image_settings, config.image_size)
     for problem in problems:
@@ -1090,13 +1085,15 @@ def main() -> None:
         st.warning(f"A sequence holds at most {MAX_FRAMES} frames; the first {MAX_FRAMES} of {len(pictures)} are "
                    "used.")
         pictures = pictures[:MAX_FRAMES]
-
-    settings_key = content_key(run_settings.iterations, model_settings.precision)
-    if not image_settings.sequence:
+    if image_settings.sequence:
+        chooser.caption(f"**Sequence** of {len(pictures)} frames, in order: pick a frame beside the step slider.")
+    else:
         names = [p.name for p in pictures]
         clamp_state("picture", 0, len(pictures) - 1, 0)
-        chosen = st.selectbox("Image", range(len(pictures)), format_func=names.__getitem__, key="picture")
+        chosen = chooser.selectbox("Image", range(len(pictures)), format_func=names.__getitem__, key="picture")
         pictures = [pictures[chosen]]
+
+    settings_key = content_key(run_settings.iterations, model_settings.precision)
     frames: list[Frame] = []
     previous = ""
     for picture in pictures:

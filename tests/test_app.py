@@ -1,0 +1,441 @@
+"""The app, headless: every control and view through streamlit's AppTest, results checked against glom_viz
+called directly on the same picture (the app must show exactly what the package computes).
+
+GLOM's runs are counted by wrapping ``Glom.iterate``: scrubbing, switching level, view or clustering
+must never run the model again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import sys
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import APP, png_bytes
+from glom_viz import islands
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped, save_checkpoint
+from glom_viz.errors import ImageLoadError
+from glom_viz.images import to_model_input
+from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
+from glom_viz.scenes import make_scene
+
+TIMEOUT_S = 120
+TINY = GlomConfig(dim=16, levels=2, image_size=32, patch_size=4)
+ITERATE = Glom.iterate  # the references run outside the count of the app's runs
+
+
+def load_app_module():
+    """app.py as a module (its page only runs as __main__): its constants and small helpers."""
+    spec = importlib.util.spec_from_file_location("glom_viz_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+app = load_app_module()
+
+
+# ---------------------------------------------------------------------------------------------------
+# fixtures and helpers
+
+
+@pytest.fixture
+def at(monkeypatch):
+    """A fresh app: empty caches (they are process-wide), no UMAP warm-up thread."""
+    monkeypatch.setenv("GLOM_VIZ_WARM_UMAP", "0")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def glom_runs(monkeypatch):
+    """Every call of Glom.iterate the app makes: (levels given to start from, contributions asked)."""
+    calls = []
+    original = Glom.iterate
+
+    def counted(self, img, iters=None, levels=None, **options):
+        calls.append({"levels": None if levels is None else levels.detach().clone(),
+                      "contributions": options.get("contributions", False), "iters": iters})
+        return original(self, img, iters, levels, **options)
+
+    monkeypatch.setattr(Glom, "iterate", counted)
+    return calls
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def run(at: AppTest) -> AppTest:
+    return ok(at.run())
+
+
+def default_model() -> Glom:
+    """The model the app opens on: the shipped one, or its seeded stand-in."""
+    if SHIPPED_CHECKPOINT.is_file():
+        return load_shipped()
+    torch.manual_seed(app.RANDOM_SEED)
+    return Glom.from_config(app.RANDOM_CONFIG).eval()
+
+
+def scene_rgb(index: int, image_size: int) -> np.ndarray:
+    return np.rint(make_scene(app.SCENE_SEEDS[index], image_size).image * 255).astype(np.uint8)
+
+
+def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, levels=None) -> np.ndarray:
+    """(T, N, L, D) float32 states of glom_viz's model on a picture, fp32, as the app's input."""
+    tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
+    with torch.inference_mode():
+        return np.stack([s.levels[0].numpy() for s in ITERATE(model, tensor, iters, levels)])
+
+
+def reference_labels(states: np.ndarray, grid, **settings) -> np.ndarray:
+    """(T, L, N) islands of the states as the app stores them (float16), default settings."""
+    settings = {"method": "kmeans", "n_islands": None, **settings}
+    if settings["method"] in islands.COUNT_METHODS and settings["n_islands"] is None:
+        settings.setdefault("max_islands", islands.MAX_ISLANDS)
+    return islands.find_islands_all_levels(states.astype(app.STATES_DTYPE), grid, **settings)
+
+
+def legend(at: AppTest) -> dict[int, int]:
+    """island id -> patches, read from the legend beside the overlay."""
+    chips = [m.value for m in at.markdown if "line-height:1.9" in m.value]
+    assert len(chips) == 1, "no island legend on the page"
+    found = re.findall(r"(island (\d+)|noise) · (\d+)", chips[0])
+    return {(-1 if name == "noise" else int(island)): int(count) for name, island, count in found}
+
+
+def expected_legend(labels: np.ndarray) -> dict[int, int]:
+    ids, counts = np.unique(labels, return_counts=True)
+    return dict(zip(ids.tolist(), counts.tolist()))
+
+
+def heading(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if " at level " in m.value)
+
+
+def set_fp32(at: AppTest) -> None:
+    """fp32, whatever this CPU's default: the references run in fp32."""
+    at.session_state["model_precision"] = "fp32"
+
+
+def mask_uploader(at: AppTest):
+    return next(u for u in at.sidebar.file_uploader if u.key.startswith("mask_"))
+
+
+def main_images(at: AppTest) -> list:
+    return [image for image in at.main.image]
+
+
+# ---------------------------------------------------------------------------------------------------
+# opening, scrubbing, caching
+
+
+def test_opens_with_the_default_models_islands_drawn(at, glom_runs):
+    set_fp32(at)
+    run(at)
+    model = default_model()
+    levels = model.config.levels
+    labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)), model.grid)
+
+    assert len(glom_runs) == 1
+    assert at.slider(key="step").value == 2 * levels  # the last step, iterations = 2 x levels
+    assert at.button_group(key="level").value == levels - 1
+    assert legend(at) == expected_legend(labels[-1, levels - 1])
+    assert len(main_images(at)) >= 2  # the overlay and the model's input
+    if not SHIPPED_CHECKPOINT.is_file():
+        assert any("Stand-in model" in w.value for w in at.warning)
+
+
+def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
+    set_fp32(at)
+    run(at)
+    model = default_model()
+    labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)), model.grid)
+
+    run(at.slider(key="step").set_value(0))
+    # step 0: every column holds the model's initial levels, so a level is one island of all patches
+    assert legend(at) == {0: model.num_patches}
+    assert "step 0" in heading(at)
+    for step in (3, 5):
+        for level in range(model.config.levels):
+            run(at.slider(key="step").set_value(step))
+            run(at.button_group(key="level").set_value(level))
+            assert legend(at) == expected_legend(labels[step, level])
+    for view in app.VIEWS:
+        run(at.button_group(key="view").set_value(view))
+    run(at.button_group(key="view").set_value("Islands"))
+    for method in islands.METHODS:
+        run(at.selectbox(key="islands_method").set_value(method))
+        assert legend(at)
+    assert len(glom_runs) == 1, "the model ran again for a change that only needs the cached states"
+
+    run(at.slider(key=f"iterations_{model.config.levels}").set_value(3))
+    assert len(glom_runs) == 2 and at.slider(key="step").value <= 3
+
+
+def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
+    set_fp32(at)
+    run(at)
+    model = default_model()
+    states = reference_run(model, scene_rgb(0, model.config.image_size))
+    run(at.button_group(key="level").set_value(0))
+
+    run(at.toggle(key="islands_auto").set_value(False))
+    run(at.number_input(key="islands_count").set_value(3))
+    assert legend(at) == expected_legend(reference_labels(states, model.grid, n_islands=3)[-1, 0])
+
+    run(at.selectbox(key="islands_method").set_value("threshold"))
+    run(at.slider(key="islands_threshold").set_value(0.95))
+    expected = reference_labels(states, model.grid, method="threshold", threshold=0.95, min_size=1)
+    assert legend(at) == expected_legend(expected[-1, 0])
+
+    run(at.selectbox(key="islands_method").set_value("agglomerative"))
+    run(at.checkbox(key="islands_connectivity").uncheck())
+    run(at.selectbox(key="islands_method").set_value("hdbscan"))
+    run(at.number_input(key="islands_min_cluster").set_value(8))
+    assert sum(legend(at).values()) == model.num_patches
+
+
+def test_all_levels_and_play(at):
+    run(at)
+    levels = default_model().config.levels
+    run(at.button_group(key="level").set_value(app.ALL_LEVELS))
+    captions = [c for image in at.main.image for c in image.captions if c.startswith("level ")]
+    assert len(captions) == levels
+
+    last = at.slider(key="step").value
+    run(at.button(key="play").click())  # at the last step, play starts again from step 0 and advances
+    assert at.slider(key="step").value == 1
+    assert at.button(key="play").label.startswith("⏸")
+    run(at.button(key="play").click())
+    assert at.button(key="play").label.startswith("▶") and at.slider(key="step").value == 1
+    assert last > 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# views
+
+
+def test_every_view_draws(at, glom_runs):
+    run(at)
+    levels = default_model().config.levels
+    run(at.button_group(key="view").set_value("Levels × steps"))
+    assert len(at.get("plotly_chart")) == 1
+    run(at.button_group(key="view").set_value("Projection"))
+    assert len(at.get("plotly_chart")) == 1 and any("Select points" in c for i in at.main.image for c in i.captions)
+    run(at.radio(key="projection_dims").set_value(3))
+    assert len(at.get("plotly_chart")) == 1
+    run(at.button_group(key="view").set_value("Measures"))
+    assert len(at.get("plotly_chart")) == 1
+    run(at.button_group(key="view").set_value("Parse tree"))
+    assert len([m for m in at.markdown if re.match(r"level \d+ → \d+", m.value)]) == levels - 1
+
+    run(at.button_group(key="view").set_value("Column"))
+    assert not at.get("plotly_chart") and at.button(key="probe")
+    run(at.button(key="probe").click())
+    assert len(at.get("plotly_chart")) == 2  # attention over the picture, contributions per level
+    probes = [call for call in glom_runs if call["contributions"]]
+    assert len(probes) == 1 and probes[0]["iters"] == at.slider(key="step").value
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Figure PNG", "SVG", "HTML", "Labels CSV", "Measures CSV", "JSON", "Bundle (zip)"} <= labels
+    run(at.slider(key="step").set_value(0))
+    assert any("Step 0 is the initial state" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_umap_projection(at):
+    run(at)
+    run(at.button_group(key="view").set_value("Projection"))
+    run(at.radio(key="projection_method").set_value("umap"))
+    assert len(at.get("plotly_chart")) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# images
+
+
+def test_uploaded_photo_and_its_mask(at, photo_rgb, photo_png):
+    set_fp32(at)
+    run(at)
+    run(at.file_uploader(key="images_upload").set_value(("astronaut.png", photo_png, "image/png")))
+    names = at.selectbox(key="picture").options
+    assert names[-1] == "astronaut.png"
+    run(at.selectbox(key="picture").set_value(len(names) - 1))
+    model = default_model()
+    size = model.config.image_size
+    assert any(f"cropped 160x120 to 120x120, resized to {size}x{size}" in c.value for c in at.caption)
+    labels = reference_labels(reference_run(model, photo_rgb), model.grid)
+    assert legend(at) == expected_legend(labels[-1, model.config.levels - 1])
+
+    mask = np.zeros((120, 160, 3), np.uint8)
+    mask[:, 80:] = (255, 0, 0)  # the right half is the object
+    run(mask_uploader(at).set_value(("mask.png", png_bytes(mask), "image/png")))
+    truth = islands.patch_truth(np.where(mask[:, 20:140, 0] > 0, 1, 0), model.grid)  # the centre crop
+    states = reference_run(model, photo_rgb).astype(app.STATES_DTYPE)
+    measures = islands.island_measures(states[:, :, -1], labels[:, -1], model.grid, truth=truth)
+    ari = next(m for m in at.metric if m.label == "ARI")
+    assert float(ari.value) == pytest.approx(measures[-1]["ari"], abs=1e-3)
+
+    wrong = png_bytes(np.zeros((10, 10, 3), np.uint8))
+    run(mask_uploader(at).set_value(("small.png", wrong, "image/png")))
+    assert any("upload a label image of the picture's size" in e.value for e in at.error)
+    assert legend(at)  # the islands are still drawn
+
+
+def test_bad_uploads_are_refused_and_the_rest_keeps_working(at, photo_png):
+    run(at)
+    uploads = [("empty.png", b"", "image/png"),
+               ("drawing.png", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "image/png"),
+               ("cut.png", photo_png[:200], "image/png"),
+               ("notes.jpg", b"just some text, not a picture", "image/jpeg"),
+               ("good.png", photo_png, "image/png")]
+    run(at.file_uploader(key="images_upload").set_value(uploads))
+    messages = [e.value for e in at.error]
+    for name in ("empty.png", "drawing.png", "cut.png", "notes.jpg"):
+        assert any(name in m for m in messages), f"no message names {name}: {messages}"
+    assert not any("good.png" in m for m in messages)
+    assert at.selectbox(key="picture").options[-1] == "good.png"
+    assert legend(at)  # the page and the current picture are untouched
+
+
+def test_too_many_uploads_are_cut_with_a_message(at):
+    pictures = [(f"p{i}.png", png_bytes(np.full((8, 8, 3), i, np.uint8)), "image/png")
+                for i in range(app.MAX_UPLOADS + 2)]
+    run(at)
+    bundled = len(at.selectbox(key="picture").options)
+    run(at.file_uploader(key="images_upload").set_value(pictures))
+    assert any(f"only the first {app.MAX_UPLOADS}" in e.value for e in at.error)
+    assert len(at.selectbox(key="picture").options) == bundled + app.MAX_UPLOADS
+
+
+def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
+    set_fp32(at)
+    at.session_state["images_bundled"] = ["scene 1", "scene 2"]
+    run(at)
+    run(at.toggle(key="images_sequence").set_value(True))
+    assert at.slider(key="frame").max == 1
+    model = default_model()
+    first = reference_run(model, scene_rgb(0, model.config.image_size))
+    sequence_calls = glom_runs[-2:]
+    assert sequence_calls[0]["levels"] is None
+    np.testing.assert_allclose(sequence_calls[1]["levels"][0].numpy(), first[-1], rtol=1e-5, atol=1e-6)
+
+    second = reference_run(model, scene_rgb(1, model.config.image_size), levels=torch.from_numpy(first[-1])[None])
+    run(at.slider(key="frame").set_value(1))
+    top = model.config.levels - 1
+    assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, top])
+
+
+def test_mask_reading_and_patch_selection_helpers():
+    mask = np.zeros((4, 6, 3), np.uint8)
+    mask[:, 3:] = (0, 0, 255)
+    mask[0, 0] = (0, 255, 0)
+    picture = app.Picture("p", "k", np.zeros((4, 6, 3), np.uint8))
+    labels = app.read_mask(png_bytes(mask), "m.png", picture)
+    assert labels[1, 1] == 0 and labels[0, 0] > 0 and labels[0, 5] > 0 and len(np.unique(labels)) == 3
+    photo = np.random.default_rng(0).integers(0, 256, (16, 24, 3), np.uint8)
+    with pytest.raises(ImageLoadError, match="colours"):
+        app.read_mask(png_bytes(photo), "photo.png", app.Picture("p", "k", np.zeros((16, 24, 3), np.uint8)))
+    assert app._fit_mask(np.arange(24).reshape(4, 6), "crop").shape == (4, 4)
+    assert app._fit_mask(np.arange(24).reshape(4, 6), "pad").shape == (6, 6)
+    event = {"selection": {"points": [{"customdata": 5}, {"customdata": [2, "x"]}, {"customdata": 5}, {}]}}
+    assert app.patches_of(event) == [2, 5]
+    assert app.patches_of(None) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# models
+
+
+def checkpoint_bytes(model: Glom, tmp_path) -> bytes:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path)
+    return path.read_bytes()
+
+
+def test_random_model_with_its_own_config(at):
+    run(at)
+    run(at.radio(key="model_source").set_value("random"))
+    run(at.number_input(key="model_seed").set_value(3))
+    run(at.number_input(key="model_levels").set_value(3))
+    assert any("random GLOM (seed 3)" in c.value for c in at.caption)
+    assert len(at.button_group(key="level").options) == 3 + 1  # three levels and "all"
+    run(at.number_input(key="model_patch_size").set_value(5))  # 64 px is not a multiple of 5
+    assert any("not divisible by patch_size" in e.value for e in at.sidebar.error)
+    assert legend(at)
+
+
+def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
+    set_fp32(at)
+    run(at)
+    run(at.radio(key="model_source").set_value("upload"))
+    torch.manual_seed(7)
+    ours = Glom.from_config(TINY).eval()
+    run(at.file_uploader(key="model_checkpoint").set_value(("tiny.safetensors", checkpoint_bytes(ours, tmp_path),
+                                                            "application/octet-stream")))
+    assert any("checkpoint tiny.safetensors" in c.value for c in at.caption)
+    labels = reference_labels(reference_run(ours, scene_rgb(0, TINY.image_size)), ours.grid)
+    assert legend(at) == expected_legend(labels[-1, TINY.levels - 1])
+
+    glom_pytorch = pytest.importorskip("glom_pytorch")
+    theirs = glom_pytorch.Glom(dim=16, levels=2, image_size=32, patch_size=4)
+    buffer = io.BytesIO()
+    torch.save(theirs.state_dict(), buffer)
+    run(at.file_uploader(key="model_checkpoint").set_value(("theirs.pt", buffer.getvalue(),
+                                                            "application/octet-stream")))
+    assert not at.error and any("checkpoint theirs.pt" in c.value for c in at.caption)
+
+    run(at.file_uploader(key="model_checkpoint").set_value(("junk.pt", b"not a checkpoint at all",
+                                                            "application/octet-stream")))
+    assert any("Could not use the checkpoint" in e.value for e in at.error)
+    assert legend(at)  # the default model stands in
+
+
+def test_nonfinite_states_are_reported_not_drawn(at, tmp_path):
+    torch.manual_seed(0)
+    exploding = Glom.from_config(TINY).eval()
+    with torch.no_grad():  # finite weights whose columns overflow float32 at the first step
+        exploding.init_levels.mul_(1e30)
+        exploding.bottom_up.net[1].weight.mul_(1e10)
+    run(at)
+    run(at.radio(key="model_source").set_value("upload"))
+    run(at.file_uploader(key="model_checkpoint").set_value(("exploding.safetensors",
+                                                            checkpoint_bytes(exploding, tmp_path),
+                                                            "application/octet-stream")))
+    assert any("became NaN or Inf" in e.value for e in at.error)
+    assert not [m for m in at.markdown if "line-height:1.9" in m.value]  # no islands drawn
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_bf16_precision(at, glom_runs, monkeypatch, native):
+    """bf16 reruns the model where the CPU has it; elsewhere the page says it runs fp32, and nothing reruns."""
+    monkeypatch.setenv(REDUCED_PRECISION_ENV, native)
+    reduced_precision_is_fast.cache_clear()
+    try:
+        at.session_state["model_precision"] = "fp32"
+        run(at)
+        run(at.radio(key="model_source").set_value("random"))
+        for key, value in (("model_dim", 16), ("model_levels", 2), ("model_image_size", 32)):
+            run(at.number_input(key=key).set_value(value))
+        before = len(glom_runs)
+        run(at.radio(key="model_precision").set_value("bf16"))
+        assert legend(at)
+        if native == "1":
+            assert len(glom_runs) == before + 1
+        else:
+            assert len(glom_runs) == before
+            assert any("no native bf16" in c.value for c in at.sidebar.caption)
+    finally:
+        reduced_precision_is_fast.cache_clear()
