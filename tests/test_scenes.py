@@ -1,0 +1,95 @@
+"""Scenes: determinism by seed, masks that agree with each other and with the image, disjoint seed ranges."""
+
+import numpy as np
+import pytest
+import torch
+
+from glom_viz.errors import ConfigError
+from glom_viz.scenes import EVAL_SEEDS, KINDS, OBJECTS_PER_SCENE, TRAIN_SEEDS, make_batch, make_scene
+
+SEEDS = range(40)
+
+
+def test_same_seed_same_scene_and_different_seeds_differ():
+    a, b, c = make_scene(7), make_scene(7), make_scene(8)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.objects, b.objects)
+    assert np.array_equal(a.parts, b.parts) and a.kinds == b.kinds
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_shapes_types_and_range(size):
+    scene = make_scene(3, size)
+    assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.float32
+    assert scene.objects.shape == scene.parts.shape == (size, size)
+    assert 0.0 <= scene.image.min() and scene.image.max() <= 1.0
+
+
+def test_every_part_lies_inside_its_object_and_objects_are_unions_of_parts():
+    for seed in SEEDS:
+        scene = make_scene(seed)
+        # the object of each pixel is the object of its part: parts inside their object ...
+        assert np.array_equal(scene.part_objects[scene.parts], scene.objects)
+        # ... and the object mask is the union of its parts where visible
+        for obj in np.unique(scene.objects[scene.objects > 0]):
+            union = np.isin(scene.parts, np.flatnonzero(scene.part_objects == obj))
+            assert np.array_equal(union, scene.objects == obj)
+        assert ((scene.parts == 0) == (scene.objects == 0)).all()
+
+
+def test_objects_have_several_parts_and_scenes_have_several_objects():
+    parts_per_object, objects_per_scene = [], []
+    for seed in SEEDS:
+        scene = make_scene(seed)
+        visible = np.unique(scene.objects[scene.objects > 0])
+        objects_per_scene.append(len(visible))
+        assert len(visible) <= OBJECTS_PER_SCENE[1]
+        for obj in visible:
+            parts_per_object.append(len(np.unique(scene.parts[scene.objects == obj])))
+    assert np.mean(objects_per_scene) >= 2
+    assert np.mean(parts_per_object) >= 2  # occlusion may hide a part now and then
+
+
+def test_all_kinds_appear_and_some_objects_are_occluded():
+    kinds, occluded = set(), 0
+    for seed in range(200):
+        scene = make_scene(seed, 32)
+        kinds.update(scene.kinds)
+        # a part id that was drawn but is now partly or wholly hidden
+        drawn = len(scene.part_objects) - 1
+        occluded += len(np.unique(scene.parts[scene.parts > 0])) < drawn
+    assert kinds == set(KINDS)
+    assert occluded > 0
+
+
+def test_parts_are_painted_with_their_own_colours():
+    """The image agrees with the masks: a part's pixels are closer to its mean colour than to the background's."""
+    for seed in SEEDS[:10]:
+        scene = make_scene(seed)
+        background = scene.image[scene.objects == 0].mean(0)
+        for part in np.unique(scene.parts[scene.parts > 0]):
+            pixels = scene.image[scene.parts == part]
+            mean = pixels.mean(0)
+            assert np.linalg.norm(pixels - mean, axis=1).mean() < 0.3
+            assert pixels.std(0).max() < 0.15  # flat-ish colour with shading and noise, not texture
+
+
+def test_make_batch_matches_make_scene():
+    images, objects, parts = make_batch([5, 9], 32)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    scene = make_scene(9, 32)
+    assert np.array_equal(images[1].permute(1, 2, 0).numpy(), scene.image)
+    assert np.array_equal(objects[1], scene.objects) and np.array_equal(parts[1], scene.parts)
+
+
+def test_training_and_evaluation_seeds_never_overlap():
+    assert TRAIN_SEEDS.stop <= EVAL_SEEDS.start
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(ConfigError, match="at least"):
+        make_scene(0, 8)
+    with pytest.raises(ConfigError, match="non-negative"):
+        make_scene(-1)
+    with pytest.raises(ConfigError, match="at least one seed"):
+        make_batch([], 32)

@@ -1,0 +1,161 @@
+"""Training: the loss goes down, checkpoints round-trip and resume exactly, bad configs stop with a
+message keeping the last good checkpoint, and 2-process DDP gives one process's gradients."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from glom_viz.checkpoints import load_checkpoint
+from glom_viz.errors import CheckpointError, ConfigError
+from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main
+
+TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4, warmup=2, lr=3e-3,
+            checkpoint_every=0, consensus_cosine=True, attention_scale=8.0, level_norm="layernorm",
+            consensus_radii=(1.5, 2.0, 3.0))
+CONTRAST = dict(contrast_weight=0.5, contrast_levels=(1, 2), contrast_radii=(1.5, 3.0))
+
+
+def tiny(**changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, **changes})
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in trainer.learner.named_parameters()}
+
+
+def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
+    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST))
+    with torch.no_grad():
+        before = trainer.compute_losses(0)
+    trainer.fit()
+    with torch.no_grad():
+        after = trainer.compute_losses(0)
+    assert after["reconstruction"] < 0.7 * before["reconstruction"]
+    assert after["total"] < before["total"]
+    assert [row["step"] for row in trainer.history] == list(range(1, 21))
+
+
+def test_callbacks_see_every_step_and_unknown_events_are_refused():
+    seen = []
+    trainer = Trainer(tiny(steps=3)).set_callback("on_step_end", lambda t: seen.append((t.step, t.losses["total"])))
+    trainer.fit()
+    assert [step for step, _ in seen] == [1, 2, 3] and all(loss > 0 for _, loss in seen)
+    with pytest.raises(ConfigError, match="unknown training event"):
+        trainer.set_callback("on_epoch", print)
+
+
+def test_checkpoint_round_trips_and_resuming_continues_exactly(tmp_path):
+    straight = Trainer(tiny(steps=4, out=str(tmp_path / "a")))
+    straight.fit()
+
+    first = Trainer(tiny(steps=4, out=str(tmp_path / "b")))
+    first.fit(steps=2)
+    first.save()
+    model = load_checkpoint(tmp_path / "b" / MODEL_FILE)
+    assert model.config == first.model.config
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    image = torch.rand(1, 3, 32, 32)
+    first.model.eval()
+    torch.testing.assert_close(model(image), first.model(image))
+
+    resumed = Trainer.resume(tmp_path / "b")
+    assert resumed.step == 2 and len(resumed.history) == 2
+    resumed.fit()
+    for name, value in params(straight).items():
+        torch.testing.assert_close(params(resumed)[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_without_a_run_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no run to resume"):
+        Trainer.resume(tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(image_size=30), "not divisible by patch_size"),
+    (dict(batch_size=0), "no data"),
+    (dict(contrast_levels=(1,), contrast_radii=()), "one contrast radius per"),
+    (dict(recon_level=5), "not a level"),
+    (dict(noise_std=float("nan")), "noise_std"),
+])
+def test_configs_that_cannot_work_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(tiny(**changes))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(tiny(steps=6, checkpoint_every=2, out=str(tmp_path)))
+    compute = trainer.compute_losses
+
+    def poisoned(step):
+        losses = compute(step)
+        if step == 3:
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    trainer.compute_losses = poisoned
+    with pytest.raises(FloatingPointError, match="step 3.*last good checkpoint"):
+        trainer.fit()
+    saved = load_checkpoint(tmp_path / MODEL_FILE)
+    assert Trainer.resume(tmp_path).step == 2
+    assert all(torch.isfinite(t).all() for t in saved.state_dict().values())
+
+
+def test_command_line_trains_logs_and_reports_bad_configs(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--dim", "16", "--levels", "3", "--image-size", "32", "--iters", "2", "--batch-size", "2",
+             "--steps", "2", "--checkpoint-every", "1", "--quiet", "--out", str(out)]
+    assert main(flags) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]
+    assert main(["--resume", "--out", str(out), "--steps", "3", "--quiet"]) == 0
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert main(flags[:-2] + ["--out", str(tmp_path / "bad"), "--image-size", "30"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+def test_scene_draws_are_reproducible_and_pool_bounded():
+    config = tiny(scenes=10, flip=True)
+    seeds, flips = batch_scenes(config, 5)
+    again, flips_again = batch_scenes(config, 5)
+    assert (seeds == again).all() and (flips == flips_again).all()
+    assert seeds.max() < 10
+    assert not batch_scenes(tiny(flip=False), 5)[1].any()
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch, torch.distributed as dist
+    from glom_viz.train import TrainConfig, Trainer
+    dist.init_process_group("gloo")
+    trainer = Trainer(TrainConfig(**json.loads(sys.argv[1])))
+    trainer.compute_losses(0)["total"].backward()
+    grads = {n: p.grad for n, p in trainer.learner.named_parameters()}
+    grads["share"] = torch.tensor(len(trainer.shard(0)[0]))
+    if dist.get_rank() == 0:
+        torch.save(grads, sys.argv[2])
+    dist.destroy_process_group()
+""")
+
+
+def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
+    config = tiny(**CONTRAST, mask_ratio=0.4, flip=True)
+    script = tmp_path / "ddp_grads.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), json.dumps(config.to_dict()), str(tmp_path / "grads.pt")],
+        check=True, env=env, timeout=240, capture_output=True,
+    )
+    distributed = torch.load(tmp_path / "grads.pt", weights_only=True)
+    assert distributed.pop("share") == config.batch_size // 2  # each process took half the batch
+    single = Trainer(config)
+    single.compute_losses(0)["total"].backward()
+    for name, p in single.learner.named_parameters():
+        torch.testing.assert_close(distributed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
