@@ -13,10 +13,11 @@ Vectors are compared by direction (cosine), as consensus attention does: every m
 them first. Labels are int64, row-major patch order, -1 = noise (HDBSCAN, or threshold islands
 smaller than `min_size`).
 
-The default method, "kmeans", is k-means in kernel form on the cosine Gram matrix of the (N, N)
-columns rather than on the (N, D) vectors: with N = 256 patches and D = 512 every Lloyd step and every
-silhouette is an (N, N) @ (N, k) product, so all 78 (step, level) maps of a 224 px image with the
-island count picked automatically take a fraction of a second (benchmarks/islands.py).
+The default method, "kmeans", is Lloyd's k-means on the unit vectors, started from the cuts of one
+Ward tree (deterministic, no random restarts) and run in kernel form on the (N, N) Gram matrix of
+the columns: with N = 256 patches and D = 512, every Lloyd step and every silhouette of every
+candidate count is one (N, N) @ (N, counts x islands) product. All 78 (step, level) maps of a 224 px
+image, island count picked automatically, take well under a second (benchmarks/islands.py).
 """
 
 from __future__ import annotations
@@ -421,7 +422,7 @@ def find_islands(
             min_silhouette. hdbscan and threshold find the count themselves.
         space: "vectors" clusters the unit vectors; "umap" clusters a UMAP embedding of them (one
             embedding shared by all steps, UMAP_CLUSTER_DIMS dims).
-        seed: makes the result deterministic.
+        seed: the UMAP embedding's seed (space="umap"); every method is deterministic.
         align: align ids across steps with align_islands (default), so an island keeps its id.
         **params: method parameters, see METHOD_PARAMS (max_islands, min_silhouette, connectivity,
             min_cluster_size, min_samples, cluster_selection_epsilon, allow_single_cluster,
@@ -443,17 +444,16 @@ def find_islands(
     degenerate = _spread(directions) < DEGENERATE_SPREAD
     labels = np.zeros((steps, n_patches), dtype=np.int64)
     live = np.flatnonzero(~degenerate)
-    if live.size and method == "threshold":
-        for t in live:
-            labels[t] = _islands_threshold(directions[t], grid, settings)
-    elif live.size:
-        points = directions[live] if space == "vectors" else _umap_points(directions[live], seed)
-        grams = _grams(points)
-        # Many small (N, N) @ (N, B * K) products: threaded OpenBLAS spends more time waking its
-        # threads than multiplying (3-10x slower on busy shared cores), so one thread, as
-        # scikit-learn's own KMeans does.
-        with threadpool_limits(limits=1, user_api="blas"):
-            for t, points_t, gram in zip(live, points, grams):
+    # Many small (N, N) @ (N, B * K) products: threaded OpenBLAS spends more time waking its threads
+    # than multiplying (3-10x slower on busy shared cores), so one thread, as scikit-learn's own
+    # KMeans does. torch's bmm for the Gram matrices keeps its own threads.
+    with threadpool_limits(limits=1, user_api="blas"):
+        if live.size and method == "threshold":
+            for t in live:
+                labels[t] = _islands_threshold(directions[t], grid, settings)
+        elif live.size:
+            points = directions[live] if space == "vectors" else _umap_points(directions[live], seed)
+            for t, points_t, gram in zip(live, points, _grams(points)):
                 step = _Map(points_t, gram, cosine=space == "vectors")
                 if method == "hdbscan":
                     labels[t] = _islands_hdbscan(step, settings)

@@ -6,10 +6,10 @@ The frame is fitted on all T * N unit vectors at once, so scrubbing through step
 columns moving and gathering into islands instead of every step being laid out afresh.
 
 UMAP is made fast enough to follow the user (13 x 256 = 3,328 points of dim 512 in well under 2 s
-once warm, against several seconds for a default umap.UMAP fit): the vectors go through PCA down to
-UMAP_PCA_DIMS first, exact duplicates are embedded once (GLOM's step 0 is 256 copies of one vector),
-the k nearest neighbours are computed exactly with one matrix product instead of umap's NN-descent,
-and the layout runs UMAP_EPOCHS epochs from a PCA initialisation instead of 500 from a spectral one.
+once warm, against several seconds for a default umap.UMAP fit): exact duplicates are embedded once
+(GLOM's step 0 is 256 copies of one vector), the vectors go through PCA down to UMAP_PCA_DIMS, the
+k nearest neighbours are computed exactly there by blocked matrix products (umap would compute
+all distances in 512 dims, and compile its own kNN code), and the layout runs UMAP_EPOCHS epochs from a PCA initialisation instead of 500 from a spectral one.
 numba compiles umap's layout code on the first fit in every process (several seconds):
 warm_up_umap() pays that once, off the user's path.
 """
@@ -132,15 +132,16 @@ def umap_embedding(
     """UMAP of points (M, D) -> (M, dims) float32, deterministic for a seed (see module docstring)."""
     import umap  # ~10 s on first import: only when a UMAP is asked for
 
-    points = np.asarray(points, dtype=np.float32)
-    # an approximate subspace is enough for a neighbour graph: one power iteration
-    reduced = pca_components(points, min(UMAP_PCA_DIMS, points.shape[1]), seed, power_iterations=1).astype(np.float32)
-    unique, inverse = np.unique(reduced, axis=0, return_inverse=True)
+    # exact duplicates (GLOM's step 0 is N copies of one vector) are embedded once and share a point
+    unique, inverse = np.unique(np.asarray(points, dtype=np.float32), axis=0, return_inverse=True)
     inverse = inverse.ravel()
     if unique.shape[0] <= n_neighbors + 1:  # too few distinct points for a neighbour graph
-        return pca_components(reduced, dims, seed).astype(np.float32)
-    index, distances = _exact_neighbours(unique, n_neighbors)
-    start = pca_components(unique, dims, seed)
+        return pca_components(unique, dims, seed)[inverse].astype(np.float32)
+    # an approximate subspace is enough for a neighbour graph: one power iteration
+    reduced = pca_components(unique, min(UMAP_PCA_DIMS, unique.shape[1]), seed, power_iterations=1)
+    reduced = reduced.astype(np.float32)
+    index, distances = _exact_neighbours(reduced, n_neighbors)
+    start = pca_components(reduced, dims, seed)
     start *= UMAP_INIT_SCALE / max(np.abs(start).max(), 1e-12)  # the scale umap gives its own inits
     reducer = umap.UMAP(
         n_neighbors=n_neighbors,
@@ -156,7 +157,7 @@ def umap_embedding(
         # precomputed kNN without a search index only disables transform(), which we never call
         warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
         warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
-        embedded = reducer.fit_transform(unique)
+        embedded = reducer.fit_transform(reduced)
     return embedded[inverse].astype(np.float32)
 
 
