@@ -31,7 +31,7 @@ from glom_viz.scenes import EVAL_SEEDS, make_batch
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED = ASSETS / "shipped.safetensors"
 DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
-DEFAULT_SCENES = 64
+DEFAULT_SCENES = 32
 KMEANS_RESTARTS = 4
 BATCH = 16
 UNTRAINED_SEED = 0
