@@ -54,7 +54,11 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
 
 @dataclass
 class TrainConfig:
-    """Everything one training run depends on; defaults are the shipped model's recipe."""
+    """Everything one training run depends on.
+
+    The defaults are the shipped model's recipe (``assets/shipped.json``), run on ``device``; the
+    architecture options at their GlomConfig defaults give plain glom-pytorch.
+    """
 
     # the model (GlomConfig fields)
     dim: int = 64
@@ -63,27 +67,27 @@ class TrainConfig:
     patch_size: int = 4
     consensus_self: bool = False
     local_consensus_radius: float = 0
-    attention_scale: float | None = None
-    consensus_cosine: bool = False
-    contribution_weights: tuple[float, float, float, float] | None = None
-    level_norm: str = "none"
-    consensus_radii: tuple[float, ...] | None = None
+    attention_scale: float | None = 8.0
+    consensus_cosine: bool = True
+    contribution_weights: tuple[float, float, float, float] | None = (1.0, 1.0, 1.0, 2.0)
+    level_norm: str = "layernorm"
+    consensus_radii: tuple[float, ...] | None = (2.0, 3.0, 4.0, 6.0)
     iters: int = 8
     # data: 0 = fresh scenes in seed order; N = each batch drawn at random from the first N training seeds
-    batch_size: int = 16
-    scenes: int = 0
-    flip: bool = False  # mirror half of the scenes left-right
+    batch_size: int = 64
+    scenes: int = 30_000
+    flip: bool = True  # mirror half of the scenes left-right
     # objective
-    noise_std: float = 0.1
+    noise_std: float = 0.2
     mask_ratio: float = 0.25
     mask_weight: float = 2.0
-    recon_level: int = 0
-    contrast_weight: float = 0.0
-    contrast_levels: tuple[int, ...] = ()
-    contrast_radii: tuple[float, ...] = ()
-    temperature: float = 0.1
+    recon_level: int = 1
+    contrast_weight: float = 0.25
+    contrast_levels: tuple[int, ...] = (2, 3)
+    contrast_radii: tuple[float, ...] = (3.5, 6.0)
+    temperature: float = 0.2
     # optimisation
-    steps: int = 500
+    steps: int = 1294
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 30
@@ -414,16 +418,25 @@ class Trainer:
 
 # -- command line ---------------------------------------------------------------------------------
 
-def _parse_value(text: str, default):
-    """A flag's text as the type of its field's default ('none' for None, comma lists for tuples)."""
+def _parse_value(text: str, field: dataclasses.Field):
+    """A flag's text as its field's type: 'none' for None, 'true'/'false', comma lists for tuples."""
+    kind = str(field.type)
     if text.lower() == "none":
         return None
-    if isinstance(default, bool):
+    if kind.startswith("bool"):
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"--{field.name.replace('_', '-')} takes true or false, got {text!r}")
         return text.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, tuple) or default is None:
+    if kind.startswith("tuple"):
         items = [x for x in text.replace("(", "").replace(")", "").split(",") if x.strip()]
-        return tuple(float(x) for x in items)
-    return type(default)(text)
+        return tuple((int if "int" in kind else float)(x) for x in items)
+    for name, cast in (("int", int), ("float", float), ("str", str)):
+        if kind.startswith(name):
+            try:
+                return cast(text)
+            except ValueError:
+                raise ConfigError(f"--{field.name.replace('_', '-')} takes a {name}, got {text!r}") from None
+    raise ConfigError(f"cannot read --{field.name} from {text!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -440,9 +453,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     for f in dataclasses.fields(TrainConfig):
         text = getattr(args, f.name)
         if text is not None:
-            values[f.name] = _parse_value(text, values.get(f.name, getattr(defaults, f.name)))
-    if values.get("contrast_levels") is not None:
-        values["contrast_levels"] = tuple(int(x) for x in values["contrast_levels"])
+            values[f.name] = _parse_value(text, f)
     args.given = values  # what the command line set, for --resume
     return TrainConfig.from_dict(values), args
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main
 
 TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4, warmup=2, lr=3e-3,
             checkpoint_every=0, consensus_cosine=True, attention_scale=8.0, level_norm="layernorm",
-            consensus_radii=(1.5, 2.0, 3.0))
+            consensus_radii=(1.5, 2.0, 3.0), scenes=0, flip=False, recon_level=0,
+            contrast_weight=0.0, contrast_levels=(), contrast_radii=())
 CONTRAST = dict(contrast_weight=0.5, contrast_levels=(1, 2), contrast_radii=(1.5, 3.0))
 
 
@@ -108,7 +110,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_command_line_trains_logs_and_reports_bad_configs(tmp_path, capsys):
     out = tmp_path / "run"
-    flags = ["--dim", "16", "--levels", "3", "--image-size", "32", "--iters", "2", "--batch-size", "2",
+    flags = ["--dim", "16", "--levels", "4", "--image-size", "32", "--iters", "2", "--batch-size", "2",
              "--steps", "2", "--checkpoint-every", "1", "--quiet", "--out", str(out)]
     assert main(flags) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -117,6 +119,13 @@ def test_command_line_trains_logs_and_reports_bad_configs(tmp_path, capsys):
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     assert main(flags[:-2] + ["--out", str(tmp_path / "bad"), "--image-size", "30"]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_defaults_are_the_shipped_recipe():
+    shipped = json.loads((Path(__file__).parent.parent / "glom_viz" / "assets" / "shipped.json").read_text())
+    recipe = {k: v for k, v in shipped["train_config"].items() if k not in ("device", "out", "checkpoint_every")}
+    defaults = TrainConfig().to_dict()
+    assert {k: defaults[k] for k in recipe} == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
 
 
 def test_scene_draws_are_reproducible_and_pool_bounded():
