@@ -172,9 +172,9 @@ def _directions(vectors: np.ndarray) -> np.ndarray:
 
 def _spread(directions: np.ndarray) -> np.ndarray:
     """(T, N, D) unit vectors -> (T,) largest cosine distance of a column to the step's mean direction."""
-    mean = _directions(directions.astype(np.float64).mean(axis=1, keepdims=True))
-    cosines = np.einsum("tnd,tod->tn", directions.astype(np.float64), mean)
-    return 1.0 - cosines.min(axis=1)
+    mean = _directions(directions.mean(axis=1, keepdims=True, dtype=np.float64)).astype(directions.dtype)
+    cosines = np.einsum("tnd,tod->tn", directions, mean)  # float32 resolves ~1e-7, the threshold is 1e-5
+    return 1.0 - cosines.min(axis=1).astype(np.float64)
 
 
 def _grid_pairs(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
