@@ -152,24 +152,21 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     if baselines:
         torch.manual_seed(UNTRAINED_SEED)
         untrained = Glom(**config.to_dict())
-        result["baselines"] = {
-            "pixels": pixel_baseline(images, objects, parts, config.patch_size),
-            "untrained": _collapse(evaluate(untrained, images, objects, parts, iters)),
-            "denoise_only": _collapse(evaluate(load_model(DENOISE_ONLY), images, objects, parts, iters))
-            if DENOISE_ONLY.exists() else None,
-        }
-        result["baselines"] = {k: v for k, v in result["baselines"].items() if v is not None}
+        models = {"untrained": untrained}
+        if DENOISE_ONLY.exists():
+            models["denoise_only"] = load_model(DENOISE_ONLY)
+        per_level = {name: evaluate(m, images, objects, parts, iters)["levels"] for name, m in models.items()}
+        result["baselines"] = {"pixels": pixel_baseline(images, objects, parts, config.patch_size),
+                               **{name: _collapse(levels) for name, levels in per_level.items()}}
+        result["baseline_levels"] = per_level
     result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
     result["checkpoint"] = str(checkpoint)
     return result
 
 
-def _collapse(result: dict) -> dict:
-    """A model's baseline entry: each metric at its best level (the most favourable reading)."""
-    levels = result["levels"]
-    entry = {metric: best_level(levels, metric)[metric] for metric in METRICS}
-    entry["levels"] = levels
-    return entry
+def _collapse(levels: list[dict]) -> dict:
+    """A model baseline's entry: each metric at its best level (the reading most favourable to it)."""
+    return {metric: best_level(levels, metric)[metric] for metric in METRICS}
 
 
 def table(result: dict) -> str:

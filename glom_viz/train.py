@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -130,6 +130,8 @@ class TrainConfig:
                 f"give one contrast radius per contrasted level: contrast_levels={self.contrast_levels}, "
                 f"contrast_radii={self.contrast_radii}"
             )
+        if self.contrast_weight > 0 and not self.contrast_levels:
+            raise ConfigError("contrast_weight > 0 needs contrast_levels (and their radii), or set contrast_weight 0")
         if any(not 0 <= l < self.levels for l in self.contrast_levels):
             raise ConfigError(f"contrast_levels must lie in 0..{self.levels - 1}, got {self.contrast_levels}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
@@ -218,8 +220,8 @@ class Learner(nn.Module):
         near = (self.distances <= radius) & ~torch.eye(len(self.distances), dtype=torch.bool, device=a.device)
         logits = logits.masked_fill(near, float("-inf"))
         targets = torch.arange(logits.shape[1], device=a.device).expand(logits.shape[0], -1)
-        return 0.5 * (F.cross_entropy(rearrange(logits, "b i j -> b j i"), targets)
-                      + F.cross_entropy(rearrange(logits.transpose(1, 2), "b i j -> b j i"), targets))
+        # cross_entropy wants classes on dim 1: (b, j, i) scores view a's anchors i, (b, i, j) view b's anchors j
+        return 0.5 * (F.cross_entropy(logits.transpose(1, 2), targets) + F.cross_entropy(logits, targets))
 
 
 def batch_scenes(config: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,8 @@ def test_command_writes_the_issue_json_shape(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert {row["level"] for row in result["levels"]} == {0, 1, 2, 3}
     assert set(result["baselines"]) == {"pixels", "untrained", "denoise_only"}
+    assert all(set(entry) == set(METRICS) for entry in result["baselines"].values())
+    assert len(result["baseline_levels"]["denoise_only"]) == 4
     for entry in [*result["levels"], *result["baselines"].values()]:
         assert all(isinstance(entry[m], float) for m in METRICS)
     assert result["scenes"] == {"count": 2, "first_seed": EVAL_SEEDS.start, "image_size": 64}

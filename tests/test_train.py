@@ -83,6 +83,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(batch_size=0), "no data"),
     (dict(contrast_levels=(1,), contrast_radii=()), "one contrast radius per"),
     (dict(recon_level=5), "not a level"),
+    (dict(contrast_weight=0.5), "needs contrast_levels"),
     (dict(noise_std=float("nan")), "noise_std"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
@@ -168,3 +169,18 @@ def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
     single.compute_losses(0)["total"].backward()
     for name, p in single.learner.named_parameters():
         torch.testing.assert_close(distributed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_contrast_is_low_when_views_agree_and_ignores_near_columns():
+    from glom_viz.train import Learner
+
+    learner = Learner(tiny(**CONTRAST, temperature=0.05))
+    n = learner.distances.shape[0]
+    columns = torch.nn.functional.one_hot(torch.arange(n)).float()[None] * 10  # every column its own direction
+    agree = learner.contrast(columns, columns, radius=2.0)
+    shuffled = learner.contrast(columns, columns[:, torch.randperm(n)], radius=2.0)
+    assert agree < 0.01 < shuffled
+    # columns equal to their near neighbours cost nothing: near columns are not negatives
+    blocks = torch.nn.functional.one_hot(torch.arange(n) // 2).float()[None] * 10  # pairs of row neighbours
+    assert learner.contrast(blocks, blocks, radius=1.0) < 0.01
+    assert learner.contrast(blocks, blocks, radius=0.0) > 0.5  # with no near zone the twin is a negative
