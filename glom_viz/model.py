@@ -1,10 +1,27 @@
 """GLOM: a drop-in for glom-pytorch 0.0.14 that steps through its iterations and runs near the CPU's limit.
 
 Parameter names and shapes are glom-pytorch's own, so its state dicts load with ``strict=True`` and give
-the same states. The arithmetic differs in layout only: the bottom-up and top-down nets of every level
-run as one batched matrix product per layer (``(2L - 1)`` groups), and under autocast their weights
-are cast once per forward instead of once per iteration. Columns' states stay fp32 between steps,
-so bf16 rounding does not pile up over the iterations.
+the same states. The arithmetic differs in layout only: the bottom-up nets of all levels run as one batched
+matrix product per layer, and so do the top-down nets; the bottom-up net of the image's patch tokens runs
+once per forward, not once per step (its input never changes); and the first step's bottom-up nets run on one
+column, since all columns start equal.
+
+Precision. fp32 is the exact path. Under ``torch.autocast`` (a request for speed at a small cost in
+precision) the forward takes one of these paths, named by ``precision_path``:
+
+- autocast's dtype (``"bf16"``, ``"fp16"``) where it is native (CUDA; CPUs with AVX512-BF16 or AMX): the
+  bottom-up and top-down nets and the consensus run in it, weights cast once and kept while unchanged;
+- ``"int8"`` on CPUs without native bf16, for inference only (``torch.no_grad`` / ``torch.inference_mode``):
+  the bottom-up and top-down nets run as dynamically quantised int8 products (fbgemm; per-channel int8
+  weights packed once and kept while unchanged; activations quantised per product to 7 bits), the consensus
+  in fp32. There, emulated bf16 would be tens of times slower than fp32; int8 is about twice as fast. States
+  keep a mean per-vector cosine similarity of at least 0.995 to the fp32 states at every level;
+- ``"fp32"`` otherwise (gradients on a CPU without native bf16, no int8 kernels, or a forced fp32), with a
+  warning once per process saying why.
+
+Columns' states stay fp32 between steps on every path, so rounding does not pile up over the iterations.
+The environment variable GLOM_VIZ_REDUCED_PRECISION forces a path under autocast: ``1`` autocast's dtype
+(even where it is emulated), ``int8`` the int8 nets (CPU, inference), ``0`` exact fp32.
 """
 
 from __future__ import annotations
@@ -33,8 +50,15 @@ FEEDFORWARD_MULT = 4
 # CPU flags that make bf16 matrix products native (AVX512-BF16, AMX); without them torch emulates bf16
 # and a bf16 matmul runs tens of times slower than fp32 (measured 0.25 vs 12 GFLOP/s on an AVX2 EPYC)
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# set to 1 or 0 to force or forbid reduced precision under autocast, whatever the probe says
+# forces the path under autocast, whatever the probe says: 1 autocast's dtype, int8 int8 nets, 0 fp32
 REDUCED_PRECISION_ENV = "GLOM_VIZ_REDUCED_PRECISION"
+FORCED_PATHS = {"1": "autocast", "int8": "int8", "0": "fp32"}
+PATH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# quantised engines whose dynamic int8 linear runs on fbgemm's x86 kernels
+INT8_ENGINES = ("x86", "fbgemm")
+# activations quantised to 7 bits: without VNNI, x86's u8 x s8 products saturate int16 on full 8-bit ranges
+INT8_REDUCE_RANGE = True
+INT8_WEIGHT_MAX = 127
 
 
 @dataclass(frozen=True)
@@ -141,15 +165,29 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def forced_path() -> str | None:
+    """The path GLOM_VIZ_REDUCED_PRECISION forces under autocast ("autocast", "int8", "fp32"), or None."""
+    value = os.environ.get(REDUCED_PRECISION_ENV, "").strip()
+    if not value:
+        return None
+    if value not in FORCED_PATHS:
+        raise ConfigError(
+            f"{REDUCED_PRECISION_ENV}={value!r} is not a choice: set it to 1 (autocast's dtype), int8 (int8 "
+            f"bottom-up and top-down nets) or 0 (exact fp32), or unset it to let glom-viz choose"
+        )
+    return FORCED_PATHS[value]
+
+
 @functools.cache
 def reduced_precision_is_fast(device_type: str, dtype: torch.dtype) -> bool:
     """Whether matrix products in ``dtype`` beat fp32 on this device (always on CUDA).
 
     On x86 CPUs the answer is read from the CPU flags; elsewhere a small timed probe decides.
+    GLOM_VIZ_REDUCED_PRECISION=1 makes it True, 0 or int8 False.
     """
-    forced = os.environ.get(REDUCED_PRECISION_ENV)
-    if forced in ("0", "1"):
-        return forced == "1"
+    forced = forced_path()
+    if forced is not None:
+        return forced == "autocast"
     if device_type != "cpu":
         return True
     try:
@@ -171,23 +209,56 @@ def reduced_precision_is_fast(device_type: str, dtype: torch.dtype) -> bool:
     return timings[dtype] < timings[torch.float32]
 
 
-def compute_dtype(device_type: str) -> torch.dtype:
-    """The dtype GLOM's matrix products run in: autocast's where it is fast here, else fp32.
+def int8_is_available() -> bool:
+    """Whether this torch has fbgemm's dynamic int8 linear under the current quantised engine."""
+    if torch.backends.quantized.engine not in INT8_ENGINES:
+        return False
+    try:
+        torch.ops.quantized.linear_dynamic  # noqa: B018 - looks the operator up
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
-    An autocast request asks for speed at a small cost in precision; where the CPU has no native bf16
-    that request would make the forward tens of times slower, so it is served in fp32 instead.
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A UserWarning the first time this process meets ``message``, then silence."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=4)
+
+
+def precision_path(device_type: str) -> str:
+    """How GLOM's forward runs here and now: "fp32", autocast's dtype ("bf16", "fp16") or "int8".
+
+    Outside autocast: "fp32". Under autocast: its dtype where that is native on this device; else, on a
+    CPU with fbgemm and with gradients off, "int8" (the bottom-up and top-down nets in dynamic int8);
+    else "fp32", with a warning once per process. GLOM_VIZ_REDUCED_PRECISION forces a path (1, int8, 0).
     """
     if not torch.is_autocast_enabled(device_type):
-        return torch.float32
+        return "fp32"
     requested = torch.get_autocast_dtype(device_type)
-    if reduced_precision_is_fast(device_type, requested):
-        return requested
-    warnings.warn(
-        f"{requested} is not native on this {device_type.upper()} (it would run many times slower than fp32): "
-        f"GLOM runs in fp32 here. Set {REDUCED_PRECISION_ENV}=1 to force {requested}.",
-        stacklevel=3,
-    )
-    return torch.float32
+    name = next((path for path, dtype in PATH_DTYPES.items() if dtype == requested), str(requested))
+    forced = forced_path()
+    if forced == "fp32":
+        _warn_once(f"{REDUCED_PRECISION_ENV}=0 forbids reduced precision: GLOM runs in exact fp32 under autocast")
+        return "fp32"
+    if forced != "int8" and name in PATH_DTYPES and reduced_precision_is_fast(device_type, requested):
+        return name
+    if device_type == "cpu" and int8_is_available() and not torch.is_grad_enabled():
+        return "int8"
+    if forced == "int8" and device_type != "cpu":
+        reason = f"the int8 nets run on CPUs only, not on {device_type.upper()}"
+    elif device_type != "cpu" or not int8_is_available():
+        reason = (f"{name} is not native on this {device_type.upper()} and int8 kernels are missing "
+                  f"(quantised engine {torch.backends.quantized.engine!r})")
+    else:
+        reason = (f"{name} is not native on this CPU (it would run many times slower than fp32) and the int8 "
+                  f"nets serve inference only; run under torch.inference_mode() for int8")
+    _warn_once(f"{reason}: GLOM runs in fp32. Set {REDUCED_PRECISION_ENV}=1 to force {name}.")
+    return "fp32"
 
 
 def patch_distances(side: int) -> torch.Tensor:
@@ -201,7 +272,7 @@ class GroupedFeedForward(nn.Module):
     """One two-layer MLP per level, held as glom-pytorch holds it (grouped 1x1 convolutions).
 
     The convolutions define the parameter names and layout; the forward runs them as batched matrix
-    products, which is the same arithmetic, and lets ``Glom`` fuse bottom-up and top-down into one.
+    products (``prepare``), which is the same arithmetic.
     """
 
     def __init__(self, *, dim: int, groups: int, mult: int = FEEDFORWARD_MULT):
@@ -217,7 +288,9 @@ class GroupedFeedForward(nn.Module):
         )
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(groups, d, hidden), (groups, 1, hidden), (groups, hidden, d), (groups, 1, d), ready for baddbmm."""
+        """(groups, d, hidden), (groups, 1, hidden), (groups, hidden, d), (groups, 1, d), ready for baddbmm.
+
+        Views of the parameters, no copies."""
         d, g, hidden = self.dim, self.groups, self.dim * self.mult
         w_in = rearrange(self.net[1].weight, "(g e) d 1 -> g d e", g=g)
         b_in = rearrange(self.net[1].bias, "(g e) -> g () e", g=g)
@@ -226,18 +299,66 @@ class GroupedFeedForward(nn.Module):
         assert w_in.shape == (g, d, hidden) and w_out.shape == (g, hidden, d)
         return w_in, b_in, w_out, b_out
 
+    def prepare(self, path: str = "fp32") -> "PreparedFeedForward":
+        """The MLPs ready to run on a precision path ("fp32", "bf16", "fp16", "int8")."""
+        return PreparedFeedForward(self.weights(), path)
+
     def forward(self, levels: torch.Tensor) -> torch.Tensor:
         """(b, n, groups, d) -> (b, n, groups, d)."""
         b, n = levels.shape[:2]
         x = rearrange(levels, "b n g d -> g (b n) d")
-        out = fused_feedforward(x, *self.weights())
+        out = self.prepare()(x.contiguous(), slice(0, self.groups))
         return rearrange(out, "g (b n) d -> b n g d", b=b, n=n)
 
 
-def fused_feedforward(x, w_in, b_in, w_out, b_out):
-    """(g, m, d) -> (g, m, d): g independent MLPs, each a batched matmul, GELU, batched matmul."""
-    hidden = F.gelu(torch.baddbmm(b_in, x, w_in))
-    return torch.baddbmm(b_out, hidden, w_out)
+def int8_linear(weight: torch.Tensor, bias: torch.Tensor):
+    """weight (out, in), bias (out,) fp32 -> fbgemm's packed per-channel symmetric int8 linear."""
+    scales = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / INT8_WEIGHT_MAX
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # torch 2.13 marks quantised tensor types deprecated; fbgemm's prepack still takes only them
+        warnings.filterwarnings("ignore", message=".*quantize_per_channel.*", category=UserWarning)
+        quantized = torch.quantize_per_channel(weight.float().contiguous(), scales.double(), zero_points, 0,
+                                               torch.qint8)
+    return torch.ops.quantized.linear_prepack(quantized, bias.float().contiguous())
+
+
+class PreparedFeedForward:
+    """A ``GroupedFeedForward``'s MLPs ready to run on one precision path, for as long as the weights hold.
+
+    fp32 keeps views of the parameters (gradients flow); bf16 / fp16 keep cast copies; int8 keeps one pair
+    of fbgemm-packed layers per group (inference only).
+    """
+
+    def __init__(self, weights: tuple[torch.Tensor, ...], path: str):
+        self.path = path
+        self.groups = weights[0].shape[0]
+        if path == "int8":
+            w_in, b_in, w_out, b_out = (w.detach() for w in weights)
+            self.packed = [
+                (int8_linear(w_in[g].T, b_in[g, 0]), int8_linear(w_out[g].T, b_out[g, 0])) for g in range(self.groups)
+            ]
+        else:
+            self.dtype = PATH_DTYPES[path]
+            self.weights = tuple(w.to(self.dtype) for w in weights)
+
+    def __call__(self, x: torch.Tensor, groups: slice) -> torch.Tensor:
+        """x (g, m, d) fp32 -> (g, m, d) fp32 through the MLPs of ``groups`` (g of them): linear, GELU, linear."""
+        if self.path == "int8":
+            return self._int8(x, range(self.groups)[groups])
+        w_in, b_in, w_out, b_out = (w[groups] for w in self.weights)
+        hidden = torch.baddbmm(b_in, x.to(self.dtype), w_in)
+        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        return torch.baddbmm(b_out, hidden, w_out).float()
+
+    def _int8(self, x: torch.Tensor, groups: range) -> torch.Tensor:
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        for i, group in enumerate(groups):
+            layer_in, layer_out = self.packed[group]
+            hidden = torch.ops.quantized.linear_dynamic(x[i].float().contiguous(), layer_in, INT8_REDUCE_RANGE)
+            torch.ops.aten.gelu_(hidden)
+            out[i] = torch.ops.quantized.linear_dynamic(hidden, layer_out, INT8_REDUCE_RANGE)
+        return out
 
 
 class ConsensusAttention(nn.Module):
@@ -303,7 +424,7 @@ class Glom(nn.Module):
             consensus_radii=self.config.consensus_radii,
         )
         self.register_buffer("update_weights", self._update_weights(), persistent=False)
-        self._cast_cache: tuple | None = None
+        self._prepared_cache: dict[str, tuple] = {}  # path -> (weights' versions, prepared nets)
 
     @classmethod
     def from_config(cls, config: GlomConfig) -> "Glom":
@@ -351,24 +472,20 @@ class Glom(nn.Module):
 
     # -- the update -----------------------------------------------------------------------------
 
-    def _feedforward_weights(self, dtype: torch.dtype):
-        """Bottom-up and top-down weights stacked as (2L - 1) groups, cast to the compute dtype once.
+    def _prepared_nets(self, path: str) -> tuple[PreparedFeedForward, PreparedFeedForward]:
+        """The bottom-up and top-down nets ready for ``path``.
 
-        Under no_grad / inference the cast weights are kept until a parameter changes.
+        fp32 nets are views of the parameters. With gradients off, the others (cast or int8-packed
+        weights) are kept, one set per path, until a parameter changes.
         """
-        params = (self.bottom_up.net[1].weight, self.bottom_up.net[3].weight,
-                  self.top_down.net[1].weight, self.top_down.net[3].weight)
-        cacheable = not torch.is_grad_enabled()
-        key = (dtype, tuple((p.data_ptr(), p._version) for p in params)) if cacheable else None
-        if cacheable and self._cast_cache is not None and self._cast_cache[0] == key:
-            return self._cast_cache[1]
-        stacked = tuple(
-            torch.cat((bottom_up, top_down)).to(dtype)
-            for bottom_up, top_down in zip(self.bottom_up.weights(), self.top_down.weights())
-        )
-        if cacheable:
-            self._cast_cache = (key, stacked)
-        return stacked
+        if path == "fp32" or torch.is_grad_enabled():
+            return self.bottom_up.prepare(path), self.top_down.prepare(path)
+        params = (*self.bottom_up.parameters(), *self.top_down.parameters())
+        key = (torch.backends.quantized.engine, tuple((p.data_ptr(), p._version) for p in params))
+        cached = self._prepared_cache.get(path)
+        if cached is None or cached[0] != key:
+            cached = self._prepared_cache[path] = (key, (self.bottom_up.prepare(path), self.top_down.prepare(path)))
+        return cached[1]
 
     def _consensus(self, levels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """levels (L, b, n, d) fp32 -> consensus (L, b, n, d) fp32, attention (L, b, n, n) fp32."""
@@ -427,21 +544,27 @@ class Glom(nn.Module):
         if any(not 0 <= l < L for l in kept):
             raise GlomInputError(f"which_levels must lie in 0..{L - 1}, got {which_levels}")
 
-        dtype = compute_dtype(device.type)
+        path = precision_path(device.type)
+        dtype = PATH_DTYPES.get(path, torch.float32)  # the consensus's; int8 is for the nets only
         with torch.autocast(device.type, enabled=False):  # dtypes are chosen explicitly below
-            weights = self._feedforward_weights(dtype)
+            nets = self._prepared_nets(path)
             tokens = self.image_to_tokens(img.float())  # (b, n, d)
+            n, d = tokens.shape[1:]
+            # the bottom-up into level 0 comes from the image alone: the same every step
+            from_image = nets[0](tokens.reshape(1, b * n, d), slice(0, 1))  # (1, b n, d)
+            pos = self.pos_emb.weight[:n].float()  # (n, d), given to the top-down nets
             if levels is None:
-                state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=tokens.shape[1])
+                state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=n)
             else:
                 self._check_levels(levels, b)
-                state = rearrange(levels.float(), "b n l d -> l b n d")
+                state = rearrange(levels.float(), "b n l d -> l b n d").contiguous()
         yield GlomStep(0, rearrange(state, "l b n d -> b n l d"))
 
         for step in range(1, iters + 1):
             with torch.autocast(device.type, enabled=False):
                 previous = state
-                state, parts, attention_weights = self._update(previous, tokens, weights, dtype)
+                uniform = step == 1 and levels is None  # every column still holds init_levels
+                state, parts, attention_weights = self._update(previous, from_image, pos, nets, dtype, uniform)
             step_contributions = step_attention = None
             if contributions:
                 step_contributions = {
@@ -452,22 +575,34 @@ class Glom(nn.Module):
                 step_attention = rearrange(attention_weights[kept], "l b i j -> b l i j")
             yield GlomStep(step, rearrange(state, "l b n d -> b n l d"), step_contributions, step_attention)
 
-    def _update(self, state: torch.Tensor, tokens: torch.Tensor, weights, dtype: torch.dtype):
-        """One GLOM step. state (L, b, n, d) fp32, tokens (b, n, d) -> new state, (bottom_up, top_down,
-        consensus) each (L, b, n, d), attention (L, b, n, n)."""
-        L, b, n, _ = state.shape
-        pos = self.pos_emb.weight[:n].float()  # (n, d), given to the top-down nets
-        # groups 0..L-1: bottom-up into level l from level l-1 (the patch tokens below level 0);
-        # groups L..2L-2: top-down into level l from level l+1, with position
-        ff_in = torch.cat((tokens[None], state[:-1], state[1:] + pos))
-        ff_out = fused_feedforward(rearrange(ff_in, "g b n d -> g (b n) d").to(dtype), *weights)
-        ff_out = rearrange(ff_out.float(), "g (b n) d -> g b n d", b=b)
-        bottom_up = ff_out[:L]
-        top_down = F.pad(ff_out[L:], (0, 0, 0, 0, 0, 0, 0, 1))  # the top level gets none
+    def _update(self, state: torch.Tensor, from_image: torch.Tensor, pos: torch.Tensor, nets, dtype: torch.dtype,
+                uniform: bool = False):
+        """One GLOM step.
+
+        state (L, b, n, d) fp32, contiguous; from_image (1, b n, d): the bottom-up into level 0; pos (n, d);
+        nets: the prepared bottom-up and top-down nets; dtype: the consensus's; uniform: all columns hold the
+        same state, so the bottom-up nets run on one column.
+        Returns the new state, (bottom_up, top_down, consensus) each (L, b, n, d), attention (L, b, n, n).
+        """
+        L, b, n, d = state.shape
+        bottom_up_nets, top_down_nets = nets
+        columns = state.view(L, b * n, d)
+        # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
+        below = columns[:-1, :1] if uniform else columns[:-1]
+        from_below = bottom_up_nets(below, slice(1, L)).expand(L - 1, b * n, d)
+        bottom_up = torch.cat((from_image, from_below))
+        # top-down into level l from level l + 1, with position; the top level gets none
+        above = (state[1:] + pos).view(L - 1, b * n, d)
+        from_above = top_down_nets(above, slice(0, L - 1))
+        top_down = torch.cat((from_above, from_above.new_zeros(1, b * n, d)))
         consensus, attention_weights = self._consensus(state, dtype)
-        update_weights = rearrange(self.update_weights, "c l -> c l () () ()")
-        new_state = torch.stack((state, bottom_up, top_down, consensus)).mul(update_weights).sum(dim=0)
-        return self._normalize(new_state), (bottom_up, top_down, consensus), attention_weights
+        # the weighted mean of (previous, bottom_up, top_down, consensus), one weight per level
+        weights = rearrange(self.update_weights, "c l -> c l () ()")
+        new_state = torch.mul(columns, weights[0])
+        new_state.addcmul_(bottom_up, weights[1]).addcmul_(top_down, weights[2])
+        new_state.addcmul_(consensus.view(L, b * n, d), weights[3])
+        parts = tuple(part.view(L, b, n, d) for part in (bottom_up, top_down, consensus))
+        return self._normalize(new_state.view(L, b, n, d)), parts, attention_weights
 
     def forward(self, img: torch.Tensor, iters: int | None = None, levels: torch.Tensor | None = None,
                 return_all: bool = False) -> torch.Tensor:

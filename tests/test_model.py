@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 glom_pytorch = pytest.importorskip("glom_pytorch")
 
 from glom_viz import ConfigError, Glom, GlomConfig, GlomInputError  # noqa: E402
-from glom_viz.model import REDUCED_PRECISION_ENV, reduced_precision_is_fast  # noqa: E402
+from glom_viz import model as glom_model  # noqa: E402
+from glom_viz.model import REDUCED_PRECISION_ENV, precision_path, reduced_precision_is_fast  # noqa: E402
 
 SEED_README = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seed" / "glom-pytorch-README.md"
 
@@ -120,12 +122,31 @@ def test_gradients_are_finite_and_reach_every_parameter():
 
 @pytest.fixture
 def reduced_precision(monkeypatch):
-    """Make autocast's bf16 run in bf16 even where this CPU emulates it (slowly)."""
-    def force(on: bool):
-        monkeypatch.setenv(REDUCED_PRECISION_ENV, "1" if on else "0")
+    """Force a precision path under autocast with the environment variable: True runs autocast's bf16 even
+    where this CPU emulates it (slowly), False exact fp32, "int8" the int8 nets; warnings start afresh."""
+    monkeypatch.setattr(glom_model, "_WARNED", set())
+
+    def force(on):
+        monkeypatch.setenv(REDUCED_PRECISION_ENV, on if isinstance(on, str) else "1" if on else "0")
         reduced_precision_is_fast.cache_clear()
     yield force
     reduced_precision_is_fast.cache_clear()
+
+
+@pytest.fixture
+def bf16_native(monkeypatch):
+    """Pretend the CPU has (True) or lacks (False) native bf16, whatever this one has; no forcing."""
+    monkeypatch.setattr(glom_model, "_WARNED", set())
+    monkeypatch.delenv(REDUCED_PRECISION_ENV, raising=False)
+
+    def pretend(native: bool):
+        monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: native)
+    return pretend
+
+
+def mean_cosine_per_level(states, exact):
+    """(T, b, n, L, d) twice -> (L,): each level's mean per-vector cosine similarity over steps and columns."""
+    return F.cosine_similarity(states, exact, dim=-1).mean(dim=(0, 1, 2))
 
 
 def test_bf16_autocast_states_stay_close_to_fp32(reduced_precision):
@@ -135,22 +156,126 @@ def test_bf16_autocast_states_stay_close_to_fp32(reduced_precision):
     with torch.inference_mode():
         exact = ours(img, iters=8, return_all=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert precision_path("cpu") == "bf16"
             fast = ours(img, iters=8, return_all=True)
     assert fast.dtype == torch.float32  # states stay fp32 between steps
-    cosine = F.cosine_similarity(fast, exact, dim=-1)  # (T, b, n, L)
-    assert cosine.mean(dim=(0, 1, 2)).min() > 0.995
+    assert mean_cosine_per_level(fast, exact).min() > 0.995
     assert not torch.equal(fast, exact)  # the fast path did run in bf16
 
 
-def test_autocast_falls_back_to_exact_fp32_where_bf16_is_not_native(reduced_precision):
+def test_autocast_falls_back_to_exact_fp32_where_bf16_is_not_native(bf16_native):
+    """With gradients on, a CPU without native bf16 runs autocast in exact fp32 (int8 is inference only),
+    and says so once per process, not once per forward."""
+    bf16_native(False)
+    _, ours = twins(CONFIGS[0])
+    img = torch.rand(1, 3, 32, 32)
+    exact = ours(img, iters=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.warns(UserWarning, match="not native.*inference only"):
+            fallback = ours(img, iters=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = ours(img, iters=3)
+            assert precision_path("cpu") == "fp32"
+    assert torch.equal(fallback, exact) and torch.equal(again, exact)
+    fallback.pow(2).mean().backward()  # gradients reach the weights, in fp32
+    assert torch.isfinite(ours.bottom_up.net[1].weight.grad).all()
+
+
+def test_forbidding_reduced_precision_runs_exact_fp32_and_warns_once(reduced_precision):
     reduced_precision(False)
     _, ours = twins(CONFIGS[0])
     img = torch.rand(1, 3, 32, 32)
     with torch.inference_mode():
         exact = ours(img, iters=3)
-        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning, match="not native"):
-            fallback = ours(img, iters=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.warns(UserWarning, match=f"{REDUCED_PRECISION_ENV}=0"):
+                fallback = ours(img, iters=3)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert torch.equal(ours(img, iters=3), exact)
+                assert precision_path("cpu") == "fp32"
     assert torch.equal(fallback, exact)
+
+
+INT8_CONFIG = dict(dim=64, levels=4, image_size=32, patch_size=4)
+
+
+def test_int8_states_stay_close_to_fp32_where_bf16_is_not_native(bf16_native):
+    bf16_native(False)
+    _, ours = twins(INT8_CONFIG)
+    img = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        exact = ours(img, iters=8, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            warnings.simplefilter("error")  # the int8 path is documented, not warned about
+            assert precision_path("cpu") == "int8"
+            fast = ours(img, iters=8, return_all=True)
+            steps = list(ours.iterate(img, iters=8))
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert mean_cosine_per_level(fast, exact).min() > 0.995
+    assert not torch.equal(fast, exact)  # int8 did run
+    assert torch.equal(torch.stack([s.levels for s in steps]), fast)  # iterate and forward share the path
+    # continuation from a previous frame's columns stays close too
+    with torch.inference_mode():
+        exact_next = ours(img.flip(-1), levels=exact[-1], iters=4, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_next = ours(img.flip(-1), levels=exact[-1], iters=4, return_all=True)
+    assert mean_cosine_per_level(fast_next, exact_next).min() > 0.995
+
+
+def test_int8_states_of_the_shipped_trained_model_stay_close_to_fp32(bf16_native):
+    """A trained model (layer-normed levels, cosine consensus, its own weights) keeps its states under int8."""
+    from glom_viz.checkpoints import load_shipped
+
+    bf16_native(False)
+    model = load_shipped()
+    img = torch.rand(1, 3, model.config.image_size, model.config.image_size)
+    with torch.inference_mode():
+        exact = model(img, iters=8, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(img, iters=8, return_all=True)
+    assert mean_cosine_per_level(fast, exact).min() > 0.995
+    assert not torch.equal(fast, exact)
+
+
+def test_int8_is_for_inference_only_and_follows_the_environment(bf16_native, reduced_precision):
+    bf16_native(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            assert precision_path("cpu") == "int8"
+        with pytest.warns(UserWarning, match="inference only"):
+            assert precision_path("cpu") == "fp32"  # gradients on
+    assert precision_path("cpu") == "fp32"  # no autocast: exact
+    bf16_native(True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision_path("cpu") == "bf16"
+        reduced_precision("int8")  # forced on, even where bf16 is native
+        assert precision_path("cpu") == "int8"
+        reduced_precision(False)  # forced off
+        with pytest.warns(UserWarning, match="forbids"):
+            assert precision_path("cpu") == "fp32"
+
+
+def test_a_misspelt_precision_setting_is_refused_with_the_choices(reduced_precision):
+    reduced_precision("bf16")
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ConfigError, match="1 .*int8.* 0"):
+        precision_path("cpu")
+
+
+@pytest.mark.parametrize("path", ["int8", True])
+def test_prepared_weights_follow_parameter_updates(reduced_precision, path):
+    reduced_precision(path)
+    _, ours = twins(CONFIGS[0])
+    img = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = ours(img, iters=2)
+        assert torch.equal(ours(img, iters=2), before)  # kept weights give the same states
+    with torch.no_grad():
+        ours.top_down.net[3].bias.add_(1.0)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = ours(img, iters=2)
+    assert not torch.allclose(before, after)
 
 
 def test_cast_weights_follow_parameter_updates(reduced_precision):
@@ -248,3 +373,18 @@ def test_seed_readme_examples_run_unchanged_but_for_the_import():
             assert namespace["levels3"].shape == (1, 256, 6, 512)
         if "top_level_output" in namespace:
             assert namespace["top_level_output"].shape == (1, 256, 512)
+
+
+@pytest.mark.slow
+def test_int8_states_stay_close_to_fp32_at_the_seed_size(bf16_native):
+    """The issue's bar at its own size: 224 px, patch 14, dim 512, 6 levels, 12 iterations."""
+    bf16_native(False)
+    torch.manual_seed(0)
+    model = Glom(dim=512, levels=6, image_size=224, patch_size=14).eval()
+    img = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        exact = model(img, iters=12, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(img, iters=12, return_all=True)
+    assert mean_cosine_per_level(fast, exact).min() > 0.995
+    assert not torch.equal(fast, exact)
