@@ -31,7 +31,7 @@ from glom_viz import export, islands, render
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, GlomInputError, ImageLoadError, StatesError
 from glom_viz.images import FITS, LIMITS, load_frames, load_image, sample_images, to_model_input
-from glom_viz.model import Glom, GlomConfig, reduced_precision_is_fast
+from glom_viz.model import Glom, GlomConfig, precision_path, reduced_precision_is_fast
 from glom_viz.project import PROJECTIONS, project, warm_up_umap
 from glom_viz.scenes import EVAL_SEEDS, make_scene
 
@@ -63,7 +63,9 @@ SOURCES = {"shipped": "Trained (shipped)", "random": "Random weights (seeded)", 
 # stands in for it until the file exists
 RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
 RANDOM_SEED = 0
-PRECISIONS = {"bf16": "bf16 (fast where the CPU has bf16 units)", "fp32": "fp32 (exact)"}
+PRECISIONS = {"fast": "fast", "fp32": "exact fp32"}
+# what "fast" runs as: bf16 where the CPU has it, else glom_viz.model's int8 nets, else fp32
+PATH_NAMES = {"bf16": "bf16", "fp16": "fp16", "int8": "int8 nets", "fp32": "fp32"}
 
 # pictures
 SCENE_SEEDS = tuple(EVAL_SEEDS[i] for i in (0, 1, 2))  # held-out scenes, never seen in training
@@ -82,9 +84,15 @@ MAX_FIXED_ISLANDS = 24
 # the viewer
 VIEWS = ("Islands", "Levels × steps", "Projection", "Measures", "Parse tree", "Column")
 ALL_LEVELS = "all"
+DEFAULT_LEVEL = 1  # the shipped model's clearest islands (objects against background) are at level 1
 PLAY_INTERVAL_S = 0.7
 PROJECTION_LABELS = {"pca": "PCA", "umap": "UMAP"}
 LEGEND_CHIP_PX = 14
+# Sessions run side by side in threads of one process. GLOM's products here are small (256 columns), so
+# one intra-op thread per run is fastest: on two busy cores, two threads made a run of the shipped model
+# 4-20x slower (0.11 s vs 0.5-2 s, OpenMP threads waiting on each other). Raise it for big models on an
+# otherwise idle machine.
+TORCH_THREADS = int(os.environ.get("GLOM_VIZ_TORCH_THREADS", "1"))
 # set GLOM_VIZ_WARM_UMAP=0 to skip compiling UMAP in the background (tests, tiny servers)
 WARM_UMAP = os.environ.get("GLOM_VIZ_WARM_UMAP", "1") != "0"
 
@@ -329,15 +337,18 @@ def model_panel() -> ModelSettings:
                  "whether columns attended to themselves is not, so say it here.")
         if upload is not None:
             checkpoint_name, checkpoint = upload.name, upload.getvalue()
-    bf16_fast = reduced_precision_is_fast("cpu", torch.bfloat16)
-    precision = st.sidebar.radio("Precision", list(PRECISIONS), format_func=PRECISIONS.get, horizontal=True,
-                                 index=0 if bf16_fast else 1, key="model_precision",
-                                 help="bf16 runs the feed-forward nets and attention in bfloat16 (states stay "
-                                      "fp32 between steps). It is the fast path only on CPUs with bf16 units "
-                                      "(AVX-512 BF16, AMX) or GPUs; elsewhere fp32 is faster.")
-    if precision == "bf16" and not bf16_fast:
-        st.sidebar.caption("This CPU has no native bf16 (it would run many times slower), so GLOM runs in fp32.")
-        precision = "fp32"
+    fast = fast_path()
+    choice = st.sidebar.radio(
+        "Precision", list(PRECISIONS), key="model_precision", horizontal=True,
+        index=0 if reduced_precision_is_fast("cpu", torch.bfloat16) else 1,
+        format_func=lambda p: f"fast ({PATH_NAMES[fast]})" if p == "fast" else PRECISIONS[p],
+        help="Fast runs GLOM's matrix products in bf16 where the CPU has bf16 units (states stay fp32 between "
+             "steps); on CPUs without them glom_viz runs the bottom-up and top-down nets in int8 instead. "
+             "Exact runs everything in fp32.")
+    precision = fast if choice == "fast" else "fp32"
+    if choice == "fast" and fast != "bf16":
+        st.sidebar.caption(f"This CPU has no native bf16 (it would run many times slower), so the fast path here "
+                           f"is {PATH_NAMES[fast]}.")
     if isinstance(config, tuple):
         image_size, patch_size, dim, levels, consensus_self, radius = config
         try:
@@ -347,6 +358,17 @@ def model_panel() -> ModelSettings:
             st.sidebar.error(f"{error}. Using the default random model meanwhile.")
             config = RANDOM_CONFIG
     return ModelSettings(source, seed, config, checkpoint_name, checkpoint, consensus_self, precision)
+
+
+def fast_path() -> str:
+    """The path glom_viz.model takes here when asked for speed: "bf16", "int8" or "fp32"."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return precision_path("cpu")
+
+
+def precision_context(precision: str):
+    """autocast for the reduced-precision paths (glom_viz.model picks bf16 or int8 under it), none for fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32")
 
 
 def random_model(seed: int, config: GlomConfig, title: str, note: str | None) -> LoadedModel:
@@ -468,6 +490,15 @@ def gather_pictures(settings: ImageSettings, image_size: int) -> tuple[list[Pict
     return pictures, problems
 
 
+def show_new_upload(pictures: list[Picture], bundled: int) -> None:
+    """Switch the image selector to a picture the user has just uploaded (the first of them)."""
+    seen = st.session_state.setdefault("seen_uploads", set())
+    new = [index for index, picture in enumerate(pictures[bundled:], bundled) if picture.key not in seen]
+    seen.update(picture.key for picture in pictures[bundled:])
+    if new:
+        st.session_state["picture"] = new[0]
+
+
 def frame_of(picture: Picture, model: LoadedModel, image_size: int, fit: str, previous_run: str,
              settings_key: str, mask: np.ndarray | None) -> Frame:
     tensor, shown, display, info = cached_input(picture.key, image_size, fit, picture.rgb)
@@ -540,7 +571,7 @@ def compute_run(model: Glom, frame: Frame, init: Callable[[], RunResult] | None,
     bar = st.progress(0.0, text=f"{label}: step 0 of {iterations}")
     steps = []
     start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.inference_mode(), precision_context(precision):
         for glom_step in model.iterate(frame.tensor, iterations, start_levels):
             steps.append(glom_step.levels[0].float().numpy())  # (N, L, D)
             bar.progress(glom_step.step / iterations, text=f"{label}: step {glom_step.step} of {iterations}")
@@ -671,7 +702,7 @@ def viewer(session: Session) -> None:
                        width="stretch", help="Play the steps (shortcut: p)", shortcut="p")
     level_options = [*range(levels), ALL_LEVELS]
     if st.session_state.get("level") not in level_options:
-        st.session_state["level"] = levels - 1  # the top level: the largest islands
+        st.session_state["level"] = min(DEFAULT_LEVEL, levels - 1)
     level = controls[2].segmented_control(
         "Level", level_options, key="level", required=True,
         format_func=lambda l: "all levels" if l == ALL_LEVELS else (
@@ -791,7 +822,7 @@ def islands_view(context: ViewContext):
         measures = measures_of(frame, context.result, labels, context.session.island_settings, grid, truth_name)
         now = measures[level][step]
         metrics = st.columns(3)
-        metrics[0].metric("cosine in island", fmt(now.get("within_cosine")),
+        metrics[0].metric("in-island cos", fmt(now.get("within_cosine")),
                           help="Mean cosine of each column to its island's mean direction")
         metrics[1].metric("neighbours", fmt(now.get("neighbour_agreement")),
                           help="Mean cosine between neighbouring columns")
@@ -910,7 +941,7 @@ def probe_column(model: Glom, frame: Frame, init: np.ndarray | None, step: int, 
     weights summing to one, so new - previous = sum_c w_c (c - previous).
     """
     levels = None if init is None else torch.from_numpy(init)[None]
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.inference_mode(), precision_context(precision):
         for glom_step in model.iterate(frame.tensor, step, levels, contributions=True, attention=True):
             pass
     parts = {name: value[0].float() for name, value in glom_step.contributions.items()}  # (N, L, D)
@@ -987,33 +1018,33 @@ def export_row(context: ViewContext, figure: Callable[[], object] | None, view: 
     """Download buttons: the figure in view, labels, measures, and the zip bundle with provenance."""
     frame, session = context.frame, context.session
     stem = "".join(c if c.isalnum() else "-" for c in frame.picture.name).strip("-") or "image"
-    buttons = st.columns(7)
     kind = view.lower().replace(" × ", "-").replace(" ", "-")
-    if figure is not None:  # figures are made only when a download asks for them
-        no_browser = static_export_browser() is None
-        why = export.NO_BROWSER if no_browser else None
-        buttons[0].download_button("Figure PNG", lambda: export.figure_to_png(figure()), f"{stem}-{kind}.png",
-                                   "image/png", key="export_png", on_click="ignore", icon=":material/image:",
-                                   disabled=no_browser, help=why)
-        buttons[1].download_button("SVG", lambda: export.figure_to_svg(figure()), f"{stem}-{kind}.svg",
-                                   "image/svg+xml", key="export_svg", on_click="ignore", disabled=no_browser,
-                                   help=why)
-        buttons[2].download_button("HTML", lambda: export.figure_to_html(figure()), f"{stem}-{kind}.html",
-                                   "text/html", key="export_html", on_click="ignore")
-    buttons[3].download_button("Labels CSV", lambda: export.labels_to_csv(context.labels, context.grid),
-                               f"{stem}-labels.csv", "text/csv", key="export_labels", on_click="ignore",
-                               icon=":material/table:")
     truth_name = context.truth_names[0] if context.truth_names else None
     measures = measures_of(frame, context.result, context.labels, session.island_settings, context.grid,
                            truth_name)
-    buttons[4].download_button("Measures CSV", lambda: export.measures_to_csv(measures),
-                               f"{stem}-measures.csv", "text/csv", key="export_measures_csv", on_click="ignore")
-    buttons[5].download_button("JSON", lambda: export.measures_to_json(measures, truth=truth_name),
-                               f"{stem}-measures.json", "application/json", key="export_measures_json",
-                               on_click="ignore")
-    buttons[6].download_button("Bundle (zip)", lambda: bundle(context, measures, truth_name),
-                               f"{stem}-glom-viz.zip", "application/zip", key="export_bundle", on_click="ignore",
-                               icon=":material/folder_zip:", type="primary")
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.markdown("**Export**")
+    if figure is not None:  # figures are made only when a download asks for them
+        no_browser = static_export_browser() is None
+        why = export.NO_BROWSER if no_browser else "The figure in view"
+        row.download_button("Figure PNG", lambda: export.figure_to_png(figure()), f"{stem}-{kind}.png",
+                            "image/png", key="export_png", on_click="ignore", icon=":material/image:",
+                            disabled=no_browser, help=why)
+        row.download_button("SVG", lambda: export.figure_to_svg(figure()), f"{stem}-{kind}.svg",
+                            "image/svg+xml", key="export_svg", on_click="ignore", disabled=no_browser, help=why)
+        row.download_button("HTML", lambda: export.figure_to_html(figure()), f"{stem}-{kind}.html",
+                            "text/html", key="export_html", on_click="ignore", help="The figure in view, interactive")
+    row.download_button("Labels CSV", lambda: export.labels_to_csv(context.labels, context.grid),
+                        f"{stem}-labels.csv", "text/csv", key="export_labels", on_click="ignore",
+                        icon=":material/table:", help="The island of every patch at every step and level")
+    row.download_button("Measures CSV", lambda: export.measures_to_csv(measures),
+                        f"{stem}-measures.csv", "text/csv", key="export_measures_csv", on_click="ignore")
+    row.download_button("JSON", lambda: export.measures_to_json(measures, truth=truth_name),
+                        f"{stem}-measures.json", "application/json", key="export_measures_json", on_click="ignore")
+    row.download_button("Bundle (zip)", lambda: bundle(context, measures, truth_name),
+                        f"{stem}-glom-viz.zip", "application/zip", key="export_bundle", on_click="ignore",
+                        icon=":material/folder_zip:", type="primary",
+                        help="Input, overlay, labels, measures and states, with a manifest of how they were made")
 
 
 def bundle(context: ViewContext, measures: dict, truth_name: str | None) -> bytes:
@@ -1054,6 +1085,8 @@ PAGE_CSS = """
 
 
 def main() -> None:
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
     st.set_page_config(page_title="glom-viz · islands of agreement", page_icon="🏝️", layout="wide",
                        initial_sidebar_state="expanded")
     st.markdown(PAGE_CSS, unsafe_allow_html=True)
@@ -1066,8 +1099,9 @@ def main() -> None:
     run_settings = run_panel(config.levels)
     island_settings = islands_panel()
 
-    title, chooser, badge = st.columns([4, 3, 3], vertical_alignment="bottom")
-    title.markdown("#### glom-viz · islands of agreement in GLOM")
+    title, chooser, badge = st.columns([3, 3, 3], vertical_alignment="bottom")
+    title.markdown("#### glom-viz")
+    title.caption("Islands of agreement in GLOM (Hinton, 2021), level by level, step by step")
     badge.caption(f"**{loaded.title}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
                   f"{run_settings.iterations} iterations · {model_settings.precision}")
     if model_error:
@@ -1089,6 +1123,7 @@ def main() -> None:
         chooser.caption(f"**Sequence** of {len(pictures)} frames, in order: pick a frame beside the step slider.")
     else:
         names = [p.name for p in pictures]
+        show_new_upload(pictures, len(image_settings.bundled))
         clamp_state("picture", 0, len(pictures) - 1, 0)
         chosen = chooser.selectbox("Image", range(len(pictures)), format_func=names.__getitem__, key="picture")
         pictures = [pictures[chosen]]

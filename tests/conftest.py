@@ -1,7 +1,10 @@
-"""Shared fixtures: pictures as upload bytes, and a real `streamlit run app.py` for the browser tests."""
+"""Shared by the app's tests: app.py's constants, references computed by glom_viz directly, pictures as upload
+bytes, and a real `streamlit run app.py` with Debian's Chromium for the browser tests."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import os
 import socket
@@ -14,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from glom_viz import islands
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped
+from glom_viz.images import to_model_input
+from glom_viz.model import Glom
+from glom_viz.scenes import make_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -24,6 +34,46 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-sync"]
 # no UMAP compile in the background while tests run: it would only compete for the two cores
 APP_ENV = {"GLOM_VIZ_WARM_UMAP": "0"}
+
+
+@functools.cache
+def app_module():
+    """app.py as a module (its page only runs as __main__): its constants and small helpers."""
+    spec = importlib.util.spec_from_file_location("glom_viz_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+ITERATE = Glom.iterate  # references run through this, outside any count of the app's runs
+
+
+def default_model() -> Glom:
+    """The model the app opens on: the shipped one, or its seeded stand-in."""
+    if SHIPPED_CHECKPOINT.is_file():
+        return load_shipped()
+    torch.manual_seed(app_module().RANDOM_SEED)
+    return Glom.from_config(app_module().RANDOM_CONFIG).eval()
+
+
+def scene_rgb(index: int, image_size: int) -> np.ndarray:
+    return np.rint(make_scene(app_module().SCENE_SEEDS[index], image_size).image * 255).astype(np.uint8)
+
+
+def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, levels=None) -> np.ndarray:
+    """(T, N, L, D) float32 states of glom_viz's model on a picture, fp32, as the app's input."""
+    tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
+    with torch.inference_mode():
+        return np.stack([s.levels[0].numpy() for s in ITERATE(model, tensor, iters, levels)])
+
+
+def reference_labels(states: np.ndarray, grid, **settings) -> np.ndarray:
+    """(T, L, N) islands of the states as the app stores them (float16), default settings."""
+    settings = {"method": "kmeans", "n_islands": None, **settings}
+    if settings["method"] in islands.COUNT_METHODS and settings["n_islands"] is None:
+        settings.setdefault("max_islands", islands.MAX_ISLANDS)
+    return islands.find_islands_all_levels(states.astype(app_module().STATES_DTYPE), grid, **settings)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

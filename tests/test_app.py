@@ -7,41 +7,25 @@ must never run the model again.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
-import sys
 
 import numpy as np
 import pytest
 import streamlit as st
 import torch
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, png_bytes
+from conftest import APP, app_module, default_model, png_bytes, reference_labels, reference_run, scene_rgb
 from glom_viz import islands
-from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped, save_checkpoint
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
 from glom_viz.errors import ImageLoadError
-from glom_viz.images import to_model_input
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
-from glom_viz.scenes import make_scene
+
+app = app_module()
 
 TIMEOUT_S = 120
 TINY = GlomConfig(dim=16, levels=2, image_size=32, patch_size=4)
-ITERATE = Glom.iterate  # the references run outside the count of the app's runs
-
-
-def load_app_module():
-    """app.py as a module (its page only runs as __main__): its constants and small helpers."""
-    spec = importlib.util.spec_from_file_location("glom_viz_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-app = load_app_module()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -79,33 +63,6 @@ def ok(at: AppTest) -> AppTest:
 
 def run(at: AppTest) -> AppTest:
     return ok(at.run())
-
-
-def default_model() -> Glom:
-    """The model the app opens on: the shipped one, or its seeded stand-in."""
-    if SHIPPED_CHECKPOINT.is_file():
-        return load_shipped()
-    torch.manual_seed(app.RANDOM_SEED)
-    return Glom.from_config(app.RANDOM_CONFIG).eval()
-
-
-def scene_rgb(index: int, image_size: int) -> np.ndarray:
-    return np.rint(make_scene(app.SCENE_SEEDS[index], image_size).image * 255).astype(np.uint8)
-
-
-def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, levels=None) -> np.ndarray:
-    """(T, N, L, D) float32 states of glom_viz's model on a picture, fp32, as the app's input."""
-    tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
-    with torch.inference_mode():
-        return np.stack([s.levels[0].numpy() for s in ITERATE(model, tensor, iters, levels)])
-
-
-def reference_labels(states: np.ndarray, grid, **settings) -> np.ndarray:
-    """(T, L, N) islands of the states as the app stores them (float16), default settings."""
-    settings = {"method": "kmeans", "n_islands": None, **settings}
-    if settings["method"] in islands.COUNT_METHODS and settings["n_islands"] is None:
-        settings.setdefault("max_islands", islands.MAX_ISLANDS)
-    return islands.find_islands_all_levels(states.astype(app.STATES_DTYPE), grid, **settings)
 
 
 def legend(at: AppTest) -> dict[int, int]:
@@ -151,8 +108,9 @@ def test_opens_with_the_default_models_islands_drawn(at, glom_runs):
 
     assert len(glom_runs) == 1
     assert at.slider(key="step").value == 2 * levels  # the last step, iterations = 2 x levels
-    assert at.button_group(key="level").value == levels - 1
-    assert legend(at) == expected_legend(labels[-1, levels - 1])
+    level = at.button_group(key="level").value
+    assert level == min(app.DEFAULT_LEVEL, levels - 1)
+    assert legend(at) == expected_legend(labels[-1, level])
     assert len(main_images(at)) >= 2  # the overlay and the model's input
     if not SHIPPED_CHECKPOINT.is_file():
         assert any("Stand-in model" in w.value for w in at.warning)
@@ -277,6 +235,7 @@ def test_uploaded_photo_and_its_mask(at, photo_rgb, photo_png):
     size = model.config.image_size
     assert any(f"cropped 160x120 to 120x120, resized to {size}x{size}" in c.value for c in at.caption)
     labels = reference_labels(reference_run(model, photo_rgb), model.grid)
+    run(at.button_group(key="level").set_value(model.config.levels - 1))
     assert legend(at) == expected_legend(labels[-1, model.config.levels - 1])
 
     mask = np.zeros((120, 160, 3), np.uint8)
@@ -334,8 +293,8 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
 
     second = reference_run(model, scene_rgb(1, model.config.image_size), levels=torch.from_numpy(first[-1])[None])
     run(at.slider(key="frame").set_value(1))
-    top = model.config.levels - 1
-    assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, top])
+    level = at.button_group(key="level").value
+    assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, level])
 
 
 def test_mask_reading_and_patch_selection_helpers():
@@ -387,7 +346,7 @@ def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
                                                             "application/octet-stream")))
     assert any("checkpoint tiny.safetensors" in c.value for c in at.caption)
     labels = reference_labels(reference_run(ours, scene_rgb(0, TINY.image_size)), ours.grid)
-    assert legend(at) == expected_legend(labels[-1, TINY.levels - 1])
+    assert legend(at) == expected_legend(labels[-1, at.button_group(key="level").value])
 
     glom_pytorch = pytest.importorskip("glom_pytorch")
     theirs = glom_pytorch.Glom(dim=16, levels=2, image_size=32, patch_size=4)
@@ -418,10 +377,11 @@ def test_nonfinite_states_are_reported_not_drawn(at, tmp_path):
     assert not [m for m in at.markdown if "line-height:1.9" in m.value]  # no islands drawn
 
 
-@pytest.mark.parametrize("native", ["1", "0"])
-def test_bf16_precision(at, glom_runs, monkeypatch, native):
-    """bf16 reruns the model where the CPU has it; elsewhere the page says it runs fp32, and nothing reruns."""
-    monkeypatch.setenv(REDUCED_PRECISION_ENV, native)
+@pytest.mark.parametrize("forced, path", [("1", "bf16"), ("int8", "int8"), ("0", "fp32")])
+def test_fast_precision_runs_the_path_glom_viz_picks(at, glom_runs, monkeypatch, forced, path):
+    """"fast" runs bf16, or int8 nets where bf16 is not native; where neither applies it is fp32 and the
+    model does not run again."""
+    monkeypatch.setenv(REDUCED_PRECISION_ENV, forced)
     reduced_precision_is_fast.cache_clear()
     try:
         at.session_state["model_precision"] = "fp32"
@@ -430,12 +390,9 @@ def test_bf16_precision(at, glom_runs, monkeypatch, native):
         for key, value in (("model_dim", 16), ("model_levels", 2), ("model_image_size", 32)):
             run(at.number_input(key=key).set_value(value))
         before = len(glom_runs)
-        run(at.radio(key="model_precision").set_value("bf16"))
+        run(at.radio(key="model_precision").set_value("fast"))
         assert legend(at)
-        if native == "1":
-            assert len(glom_runs) == before + 1
-        else:
-            assert len(glom_runs) == before
-            assert any("no native bf16" in c.value for c in at.sidebar.caption)
+        assert any(f"· {path}" in c.value for c in at.caption if "iterations" in c.value)
+        assert len(glom_runs) == before + (path != "fp32")
     finally:
         reduced_precision_is_fast.cache_clear()

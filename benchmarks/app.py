@@ -1,0 +1,137 @@
+"""How fast the app feels, measured the way a person meets it: through Debian's Chromium (Playwright).
+
+    python benchmarks/app.py [--repeats 5] [--url http://127.0.0.1:8501]
+
+Starts `streamlit run app.py` on a free port (or uses --url), warms it with one visit, then times:
+
+1. first view: a new browser session opens the page until the islands are drawn (overlay loaded);
+2. upload -> islands: a photograph never seen before is uploaded until its islands are drawn at the
+   default settings (goal: under 2 s on the 2-core machine);
+3. one-step scrub: a key press on the focused step slider until the new step's overlay is loaded (goal:
+   under 0.3 s as a person sees it), with the server's own "drawn in" time beside it (goal: well
+   under 100 ms).
+
+Prints one line per measure: median, min and max over the repeats. Speed is never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import data
+
+ROOT = Path(__file__).resolve().parents[1]
+REPEATS = 5
+SCRUBS_PER_VISIT = 3
+WAIT_MS = 120_000
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+def test_helpers():
+    """tests/conftest.py, loaded by path: the same server fixture and Chromium settings as the tests."""
+    spec = importlib.util.spec_from_file_location("app_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def photo(index: int) -> bytes:
+    """A photograph never uploaded before: skimage's coffee, cropped differently each time."""
+    rgb = data.coffee()[index * 7:, index * 11:]
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def overlay_shown(page, caption: str) -> None:
+    """Wait until the overlay whose caption starts with `caption` has loaded in the browser."""
+    page.wait_for_function(
+        """caption => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
+               element.innerText.startsWith(caption) && [...element.querySelectorAll('img')].some(
+                   img => img.complete && img.naturalWidth > 0))""",
+        arg=caption, timeout=WAIT_MS)
+
+
+def drawn_ms(page) -> float:
+    text = page.get_by_text(re.compile(r"drawn in \d+ ms")).first.inner_text()
+    return float(re.search(r"drawn in (\d+) ms", text).group(1))
+
+
+def summary(name: str, values: list[float], unit: str = "s", goal: str = "") -> str:
+    return (f"{name:<34} median {statistics.median(values):7.3f} {unit}  min {min(values):7.3f}  "
+            f"max {max(values):7.3f}  (n={len(values)}){'  goal ' + goal if goal else ''}")
+
+
+def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str]) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    first_view, upload, scrub, scrub_server = [], [], [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args)
+        warm = browser.new_page(viewport=VIEWPORT)
+        warm.goto(url)
+        overlay_shown(warm, "scene 1 · level")
+        warm.close()
+        for index in range(repeats):
+            context = browser.new_context(viewport=VIEWPORT)
+            page = context.new_page()
+            start = time.perf_counter()
+            page.goto(url)
+            overlay_shown(page, "scene 1 · level")
+            first_view.append(time.perf_counter() - start)
+
+            name = f"coffee-{index}.png"
+            uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
+            picture = photo(index)
+            start = time.perf_counter()
+            uploader.locator("input[type='file']").set_input_files(
+                {"name": name, "mimeType": "image/png", "buffer": picture})
+            overlay_shown(page, f"{name} · level")
+            upload.append(time.perf_counter() - start)
+
+            slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+            last = int(slider.get_attribute("aria-valuemax"))
+            slider.focus()
+            for step in range(last - 1, last - 1 - SCRUBS_PER_VISIT, -1):
+                start = time.perf_counter()
+                page.keyboard.press("ArrowLeft")
+                page.wait_for_function(
+                    """step => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
+                           element.innerText.includes(`step ${step} of`) &&
+                           [...element.querySelectorAll('img')].some(img => img.complete && img.naturalWidth > 0))""",
+                    arg=step, timeout=WAIT_MS)
+                scrub.append(time.perf_counter() - start)
+                scrub_server.append(drawn_ms(page))
+            context.close()
+        browser.close()
+    return [
+        summary("first view (warm server)", first_view),
+        summary("upload -> islands (new photo)", upload, goal="< 2 s"),
+        summary("one-step scrub, as seen", scrub, goal="< 0.3 s"),
+        summary("one-step scrub, server time", scrub_server, unit="ms", goal="well < 100 ms"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--url", help="a running app to measure (default: start one)")
+    args = parser.parse_args()
+    helpers = test_helpers()
+    server = contextlib.nullcontext(args.url) if args.url else helpers.serve_app()
+    with server as url:
+        for line in measure(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
