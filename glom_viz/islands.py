@@ -42,8 +42,8 @@ MAX_ISLANDS = 8
 # splitting and the step is one island (Kaufman & Rousseeuw read < 0.25 as "no substantial
 # structure"; we are more lenient so that weak early islands still show).
 MIN_SILHOUETTE = 0.1
-# A step whose vectors all lie within this cosine distance of their mean direction is one island
-# (GLOM's step 0: every column holds the same vector). 1e-5 is about a quarter of a degree, well
+# A step whose vectors all lie within (about) this cosine distance of their mean direction is one
+# island (GLOM's step 0: every column holds the same vector). 1e-5 is about a quarter of a degree, well
 # above float32 round-off (~1e-7) and well below any split a silhouette could justify.
 DEGENERATE_SPREAD = 1e-5
 
@@ -171,10 +171,13 @@ def _directions(vectors: np.ndarray) -> np.ndarray:
 
 
 def _spread(directions: np.ndarray) -> np.ndarray:
-    """(T, N, D) unit vectors -> (T,) largest cosine distance of a column to the step's mean direction."""
-    mean = _directions(directions.mean(axis=1, keepdims=True, dtype=np.float64)).astype(directions.dtype)
-    cosines = np.einsum("tnd,tod->tn", directions, mean)  # float32 resolves ~1e-7, the threshold is 1e-5
-    return 1.0 - cosines.min(axis=1).astype(np.float64)
+    """(T, N, D) unit vectors -> (T,) how far the columns of each step are from all agreeing.
+
+    Half the largest squared distance of a unit vector to the step's mean: about the cosine distance
+    to the mean direction when that is small, and 0 when all vectors are equal (or all zero).
+    """
+    offsets = directions - directions.mean(axis=1, keepdims=True, dtype=np.float64).astype(directions.dtype)
+    return 0.5 * np.einsum("tnd,tnd->tn", offsets, offsets).max(axis=1).astype(np.float64)
 
 
 def _grid_pairs(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -605,12 +608,16 @@ def island_measures(states, labels, grid, truth=None, background: int = 0) -> li
     grid = _check_grid(grid, n_patches)
     labels = np.asarray(labels)
     if labels.size != steps * n_patches:
-        raise StatesError(f"labels do not match states of {steps} steps x {n_patches} patches: pass labels (steps, patches)")
+        raise StatesError(
+            f"labels do not match states of {steps} steps x {n_patches} patches: pass labels (steps, patches)"
+        )
     labels = labels.reshape(steps, n_patches)
     if truth is not None:
         truth = np.asarray(truth).ravel()
         if truth.size != n_patches:
-            raise StatesError(f"truth has {truth.size} entries for {n_patches} patches: pass one label per patch (patch_truth)")
+            raise StatesError(
+                f"truth has {truth.size} entries for {n_patches} patches: pass one label per patch (patch_truth)"
+            )
 
     directions = _directions(vectors.astype(np.float64))
     first, second = _grid_pairs(grid)
@@ -619,11 +626,12 @@ def island_measures(states, labels, grid, truth=None, background: int = 0) -> li
         unit, ids = directions[t], labels[t]
         kept = ids >= 0
         islands = np.unique(ids[kept])
+        neighbours = np.einsum("pd,pd->p", unit[first], unit[second])
         entry = {
             "step": t,
             "n_islands": int(islands.size),
             "within_cosine": _within_cosine(unit[kept], ids[kept]) if kept.any() else None,
-            "neighbour_agreement": float(np.einsum("pd,pd->p", unit[first], unit[second]).mean()) if first.size else None,
+            "neighbour_agreement": float(neighbours.mean()) if neighbours.size else None,
             "silhouette": None,
             "change": 0.0 if t == 0 else float(np.mean(1.0 - np.einsum("nd,nd->n", unit, directions[t - 1]))),
         }

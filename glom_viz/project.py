@@ -9,7 +9,8 @@ UMAP is made fast enough to follow the user (13 x 256 = 3,328 points of dim 512 
 once warm, against several seconds for a default umap.UMAP fit): exact duplicates are embedded once
 (GLOM's step 0 is 256 copies of one vector), the vectors go through PCA down to UMAP_PCA_DIMS, the
 k nearest neighbours are computed exactly there by blocked matrix products (umap would compute
-all distances in 512 dims, and compile its own kNN code), and the layout runs UMAP_EPOCHS epochs from a PCA initialisation instead of 500 from a spectral one.
+all distances in 512 dims), and the layout runs UMAP_EPOCHS epochs from a PCA initialisation
+instead of 500 from a spectral one (which also fails on duplicate points).
 numba compiles umap's layout code on the first fit in every process (several seconds):
 warm_up_umap() pays that once, off the user's path.
 """
@@ -49,7 +50,9 @@ def _as_steps(states) -> np.ndarray:
             f"states have shape {tuple(vectors.shape)}: pass one level's states as (steps, patches, dim)"
         )
     if not np.isfinite(vectors).all():
-        raise StatesError("states hold NaN or Inf values: pass finite states (rerun the model, or lower its iterations)")
+        raise StatesError(
+            "states hold NaN or Inf values: pass finite states (rerun the model, or lower its iterations)"
+        )
     return vectors
 
 
@@ -69,7 +72,9 @@ def _orthonormal(block: np.ndarray) -> np.ndarray:
     return block @ (vectors[:, keep] / np.sqrt(values[keep])).astype(block.dtype)
 
 
-def pca_components(points: np.ndarray, dims: int, seed: int = 0, power_iterations: int = POWER_ITERATIONS) -> np.ndarray:
+def pca_components(
+    points: np.ndarray, dims: int, seed: int = 0, power_iterations: int = POWER_ITERATIONS
+) -> np.ndarray:
     """Leading principal coordinates of points (M, D) -> (M, dims) float64, zeros if no variance.
 
     Randomized range finder with power iterations (Halko et al. 2011) and a seeded generator, so no

@@ -131,6 +131,7 @@ def test_all_equal_vectors_are_one_island_for_every_method():
     same[1] *= 5.0  # length does not matter, only direction
     same[2] += 1e-7 * np.random.default_rng(1).standard_normal((64, DIM))  # float noise only
     for method in METHODS:
+        assert (find_islands(np.zeros((64, DIM)), GRID, method, **PARAMS[method]) == 0).all(), method
         assert (find_islands(same, GRID, method, **PARAMS[method]) == 0).all(), method
     assert (find_islands(same, GRID, n_islands=4) == 0).all(), "nothing to split, whatever the count asked"
 
@@ -354,7 +355,8 @@ def test_measures_against_direct_computation(states):
         assert entry["neighbour_agreement"] == pytest.approx(np.mean([unit[t, i] @ unit[t, j] for i, j in pairs]))
         within = [unit[t, i] @ _direction(unit[t][ids == ids[i]].sum(0)) for i in np.flatnonzero(kept)]
         assert entry["within_cosine"] == pytest.approx(np.mean(within))
-        assert entry["silhouette"] == pytest.approx(silhouette_score(unit[t][kept], ids[kept], metric="cosine"), abs=1e-6)
+        reference = silhouette_score(unit[t][kept], ids[kept], metric="cosine")
+        assert entry["silhouette"] == pytest.approx(reference, abs=1e-6)
         assert entry["change"] == pytest.approx(np.mean(1 - (unit[t] * unit[t - 1]).sum(-1)), abs=1e-6)
         assert entry["n_islands"] == len(np.unique(ids[kept]))
     assert measures[0]["silhouette"] is None, "one island: silhouette undefined"
@@ -446,3 +448,26 @@ def test_bad_input_says_what_is_wrong_and_what_would_be_right(states, call, word
         call(states[-1])
     assert isinstance(error.value, ValueError)
     assert words in str(error.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from(METHODS),
+    st.one_of(st.none(), st.integers(1, 12)),
+    st.integers(1, 12),
+)
+def test_any_finite_states_give_valid_labels(seed, method, n_islands, distinct):
+    """Random states with repeated columns (few distinct vectors, zero vectors): never a crash, ids valid."""
+    rng = np.random.default_rng(seed)
+    pool = rng.standard_normal((distinct, 5)) * rng.choice([0.0, 1e-3, 1.0, 1e3], size=(distinct, 1))
+    states = pool[rng.integers(0, distinct, size=(2, 12))]
+    if method not in ("kmeans", "agglomerative"):
+        n_islands = None
+    labels = find_islands(states, (3, 4), method, n_islands, **PARAMS[method])
+    assert labels.shape == (2, 12) and labels.min() >= -1
+    if n_islands is not None:
+        for t in range(2):
+            spread = np.ptp(states[t] / np.maximum(np.linalg.norm(states[t], axis=1, keepdims=True), 1e-300), axis=0)
+            expected = n_islands if spread.max() > 1e-3 else 1
+            assert len(np.unique(labels[t])) == expected
