@@ -346,7 +346,11 @@ class Trainer:
             )
         self.optimizer.step()
         self.step += 1
-        self.losses = {name: float(value.detach()) for name, value in losses.items()}
+        values = torch.stack([value.detach().float() for value in losses.values()])
+        if self.world > 1:  # report the whole batch's losses, not this process's share
+            dist.all_reduce(values)
+            values /= self.world
+        self.losses = dict(zip(losses, values.tolist()))
         self.losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.history.append({"step": self.step, **self.losses})
         return self.losses
