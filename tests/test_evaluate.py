@@ -83,7 +83,6 @@ def test_summary_picks_the_object_level_and_a_part_level_below_it():
     assert result["parts_margin_over_baselines"] == pytest.approx(0.1)
 
 
-@pytest.mark.slow
 def test_shipped_model_finds_objects_better_than_pixels():
     """The shipped model's best object level beats k-means on pixels (a measured claim of TRAINING.md)."""
     from glom_viz.checkpoints import load_shipped
