@@ -740,7 +740,9 @@ def viewer(session: Session) -> None:
     elif view == "Column":
         figure = column_view(context)
     export_row(context, figure, view)
-    st.caption(f"drawn in {(time.perf_counter() - started) * 1000:.0f} ms on the server · "
+    # last on the page: when it shows this step, everything above it (the export buttons too) is current
+    where = f"{frame.picture.name} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")
+    st.caption(f"{where} · step {step} · drawn in {(time.perf_counter() - started) * 1000:.0f} ms on the server · "
                f"GLOM ran {result.seconds:.2f} s for this frame ({session.precision}) · islands: "
                f"{session.island_settings.describe()}")
 

@@ -30,10 +30,11 @@ app = app_module()
 # reading the page
 
 
-def wait_for_islands(page, step: int | None = None, level: int | None = None) -> None:
-    """Until the islands heading names this step and level (or any), i.e. the page has drawn them."""
-    pattern = r"islands? at level {}, step {}".format(r"\d+" if level is None else level,
-                                                       r"\d+" if step is None else step)
+def wait_for_islands(page, name: str | None = None, step: int | None = None, level: int | None = None) -> None:
+    """Until the viewer's last line names this picture, level and step (or any): the page is drawn up to
+    its end, export buttons included."""
+    pattern = r"{} · level {} · step {} · drawn in".format(
+        r".+" if name is None else re.escape(name), r"\d+" if level is None else level, r"\d+" if step is None else step)
     page.get_by_text(re.compile(pattern)).first.wait_for(timeout=WAIT_MS)
 
 
@@ -84,24 +85,23 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
     page = browser.new_page(viewport=VIEWPORT)
     try:
         page.goto(app_server)
-        wait_for_islands(page, step=last, level=level)
+        wait_for_islands(page, "scene 1", step=last, level=level)
         scene = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)), model.grid)
         assert legend(page) == expected_legend(scene[last, level])
         overlay = page.locator("[data-testid='stImage'] img").first
         assert overlay.evaluate("img => img.complete && img.naturalWidth") >= app.DISPLAY_PX
 
-        upload_photo(page, "astronaut.png", photo_png)
-        choose_image(page, "astronaut.png")
+        upload_photo(page, "astronaut.png", photo_png)  # a new upload is shown at once
         size = model.config.image_size
+        wait_for_islands(page, "astronaut.png", step=last, level=level)
         page.get_by_text(f"cropped 160x120 to 120x120, resized to {size}x{size}").wait_for(timeout=WAIT_MS)
-        wait_for_islands(page, step=last, level=level)
         photo = reference_labels(reference_run(model, photo_rgb), model.grid)
         assert legend(page) == expected_legend(photo[last, level])
 
         page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider").focus()
         for step in (last - 1, last - 2):
             page.keyboard.press("ArrowLeft")
-            wait_for_islands(page, step=step, level=level)
+            wait_for_islands(page, "astronaut.png", step=step, level=level)
             assert legend(page) == expected_legend(photo[step, level])
 
         exported = labels_from_csv(download(page, "Labels CSV"), photo.shape)
@@ -144,12 +144,11 @@ def test_sessions_at_once_each_get_what_they_would_alone(app_server, browser, ph
         # all three ask for their picture before any of them is waited for
         for page, name in zip(pages, expected):
             if name == "astronaut.png":
-                upload_photo(page, name, photo_png)
-        for page, name in zip(pages, expected):
-            choose_image(page, name)
+                upload_photo(page, name, photo_png)  # shown at once
+            else:
+                choose_image(page, name)
         for page, (name, labels) in zip(pages, expected.items()):
-            page.get_by_text(re.compile(re.escape(name) + r" · level")).first.wait_for(timeout=WAIT_MS)
-            wait_for_islands(page, step=last, level=level)
+            wait_for_islands(page, name, step=last, level=level)
             assert legend(page) == expected_legend(labels[last, level]), name
             np.testing.assert_array_equal(labels_from_csv(download(page, "Labels CSV"), labels.shape), labels)
         # the photo uploaded in the third session is nowhere in the others
