@@ -29,9 +29,8 @@ from scipy.spatial.distance import squareform
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
-
 from glom_viz.errors import StatesError
+from glom_viz.project import one_blas_thread
 
 METHODS = ("kmeans", "agglomerative", "hdbscan", "threshold")
 SPACES = ("vectors", "umap")
@@ -387,14 +386,14 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grams(points: np.ndarray) -> np.ndarray:
-    """(T, N, D) -> (T, N, N) float32 Gram matrices, in torch: its batched matmul is several times
-    faster than numpy's here, and these 78 products are most of the default method's flops."""
-    import torch
+def _grams(points: np.ndarray) -> list[np.ndarray]:
+    """(T, N, D) -> T Gram matrices (N, N) float32: most of the default method's flops.
 
-    batch = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
-    with torch.no_grad():
-        return torch.bmm(batch, batch.transpose(1, 2)).numpy()
+    One 2-D product per step on one BLAS thread (the caller's limit): measured here, that beats a
+    batched numpy matmul (no BLAS for stacks) and torch.bmm (its threads wake slowly on busy cores,
+    13 ms for a single 256 x 64 map).
+    """
+    return [step @ step.T for step in np.ascontiguousarray(points, dtype=np.float32)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,10 +446,7 @@ def find_islands(
     degenerate = _spread(directions) < DEGENERATE_SPREAD
     labels = np.zeros((steps, n_patches), dtype=np.int64)
     live = np.flatnonzero(~degenerate)
-    # Many small (N, N) @ (N, B * K) products: threaded OpenBLAS spends more time waking its threads
-    # than multiplying (3-10x slower on busy shared cores), so one thread, as scikit-learn's own
-    # KMeans does. torch's bmm for the Gram matrices keeps its own threads.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():  # many small (N, N) @ (N, B * K) products
         if live.size and method == "threshold":
             for t in live:
                 labels[t] = _islands_threshold(directions[t], grid, settings)

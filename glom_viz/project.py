@@ -20,7 +20,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from glom_viz.errors import StatesError
 
@@ -36,6 +36,21 @@ POWER_ITERATIONS = 2  # randomized PCA: leading directions to ~1e-4 when their e
 OVERSAMPLING = 8
 KNN_BLOCK = 512  # rows of the distance matrix at a time
 DEGENERATE_VARIANCE = 1e-12  # total variance below this: every vector points the same way
+
+
+_blas_controller: ThreadpoolController | None = None  # made on first use: finding the libraries takes ~50 ms
+
+
+def one_blas_thread():
+    """Context manager running BLAS on one thread, for the many small and tall-skinny products here.
+
+    On busy shared cores threaded OpenBLAS spends more time waking its threads than multiplying:
+    3-10x slower than one thread for these sizes (scikit-learn's KMeans limits itself the same way).
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def _as_steps(states) -> np.ndarray:
@@ -185,8 +200,7 @@ def project(states, method: str = "pca", dims: int = 2, seed: int = 0) -> np.nda
     vectors = _as_steps(states)
     steps, n_patches, dim = vectors.shape
     points = _directions(vectors.reshape(steps * n_patches, dim))
-    # tall-skinny products: threaded OpenBLAS is 5-10x slower than one thread on busy shared cores
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         if method == "pca":
             coordinates = pca_components(points, dims, seed)
         else:
