@@ -286,8 +286,23 @@ def cached_input(key: str, image_size: int, fit: str, _rgb: np.ndarray) -> tuple
 
 
 @st.cache_data(max_entries=RUN_CACHE_ENTRIES, max_size=RUN_CACHE_BYTES, show_spinner=False)
-def cached_run(key: str, _compute: Callable[[], dict]) -> dict:
-    return _compute()
+def stored_run(key: str, _result: dict | None = None) -> dict | None:
+    """The RunResult fields stored under a run key, or None when there are none yet.
+
+    Runs are computed outside the cache and then stored here (see cached_run): a function cached with
+    st.cache_data replays every element it drew on each later hit, and a run draws a progress bar.
+    """
+    return _result
+
+
+def cached_run(key: str, compute: Callable[[], dict]) -> RunResult:
+    """A frame's run from the cache, or computed (with its progress bar) and stored there."""
+    stored = stored_run(key)
+    if stored is None:
+        stored = compute()
+        stored_run.clear(key)  # the lookup above cached None under this key
+        stored_run(key, stored)
+    return RunResult(**stored)
 
 
 @st.cache_data(max_entries=DERIVED_CACHE_ENTRIES, max_size=DERIVED_CACHE_BYTES, show_spinner=False)
@@ -597,8 +612,8 @@ def runs_for(session_model: LoadedModel, frames: list[Frame], sequence: bool, it
         label = f"frame {index + 1} of {len(frames)} · {frame.picture.name}" if sequence else frame.picture.name
 
         def run(frame=frame, previous=previous, label=label) -> RunResult:
-            return RunResult(**cached_run(frame.run_key, lambda: compute_run(
-                session_model.model, frame, previous, iterations, precision, label)))
+            return cached_run(frame.run_key, lambda: compute_run(
+                session_model.model, frame, previous, iterations, precision, label))
         runs.append(run)
     return tuple(runs)
 
@@ -803,7 +818,7 @@ def islands_view(context: ViewContext):
         for level, column in zip(reversed(range(n_levels)), columns):
             level_labels = labels[step, level]
             count = np.unique(level_labels[level_labels >= 0]).size
-            column.image(overlay_png(context, step, level), width="stretch",
+            column.image(overlay_png(context, step, level), width="stretch", output_format="PNG",
                          caption=f"level {level}{' (top)' if level == n_levels - 1 else ''} · "
                                  f"{count} island{'s' if count != 1 else ''}")
         return lambda: render.sheet_figure(frame.display, labels, grid, steps=[step],
@@ -812,7 +827,7 @@ def islands_view(context: ViewContext):
     level = int(context.level)
     level_labels = labels[step, level]
     left, right = st.columns([3, 2], gap="large")
-    left.image(overlay_png(context, step, level), width="stretch",
+    left.image(overlay_png(context, step, level), width="stretch", output_format="PNG",
                caption=f"{frame.picture.name} · level {level} · step {step} of {labels.shape[0] - 1}")
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)

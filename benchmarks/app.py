@@ -99,7 +99,8 @@ def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str]
             upload.append(time.perf_counter() - start)
 
             slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
-            last = int(slider.get_attribute("aria-valuemax"))
+            caption = page.get_by_text(re.compile(re.escape(name) + r" · level \d+ · step \d+ of \d+")).first
+            last = int(re.search(r"of (\d+)", caption.inner_text()).group(1))
             slider.focus()
             for step in range(last - 1, last - 1 - SCRUBS_PER_VISIT, -1):
                 start = time.perf_counter()
