@@ -198,7 +198,7 @@ def test_forbidding_reduced_precision_runs_exact_fp32_and_warns_once(reduced_pre
     assert torch.equal(fallback, exact)
 
 
-INT8_CONFIG = dict(dim=64, levels=4, image_size=32, patch_size=4)
+INT8_CONFIG = dict(dim=128, levels=4, image_size=32, patch_size=4)  # int8 serves dim >= 128 unforced
 
 
 def test_int8_states_stay_close_to_fp32_where_bf16_is_not_native(bf16_native):
@@ -224,11 +224,12 @@ def test_int8_states_stay_close_to_fp32_where_bf16_is_not_native(bf16_native):
     assert mean_cosine_per_level(fast_next, exact_next).min() > 0.995
 
 
-def test_int8_states_of_the_shipped_trained_model_stay_close_to_fp32(bf16_native):
+def test_int8_states_of_the_shipped_trained_model_stay_close_to_fp32(bf16_native, monkeypatch):
     """A trained model (layer-normed levels, cosine consensus, its own weights) keeps its states under int8."""
     from glom_viz.checkpoints import load_shipped
 
     bf16_native(False)
+    monkeypatch.setenv(REDUCED_PRECISION_ENV, "int8")  # its dim (64) is too small for int8 unforced
     model = load_shipped()
     img = torch.rand(1, 3, model.config.image_size, model.config.image_size)
     with torch.inference_mode():
@@ -255,6 +256,22 @@ def test_int8_is_for_inference_only_and_follows_the_environment(bf16_native, red
         reduced_precision(False)  # forced off
         with pytest.warns(UserWarning, match="forbids"):
             assert precision_path("cpu") == "fp32"
+
+
+def test_small_models_run_exact_fp32_under_autocast_where_bf16_is_not_native(bf16_native):
+    """Below INT8_MIN_DIM int8 is no faster than fp32: an unforced autocast runs fp32 and says so once."""
+    bf16_native(False)
+    _, ours = twins(CONFIGS[0])  # dim 32
+    assert ours.config.dim < glom_model.INT8_MIN_DIM
+    img = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        exact = ours(img, iters=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.warns(UserWarning, match="below dim"):
+                fallback = ours(img, iters=3)
+            assert precision_path("cpu", dim=ours.config.dim) == "fp32"
+            assert precision_path("cpu", dim=glom_model.INT8_MIN_DIM) == "int8"
+    assert torch.equal(fallback, exact)
 
 
 def test_a_misspelt_precision_setting_is_refused_with_the_choices(reduced_precision):
