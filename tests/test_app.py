@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP, app_module, default_model, png_bytes, reference_labels, reference_run, scene_rgb
@@ -396,3 +397,23 @@ def test_fast_precision_runs_the_path_glom_viz_picks(at, glom_runs, monkeypatch,
         assert len(glom_runs) == before + (path != "fp32")
     finally:
         reduced_precision_is_fast.cache_clear()
+
+
+def test_animation_frames_as_a_sequence(at, glom_runs):
+    at.session_state["images_bundled"] = []
+    run(at)
+    assert any("No images" in i.value for i in at.info)
+    frames = [Image.fromarray(np.full((40, 40, 3), (60 * i, 200 - 60 * i, 90), np.uint8)) for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    run(at.toggle(key="images_frames").set_value(True))
+    run(at.file_uploader(key="images_upload").set_value(("walk.gif", buffer.getvalue(), "image/gif")))
+    assert at.selectbox(key="picture").options == [f"walk.gif · frame {i}" for i in (1, 2, 3)]
+    before = len(glom_runs)
+    run(at.toggle(key="images_sequence").set_value(True))
+    assert at.slider(key="frame").max == 2
+    # frame 1 starts fresh, as it did alone (its run is reused); frames 2 and 3 start from the one before
+    assert len(glom_runs) == before + 2
+    assert all(call["levels"] is not None for call in glom_runs[-2:])
+    run(at.slider(key="frame").set_value(2))
+    assert legend(at) and len(glom_runs) == before + 2
