@@ -29,6 +29,7 @@ from scipy.spatial.distance import squareform
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
+
 from glom_viz.errors import StatesError
 from glom_viz.project import one_blas_thread
 
@@ -154,6 +155,10 @@ def _check_settings(method: str, n_islands, space: str, n_patches: int, params: 
     settings = {**accepted, **params}
     if "max_islands" in settings and int(settings["max_islands"]) < 2:
         raise StatesError(f"max_islands={settings['max_islands']}: pass 2 or more, the most islands to try")
+    if method == "hdbscan" and int(settings["min_cluster_size"]) < 2:
+        raise StatesError(f"min_cluster_size={settings['min_cluster_size']}: pass 2 or more, the smallest island")
+    if method == "threshold" and int(settings["min_size"]) < 1:
+        raise StatesError(f"min_size={settings['min_size']}: pass 1 or more (1 keeps every island)")
     if method == "threshold" and not -1.0 <= float(settings["threshold"]) <= 1.0:
         raise StatesError(f"threshold={settings['threshold']} is not a cosine: pass a value in [-1, 1], e.g. 0.9")
     return settings
@@ -349,12 +354,8 @@ def _islands_by_count(method: str, step: _Map, grid, n_islands, settings) -> np.
 def _islands_hdbscan(step: _Map, settings) -> np.ndarray:
     from sklearn.cluster import HDBSCAN
 
-    n = step.sq.size
-    min_cluster_size = min(int(settings["min_cluster_size"]), n)
-    if min_cluster_size < 2:
-        raise StatesError(f"min_cluster_size={settings['min_cluster_size']}: pass 2 or more")
     model = HDBSCAN(
-        min_cluster_size=min_cluster_size,
+        min_cluster_size=min(int(settings["min_cluster_size"]), step.sq.size),
         min_samples=settings["min_samples"],
         cluster_selection_epsilon=float(settings["cluster_selection_epsilon"]),
         allow_single_cluster=bool(settings["allow_single_cluster"]),

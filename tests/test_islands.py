@@ -437,6 +437,7 @@ def test_parse_tree_with_noise_and_a_top_level():
         (lambda s: find_islands(s, GRID, "threshold", space="umap"), "space='vectors'"),
         (lambda s: find_islands(s, GRID, treshold=0.9), "max_islands"),
         (lambda s: find_islands(s, GRID, "threshold", threshold=2), "[-1, 1]"),
+        (lambda s: find_islands(s, GRID, "hdbscan", min_cluster_size=1), "2 or more"),
         (lambda s: find_islands(s[None, None], GRID), "(steps, patches, dim)"),
         (lambda s: find_islands_all_levels(s, GRID), "(steps, patches, levels, dim)"),
         (lambda s: island_measures(s, np.zeros((2, 64), int), GRID), "labels (steps, patches)"),
