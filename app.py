@@ -907,13 +907,16 @@ def projection_view(context: ViewContext):
                                   key="projection_method")
         dims = options[1].radio("Dimensions", (2, 3), format_func=lambda d: f"{d}-D", horizontal=True,
                                 key="projection_dims")
+        fixed_axes = st.toggle("Same axes for every step", key="projection_fixed",
+                               help="Keep the axes of the whole run while scrubbing, so the points move and the "
+                                    "frame stays; off, the axes fit the step in view.")
     if method == "umap" and WARM_UMAP and umap_warm_up().is_alive():
         st.info("UMAP is still compiling in the background (once per server, ~20 s); it will be ready shortly.")
     with st.spinner(f"{PROJECTION_LABELS[method]} of level {level}…"):
         coords = cached_derived("projection", content_key(frame.run_key, level, method, dims),
                                 lambda: project(context.result.states[:, :, level].astype(np.float32), method, dims))
     step_labels = context.labels[step, level]
-    figure = render.projection_figure(coords[step], step_labels, frame=coords,
+    figure = render.projection_figure(coords[step], step_labels, frame=coords if fixed_axes else None,
                                       title=f"level {level} at step {step} · {PROJECTION_LABELS[method]}")
     figure.update_layout(height=520)
     with left:
@@ -1001,10 +1004,9 @@ def column_view(context: ViewContext):
                  width=360, caption=f"patch ({row}, {col}) at level {level}, step {step}")
         pick[2].caption("Attention and contributions are not kept during the run (they are ~4× the states); "
                         "they are recomputed for one step on request.")
-        if pick[2].button(f"Compute attention and contributions at step {step}", key="probe", type="primary"):
-            requested.add(probe_key)
-        else:
-            return None
+        pick[2].button(f"Compute attention and contributions at step {step}", key="probe", type="primary",
+                       on_click=requested.add, args=(probe_key,))
+        return None
     index = session.frames.index(frame)
     init = None
     if session.sequence and index > 0:
@@ -1023,7 +1025,8 @@ def column_view(context: ViewContext):
         pulls, title=f"what moved patch ({row}, {col}) at step {step}, per level"), width="stretch",
         key="contributions")
     right.caption("Each bar is how far one contribution pulled the column this step: its weight times its "
-                  "distance from the previous value. The net move is the length of the whole update.")
+                  "distance from the previous value. The net move is the length of the whole step (after any "
+                  "normalisation of the levels).")
     return lambda: figure
 
 

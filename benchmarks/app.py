@@ -12,6 +12,10 @@ Starts `streamlit run app.py` on a free port (or uses --url), warms it with one 
    under 100 ms).
 
 Prints one line per measure: median, min and max over the repeats. Speed is never asserted in tests.
+
+    python benchmarks/app.py --screenshots docs/screenshots
+
+takes the README's screenshots instead (1400 px wide): each view of the default picture, and a photograph.
 """
 
 from __future__ import annotations
@@ -122,14 +126,87 @@ def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str]
     ]
 
 
+def click_view(page, view: str) -> None:
+    page.get_by_role("radiogroup", name="View").get_by_role("radio", name=view, exact=True).click()
+
+
+def settle(page, view_text: str) -> None:
+    """Until the viewer's last line is back (the fragment has run) and `view_text` shows; then a moment for plotly."""
+    page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
+    page.get_by_text(view_text).first.wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(1500)
+
+
+def screenshots(url: str, folder: Path, chromium_path: str, chromium_args: list[str]) -> list[Path]:
+    """The README's screenshots: every view of scene 1 at the default settings, and a photograph."""
+    from playwright.sync_api import sync_playwright
+
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = []
+
+    def shoot(page, name: str) -> None:
+        path = folder / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        taken.append(path)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url)
+        overlay_shown(page, "scene 1 · level")
+        settle(page, "Score islands against")
+        shoot(page, "islands")
+        page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="all levels").click()
+        settle(page, "level 0 ·")
+        shoot(page, "all-levels")
+        page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="1", exact=True).click()
+        for view, name, text in (("Levels × steps", "sheet", "levels × steps"), ("Measures", "measures", "ARI"),
+                                 ("Parse tree", "parse-tree", "Purity")):
+            click_view(page, view)
+            settle(page, text)
+            shoot(page, name)
+        click_view(page, "Projection")
+        settle(page, "Select points")
+        # lasso the left half of the points (plotly's drag mode here is lasso)
+        boxes = [box for box in (point.bounding_box() for point in
+                                 page.locator("[data-testid='stPlotlyChart'] .scatterlayer .point").all()) if box]
+        left, right = min(b["x"] for b in boxes) - 5, max(b["x"] for b in boxes) + 5
+        top, bottom = min(b["y"] for b in boxes) - 5, max(b["y"] for b in boxes) + 5
+        middle = (left + right) / 2
+        page.mouse.move(left, top)
+        page.mouse.down()
+        for x, y in ((middle, top), (middle, bottom), (left, bottom), (left, top)):
+            page.mouse.move(x, y, steps=8)
+        page.mouse.up()
+        settle(page, "selected patches highlighted")
+        shoot(page, "projection")
+        click_view(page, "Column")
+        page.get_by_role("button", name=re.compile("Compute attention")).click()
+        settle(page, "Click a patch")
+        shoot(page, "column")
+        click_view(page, "Islands")
+        page.locator("[data-testid='stSelectbox']").filter(has_text="Image").first.click()
+        page.get_by_role("option", name="china", exact=True).click()
+        overlay_shown(page, "china · level")
+        settle(page, "cropped")
+        shoot(page, "photograph")
+        browser.close()
+    return taken
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--url", help="a running app to measure (default: start one)")
+    parser.add_argument("--screenshots", type=Path, help="take the README's screenshots into this folder instead")
     args = parser.parse_args()
     helpers = test_helpers()
     server = contextlib.nullcontext(args.url) if args.url else helpers.serve_app()
     with server as url:
+        if args.screenshots:
+            for path in screenshots(url, args.screenshots, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+                print(path)
+            return
         for line in measure(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
             print(line)
 

@@ -194,6 +194,7 @@ def test_every_view_draws(at, glom_runs):
     assert len(at.get("plotly_chart")) == 1
     run(at.button_group(key="view").set_value("Projection"))
     assert len(at.get("plotly_chart")) == 1 and any("Select points" in c for i in at.main.image for c in i.captions)
+    run(at.toggle(key="projection_fixed").set_value(True))
     run(at.radio(key="projection_dims").set_value(3))
     assert len(at.get("plotly_chart")) == 1
     run(at.button_group(key="view").set_value("Measures"))
@@ -205,6 +206,7 @@ def test_every_view_draws(at, glom_runs):
     assert not at.get("plotly_chart") and at.button(key="probe")
     run(at.button(key="probe").click())
     assert len(at.get("plotly_chart")) == 2  # attention over the picture, contributions per level
+    assert not [b for b in at.button if b.key == "probe"]  # the request is answered, its button gone
     probes = [call for call in glom_runs if call["contributions"]]
     assert len(probes) == 1 and probes[0]["iters"] == at.slider(key="step").value
     labels = {b.label for b in at.get("download_button")}
