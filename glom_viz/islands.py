@@ -541,6 +541,8 @@ def find_islands_all_levels(states, grid, **settings) -> np.ndarray:
             f"states have shape {tuple(vectors.shape)}: pass one image's states as (steps, patches, levels, dim); "
             "for a batch from the model pick one image first, states[:, i]"
         )
+    if vectors.shape[2] == 0:
+        raise StatesError("states have no levels (shape (steps, patches, 0, dim)): pass at least one level")
     per_level = [find_islands(vectors[:, :, level], grid, **settings) for level in range(vectors.shape[2])]
     return np.stack(per_level, axis=1)
 
