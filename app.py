@@ -20,6 +20,7 @@ import html
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ import torch
 
 from glom_viz import export, islands, render
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash, read_checkpoint
-from glom_viz.errors import CheckpointError, ConfigError, GlomInputError, ImageLoadError, StatesError
+from glom_viz.errors import CheckpointError, ConfigError, ExportError, GlomInputError, ImageLoadError, StatesError
 from glom_viz.images import FITS, LIMITS, load_frames, load_image, sample_images, to_model_input
 from glom_viz.model import Glom, GlomConfig, precision_path, reduced_precision_is_fast
 from glom_viz.project import PROJECTIONS, project, warm_up_umap
@@ -93,8 +94,9 @@ LEGEND_CHIP_PX = 14
 # 4-20x slower (0.11 s vs 0.5-2 s, OpenMP threads waiting on each other). Raise it for big models on an
 # otherwise idle machine.
 TORCH_THREADS = int(os.environ.get("GLOM_VIZ_TORCH_THREADS", "1"))
-# set GLOM_VIZ_WARM_UMAP=0 to skip compiling UMAP in the background (tests, tiny servers)
-WARM_UMAP = os.environ.get("GLOM_VIZ_WARM_UMAP", "1") != "0"
+# after the first page, UMAP's numba code is compiled (~20 s of CPU) and the browser behind PNG/SVG export
+# is started (a few s), both in the background; GLOM_VIZ_WARM_UP=0 skips them (tests, tiny servers)
+WARM_UP = os.environ.get("GLOM_VIZ_WARM_UP", "1") != "0"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -229,9 +231,16 @@ def cached_model(key: str, _load: Callable[[], LoadedModel]) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner=False)
-def umap_warm_up() -> threading.Thread:
-    """Compile UMAP's numba code once per server, in the background, off the user's path."""
-    thread = threading.Thread(target=warm_up_umap, name="glom-viz-umap-warm-up", daemon=True)
+def warm_up() -> threading.Thread:
+    """Once per server, off the user's path: compile UMAP, then start the export browser."""
+    def work() -> None:
+        warm_up_umap()
+        if export.find_browser() is not None:
+            try:
+                export.start_export_server()
+            except ExportError:
+                pass  # the first PNG export will say why
+    thread = threading.Thread(target=work, name="glom-viz-warm-up", daemon=True)
     thread.start()
     return thread
 
@@ -377,7 +386,8 @@ def model_panel() -> ModelSettings:
 
 def fast_path() -> str:
     """The path glom_viz.model takes here when asked for speed: "bf16", "int8" or "fp32"."""
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the page says it (model_panel); the log need not
         return precision_path("cpu")
 
 
@@ -910,8 +920,9 @@ def projection_view(context: ViewContext):
         fixed_axes = st.toggle("Same axes for every step", key="projection_fixed",
                                help="Keep the axes of the whole run while scrubbing, so the points move and the "
                                     "frame stays; off, the axes fit the step in view.")
-    if method == "umap" and WARM_UMAP and umap_warm_up().is_alive():
-        st.info("UMAP is still compiling in the background (once per server, ~20 s); it will be ready shortly.")
+    if method == "umap" and WARM_UP and warm_up().is_alive():
+        st.info("UMAP is still being compiled in the background (once per server, ~20 s); this first projection "
+                "waits for it.")
     with st.spinner(f"{PROJECTION_LABELS[method]} of level {level}…"):
         coords = cached_derived("projection", content_key(frame.run_key, level, method, dims),
                                 lambda: project(context.result.states[:, :, level].astype(np.float32), method, dims))
@@ -1167,8 +1178,8 @@ def main() -> None:
     session = Session(loaded, tuple(frames), runs, image_settings.sequence, run_settings.iterations,
                       model_settings.precision, image_settings.fit, island_settings)
     st.fragment(viewer, run_every=PLAY_INTERVAL_S if st.session_state.get("playing") else None)(session)
-    if WARM_UMAP:
-        umap_warm_up()
+    if WARM_UP:
+        warm_up()
 
 
 def make_frame(picture: Picture, loaded: LoadedModel, fit: str, previous: str, settings_key: str) -> Frame | None:

@@ -32,8 +32,8 @@ SERVER_START_TIMEOUT_S = 90
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
-# no UMAP compile in the background while tests run: it would only compete for the two cores
-APP_ENV = {"GLOM_VIZ_WARM_UMAP": "0"}
+# no UMAP compile or export browser in the background while tests run: they would only compete for the cores
+APP_ENV = {"GLOM_VIZ_WARM_UP": "0"}
 
 
 @functools.cache

@@ -36,7 +36,7 @@ TINY = GlomConfig(dim=16, levels=2, image_size=32, patch_size=4)
 @pytest.fixture
 def at(monkeypatch):
     """A fresh app: empty caches (they are process-wide), no UMAP warm-up thread."""
-    monkeypatch.setenv("GLOM_VIZ_WARM_UMAP", "0")
+    monkeypatch.setenv("GLOM_VIZ_WARM_UP", "0")
     st.cache_data.clear()
     st.cache_resource.clear()
     return AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
