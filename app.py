@@ -43,6 +43,10 @@ from glom_viz.scenes import EVAL_SEEDS, make_scene
 MAX_UPLOADS = 12  # pictures uploaded at once; more are left out with a warning
 MAX_FRAMES = 16  # frames of one sequence (an animation's frames, or the pictures in order)
 MAX_ITERATIONS = 48
+# consensus attention is (patches x patches) per level: 1024 patches (448 px in 14 px patches) is ~4 MB a
+# level; a model asking for more (a checkpoint's grid, a tiny patch size) is refused before it runs
+MAX_PATCHES = 1024
+MAX_RUN_BYTES = 256 * 2**20  # the states one frame keeps: (iterations + 1) x patches x levels x dim in float16
 IMAGE_UPLOAD_MB = LIMITS.max_upload_bytes // 2**20
 CHECKPOINT_UPLOAD_MB = 100  # the default GLOM (dim 512, 6 levels) is ~92 MB in fp32
 MASK_COLOURS = 64  # a ground-truth mask is a label image: a handful of flat colours, not a photograph
@@ -397,8 +401,9 @@ def precision_context(precision: str):
 
 
 def random_model(seed: int, config: GlomConfig, title: str, note: str | None) -> LoadedModel:
-    torch.manual_seed(seed)
-    model = Glom.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # other sessions' random state is left alone
+        torch.manual_seed(seed)
+        model = Glom.from_config(config)
     return LoadedModel(model, content_key("random", seed, config), title, note, f"random:{seed}")
 
 
@@ -581,6 +586,19 @@ def run_panel(levels: int) -> RunSettings:
                                    help="GLOM's seed: twice the number of levels, so information can travel "
                                         "up to the top and back down.")
     return RunSettings(int(iterations))
+
+
+def run_size_problem(config: GlomConfig, iterations: int) -> str | None:
+    """What is wrong with running this model for this many iterations here, or None when it fits the limits."""
+    patches = config.num_patches
+    if patches > MAX_PATCHES:
+        return (f"This model looks at {patches:,} patches ({config.image_size} px in {config.patch_size} px patches); "
+                f"this server runs at most {MAX_PATCHES:,}: pick a larger patch size or a smaller image size.")
+    states_bytes = (iterations + 1) * patches * config.levels * config.dim * np.dtype(STATES_DTYPE).itemsize
+    if states_bytes > MAX_RUN_BYTES:
+        return (f"{iterations} iterations of this model keep {states_bytes / 2**20:,.0f} MB of states per image, "
+                f"above this server's {MAX_RUN_BYTES / 2**20:,.0f} MB: use fewer iterations or a smaller model.")
+    return None
 
 
 def compute_run(model: Glom, frame: Frame, init: Callable[[], RunResult] | None, iterations: int,
@@ -1159,6 +1177,10 @@ def main() -> None:
         chosen = chooser.selectbox("Image", range(len(pictures)), format_func=names.__getitem__, key="picture")
         pictures = [pictures[chosen]]
 
+    too_big = run_size_problem(config, run_settings.iterations)
+    if too_big:
+        st.error(too_big)
+        return
     settings_key = content_key(run_settings.iterations, model_settings.precision)
     frames: list[Frame] = []
     previous = ""

@@ -337,6 +337,10 @@ def test_random_model_with_its_own_config(at):
     run(at.number_input(key="model_patch_size").set_value(5))  # 64 px is not a multiple of 5
     assert any("not divisible by patch_size" in e.value for e in at.sidebar.error)
     assert legend(at)
+    run(at.number_input(key="model_patch_size").set_value(2))  # 32 x 32 = 1024 patches: the most allowed
+    assert legend(at)
+    run(at.number_input(key="model_image_size").set_value(72))  # 36 x 36 patches: refused before it runs
+    assert any("runs at most" in e.value for e in at.error) and not any("line-height:1.9" in m.value for m in at.markdown)
 
 
 def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
@@ -419,3 +423,11 @@ def test_animation_frames_as_a_sequence(at, glom_runs):
     assert all(call["levels"] is not None for call in glom_runs[-2:])
     run(at.slider(key="frame").set_value(2))
     assert legend(at) and len(glom_runs) == before + 2
+
+
+def test_run_size_limits():
+    glom_pytorch_default = GlomConfig()  # 224 px, 14 px patches, dim 512, 6 levels: ~20 MB for 12 iterations
+    assert app.run_size_problem(glom_pytorch_default, 12) is None
+    huge = GlomConfig(dim=1024, levels=8, image_size=448, patch_size=14)
+    assert "MB of states per image" in app.run_size_problem(huge, app.MAX_ITERATIONS)
+    assert "patches" in app.run_size_problem(GlomConfig(dim=8, levels=2, image_size=132, patch_size=4), 1)
