@@ -213,6 +213,7 @@ class Session:
     precision: str
     fit: str
     island_settings: IslandSettings
+    playing: bool  # whether the viewer was set up with play's timer
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -723,6 +724,8 @@ def viewer(session: Session) -> None:
     levels = model.config.levels
     last_step = session.iterations
     playing = st.session_state.get("playing", False)
+    if playing != session.playing:  # play or pause was pressed in here: set the timer up (or down) again
+        st.rerun(scope="app")
     if playing:  # the fragment's timer: one step further each tick, stop at the end
         step = st.session_state.get("step", 0) + 1
         st.session_state["step"] = min(step, last_step)
@@ -1198,8 +1201,9 @@ def main() -> None:
         st.error(str(error))
         return
     session = Session(loaded, tuple(frames), runs, image_settings.sequence, run_settings.iterations,
-                      model_settings.precision, image_settings.fit, island_settings)
-    st.fragment(viewer, run_every=PLAY_INTERVAL_S if st.session_state.get("playing") else None)(session)
+                      model_settings.precision, image_settings.fit, island_settings,
+                      st.session_state.get("playing", False))
+    st.fragment(viewer, run_every=PLAY_INTERVAL_S if session.playing else None)(session)
     if WARM_UP:
         warm_up()
 

@@ -115,6 +115,11 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
         for name, digest in listed.items():
             assert hashlib.sha256(bundle.read(name)).hexdigest() == digest
         np.testing.assert_array_equal(labels_from_csv(bundle.read("labels.csv"), photo.shape), photo)
+
+        page.get_by_role("button", name=re.compile("Play")).click()  # plays on from here to the last step
+        wait_for_islands(page, "astronaut.png", step=last - 1, level=level)
+        wait_for_islands(page, "astronaut.png", step=last, level=level)
+        page.get_by_role("button", name=re.compile("Play")).wait_for(timeout=WAIT_MS)  # and stops there
     finally:
         page.close()
 
