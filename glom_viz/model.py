@@ -401,6 +401,8 @@ class Glom(nn.Module):
     """GLOM's columns of levels, settling by bottom-up, top-down, previous value and consensus.
 
     Same constructor and forward as ``glom_pytorch.Glom`` (0.0.14); see ``GlomConfig`` for the options.
+    fp32 by default; under ``torch.autocast`` the forward runs the path ``precision_path`` names (bf16 where
+    native; int8 bottom-up and top-down nets for inference on CPUs without native bf16; else fp32).
     """
 
     def __init__(
