@@ -78,6 +78,9 @@ PHOTOS = ("china", "flower", "astronaut", "coffee", "chelsea")
 IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 MASK_TYPES = ("png", "bmp", "gif", "tif", "tiff", "webp")
 DISPLAY_PX = 448  # overlays are drawn at this size: the model's 64 px input is tiny on a screen
+# the overlay goes to the browser as JPEG: ~1 ms to encode a 448 px photograph against ~75 ms for PNG
+# (zlib), which was most of a scrub's server time; the exports stay lossless PNG
+OVERLAY_FORMAT = "JPEG"
 STATES_DTYPE = np.float16  # the stored states; float32 where a value would overflow float16
 FLOAT16_SAFE = 6.0e4
 
@@ -687,16 +690,21 @@ def labels_of(frame: Frame, result: RunResult, settings: IslandSettings, grid) -
                          lambda: islands.find_islands_all_levels(result.states, grid, **settings.keywords()))
 
 
-def measures_of(frame: Frame, result: RunResult, labels: np.ndarray, settings: IslandSettings, grid,
-                truth_name: str | None) -> dict[int, list[dict]]:
-    """level -> per-step measures (with ARI against the chosen truth)."""
+def level_measures(frame: Frame, states: np.ndarray, labels: np.ndarray, grid, level: int,
+                   truth_name: str | None) -> list[dict]:
+    """One level's measures at every step (with ARI against the chosen truth): island_measures."""
     truth = dict(frame.truth).get(truth_name)
+    return islands.island_measures(states[:, :, level], labels[:, level], grid, truth=truth)
 
-    def compute():
-        states = result.states
-        return {level: islands.island_measures(states[:, :, level], labels[:, level], grid, truth=truth)
-                for level in range(states.shape[2])}
-    return cached_derived("measures", content_key(frame.run_key, settings, truth_name), compute)
+
+def measures_of(frame: Frame, result: RunResult, labels: np.ndarray, settings: IslandSettings, grid,
+                truth_name: str | None, levels: list[int] | None = None) -> dict[int, list[dict]]:
+    """level -> per-step measures for the given levels (default all), each level computed once and cached."""
+    levels = range(labels.shape[1]) if levels is None else levels
+    return {level: cached_derived("measures", content_key(frame.run_key, settings, truth_name, level),
+                                  lambda level=level: level_measures(frame, result.states, labels, grid, level,
+                                                                     truth_name))
+            for level in levels}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -828,12 +836,12 @@ def truth_choice(context: ViewContext, key: str) -> str | None:
     return st.radio("Score islands against", context.truth_names, horizontal=True, key=key)
 
 
-def overlay_png(context: ViewContext, step: int, level: int) -> bytes:
-    """The islands of one (step, level) drawn over the picture, as PNG bytes, drawn once and cached."""
+def overlay(context: ViewContext, step: int, level: int) -> np.ndarray:
+    """The islands of one (step, level) drawn over the picture (DISPLAY_PX square), drawn once and cached."""
     frame = context.frame
     key = content_key(frame.run_key, context.session.island_settings, step, level)
-    return cached_derived("overlay", key, lambda: export.image_to_png(
-        render.draw_islands(frame.display, context.labels[step, level], context.grid)))
+    return cached_derived("overlay", key, lambda: render.draw_islands(frame.display, context.labels[step, level],
+                                                                      context.grid))
 
 
 def islands_view(context: ViewContext):
@@ -849,7 +857,7 @@ def islands_view(context: ViewContext):
         for level, column in zip(reversed(range(n_levels)), columns):
             level_labels = labels[step, level]
             count = np.unique(level_labels[level_labels >= 0]).size
-            column.image(overlay_png(context, step, level), width="stretch", output_format="PNG",
+            column.image(overlay(context, step, level), width="stretch", output_format=OVERLAY_FORMAT,
                          caption=f"level {level}{' (top)' if level == n_levels - 1 else ''} · "
                                  f"{count} island{'s' if count != 1 else ''}")
         return lambda: render.sheet_figure(frame.display, labels, grid, steps=[step],
@@ -858,7 +866,7 @@ def islands_view(context: ViewContext):
     level = int(context.level)
     level_labels = labels[step, level]
     left, right = st.columns([3, 2], gap="large")
-    left.image(overlay_png(context, step, level), width="stretch", output_format="PNG",
+    left.image(overlay(context, step, level), width="stretch", output_format=OVERLAY_FORMAT,
                caption=f"{frame.picture.name} · level {level} · step {step} of {labels.shape[0] - 1}")
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)
@@ -867,7 +875,8 @@ def islands_view(context: ViewContext):
                     "(patches per island)")
         st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
         truth_name = truth_choice(context, "truth_islands")
-        measures = measures_of(frame, context.result, labels, context.session.island_settings, grid, truth_name)
+        measures = measures_of(frame, context.result, labels, context.session.island_settings, grid, truth_name,
+                               levels=[level])
         now = measures[level][step]
         metrics = st.columns(3)
         metrics[0].metric("in-island cos", fmt(now.get("within_cosine")),
@@ -1072,8 +1081,12 @@ def export_row(context: ViewContext, figure: Callable[[], object] | None, view: 
     stem = "".join(c if c.isalnum() else "-" for c in frame.picture.name).strip("-") or "image"
     kind = view.lower().replace(" × ", "-").replace(" ", "-")
     truth_name = context.truth_names[0] if context.truth_names else None
-    measures = measures_of(frame, context.result, context.labels, session.island_settings, context.grid,
-                           truth_name)
+    states, labels, grid = context.result.states, context.labels, context.grid
+
+    def measures() -> dict[int, list[dict]]:  # on the click, in a thread of the server: no st.cache here
+        return {level: level_measures(frame, states, labels, grid, level, truth_name)
+                for level in range(labels.shape[1])}
+
     row = st.container(horizontal=True, vertical_alignment="center")
     row.markdown("**Export**")
     if figure is not None:  # figures are made only when a download asks for them
@@ -1089,11 +1102,11 @@ def export_row(context: ViewContext, figure: Callable[[], object] | None, view: 
     row.download_button("Labels CSV", lambda: export.labels_to_csv(context.labels, context.grid),
                         f"{stem}-labels.csv", "text/csv", key="export_labels", on_click="ignore",
                         icon=":material/table:", help="The island of every patch at every step and level")
-    row.download_button("Measures CSV", lambda: export.measures_to_csv(measures),
+    row.download_button("Measures CSV", lambda: export.measures_to_csv(measures()),
                         f"{stem}-measures.csv", "text/csv", key="export_measures_csv", on_click="ignore")
-    row.download_button("JSON", lambda: export.measures_to_json(measures, truth=truth_name),
+    row.download_button("JSON", lambda: export.measures_to_json(measures(), truth=truth_name),
                         f"{stem}-measures.json", "application/json", key="export_measures_json", on_click="ignore")
-    row.download_button("Bundle (zip)", lambda: bundle(context, measures, truth_name),
+    row.download_button("Bundle (zip)", lambda: bundle(context, measures(), truth_name),
                         f"{stem}-glom-viz.zip", "application/zip", key="export_bundle", on_click="ignore",
                         icon=":material/folder_zip:", type="primary",
                         help="Input, overlay, labels, measures and states, with a manifest of how they were made")

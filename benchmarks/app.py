@@ -11,6 +11,9 @@ Starts `streamlit run app.py` on a free port (or uses --url), warms it with one 
    under 0.3 s as a person sees it), with the server's own "drawn in" time beside it (goal: well
    under 100 ms).
 
+Beside each, the same measure on a bare Streamlit page (a slider and a 448 px image, BASELINE_PAGE) on the
+same machine at the same time: the floor that Streamlit, the browser and the machine's load set.
+
 Prints one line per measure: median, min and max over the repeats. Speed is never asserted in tests.
 
     python benchmarks/app.py --screenshots docs/screenshots
@@ -26,6 +29,7 @@ import importlib.util
 import io
 import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +42,14 @@ REPEATS = 5
 SCRUBS_PER_VISIT = 3
 WAIT_MS = 120_000
 VIEWPORT = {"width": 1400, "height": 1000}
+BASELINE_PAGE = """
+import numpy as np
+import streamlit as st
+
+step = st.slider("Step", 0, 8, 8)
+picture = np.random.default_rng(step).integers(0, 256, (448, 448, 3), dtype=np.uint8)
+st.image(picture, caption=f"baseline · level 1 · step {step} of 8")
+"""
 
 
 def test_helpers():
@@ -63,6 +75,31 @@ def overlay_shown(page, caption: str) -> None:
                element.innerText.startsWith(caption) && [...element.querySelectorAll('img')].some(
                    img => img.complete && img.naturalWidth > 0))""",
         arg=caption, timeout=WAIT_MS)
+
+
+def baseline(url: str, repeats: int, chromium_path: str, chromium_args: list[str]) -> list[str]:
+    """First view and one-step scrub of BASELINE_PAGE, timed as measure() times the app."""
+    from playwright.sync_api import sync_playwright
+
+    first_view, scrub = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args)
+        for _ in range(repeats):
+            context = browser.new_context(viewport=VIEWPORT)
+            page = context.new_page()
+            start = time.perf_counter()
+            page.goto(url)
+            overlay_shown(page, "baseline · level 1 · step 8")
+            first_view.append(time.perf_counter() - start)
+            page.locator("[data-testid='stSlider']").get_by_role("slider").focus()
+            for step in range(7, 7 - SCRUBS_PER_VISIT, -1):
+                start = time.perf_counter()
+                page.keyboard.press("ArrowLeft")
+                overlay_shown(page, f"baseline · level 1 · step {step}")
+                scrub.append(time.perf_counter() - start)
+            context.close()
+        browser.close()
+    return [summary("baseline page: first view", first_view), summary("baseline page: one-step scrub", scrub)]
 
 
 def drawn_ms(page) -> float:
@@ -209,6 +246,12 @@ def main() -> None:
             return
         for line in measure(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
             print(line)
+    with tempfile.TemporaryDirectory() as folder:
+        page = Path(folder) / "baseline.py"
+        page.write_text(BASELINE_PAGE)
+        with helpers.serve_app(script=page) as url:
+            for line in baseline(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+                print(line)
 
 
 if __name__ == "__main__":

@@ -102,12 +102,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(env: dict | None = None, log_path: Path | None = None):
-    """`streamlit run app.py` headless on a free localhost port; yields its URL, stops it after."""
+def serve_app(env: dict | None = None, log_path: Path | None = None, script: Path = APP):
+    """`streamlit run app.py` (or another script) headless on a free localhost port; yields its URL, stops it after."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env={**os.environ, **APP_ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
