@@ -2,12 +2,13 @@
 
     streamlit run app.py
 
-This file wires widgets to ``glom_viz`` and computes nothing itself. Sidebar helpers draw widgets and
-return small settings dataclasses; the cached functions below are the project's only caching, keyed
-by content hashes (of the model, the picture and the settings); the views draw figures that
-``glom_viz.render`` builds. The model and the warmed-up UMAP are shared by every session through
-``st.cache_resource`` and only read (under ``torch.inference_mode``); what a user chooses lives in
-their own ``st.session_state``.
+This file wires widgets to ``glom_viz``. Sidebar helpers draw widgets and return small settings
+dataclasses; the cached functions below are the project's only caching, keyed by content hashes (of
+the model, the picture and the settings); the views draw figures that ``glom_viz.render`` builds. The
+model and the warmed-up UMAP are shared by every session through ``st.cache_resource`` and only read
+(under ``torch.inference_mode``); what a user chooses lives in their own ``st.session_state``. The few
+array operations here are glue glom_viz has no function for yet (a mask cropped like its picture, a
+mask's colours as labels, how far each contribution pulled a column).
 
 A page run goes: model -> pictures -> one GLOM run per frame (cached, with progress) -> the viewer, a
 fragment, so that scrubbing steps, switching level or view only redraws from cached labels.
@@ -40,7 +41,7 @@ from glom_viz.scenes import EVAL_SEEDS, make_scene
 # limits: what one run may hold (raise them for a private server; the server's own are in
 # .streamlit/config.toml, the upload gate's in glom_viz.images.LIMITS)
 
-MAX_UPLOADS = 12  # pictures uploaded at once; more are left out with a warning
+MAX_UPLOADS = 12  # pictures uploaded at once; more are left out, with a message
 MAX_FRAMES = 16  # frames of one sequence (an animation's frames, or the pictures in order)
 MAX_ITERATIONS = 48
 # consensus attention is (patches x patches) per level: 1024 patches (448 px in 14 px patches) is ~4 MB a
