@@ -203,6 +203,7 @@ class RunResult:
     final: np.ndarray  # (N, L, D) float32, the last step at full precision: the next frame starts here
     first_nonfinite: tuple[int, int] | None  # (step, level) where NaN or Inf first appeared
     seconds: float
+    path: str = "fp32"  # the path glom_viz.model took: fp32, bf16 or int8 (small models stay fp32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -620,6 +621,9 @@ def compute_run(model: Glom, frame: Frame, init: Callable[[], RunResult] | None,
     steps = []
     start = time.perf_counter()
     with torch.inference_mode(), precision_context(precision):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the caption says which path ran
+            path = precision_path("cpu", dim=model.config.dim)
         for glom_step in model.iterate(frame.tensor, iterations, start_levels):
             steps.append(glom_step.levels[0].float().numpy())  # (N, L, D)
             bar.progress(glom_step.step / iterations, text=f"{label}: step {glom_step.step} of {iterations}")
@@ -633,7 +637,8 @@ def compute_run(model: Glom, frame: Frame, init: Callable[[], RunResult] | None,
         first_nonfinite = (int(step), int(level))
     safe = np.abs(np.nan_to_num(states, nan=0.0, posinf=0.0, neginf=0.0)).max() < FLOAT16_SAFE
     stored = states.astype(STATES_DTYPE) if safe else states
-    return dict(states=stored, final=states[-1].copy(), first_nonfinite=first_nonfinite, seconds=seconds)
+    return dict(states=stored, final=states[-1].copy(), first_nonfinite=first_nonfinite, seconds=seconds,
+                path=path)
 
 
 def runs_for(session_model: LoadedModel, frames: list[Frame], sequence: bool, iterations: int,
@@ -798,7 +803,7 @@ def viewer(session: Session) -> None:
     # last on the page: when it shows this step, everything above it (the export buttons too) is current
     where = f"{frame.picture.name} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")
     st.caption(f"{where} · step {step} · drawn in {(time.perf_counter() - started) * 1000:.0f} ms on the server · "
-               f"GLOM ran {result.seconds:.2f} s for this frame ({session.precision}) · islands: "
+               f"GLOM ran {result.seconds:.2f} s for this frame ({result.path}) · islands: "
                f"{session.island_settings.describe()}")
 
 
