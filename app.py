@@ -32,7 +32,7 @@ import torch
 from glom_viz import export, islands, render
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, ExportError, GlomInputError, ImageLoadError, StatesError
-from glom_viz.images import FITS, LIMITS, load_frames, load_image, sample_images, to_model_input
+from glom_viz.images import FITS, LIMITS, fit_mask, load_frames, load_image, read_mask, sample_images, to_model_input
 from glom_viz.model import Glom, GlomConfig, precision_path, reduced_precision_is_fast
 from glom_viz.project import PROJECTIONS, project, warm_up_umap
 from glom_viz.scenes import EVAL_SEEDS, make_scene
@@ -50,7 +50,6 @@ MAX_PATCHES = 1024
 MAX_RUN_BYTES = 256 * 2**20  # the states one frame keeps: (iterations + 1) x patches x levels x dim in float16
 IMAGE_UPLOAD_MB = LIMITS.max_upload_bytes // 2**20
 CHECKPOINT_UPLOAD_MB = 100  # the default GLOM (dim 512, 6 levels) is ~92 MB in fp32
-MASK_COLOURS = 64  # a ground-truth mask is a label image: a handful of flat colours, not a photograph
 
 # caches: bounded in entries and in bytes (st.cache_data pickles; the server's total is
 # server.maxCacheDataSize). A run of the default GLOM (224 px, dim 512, 6 levels, 12 iterations) is
@@ -539,46 +538,11 @@ def frame_of(picture: Picture, model: LoadedModel, image_size: int, fit: str, pr
              settings_key: str, mask: np.ndarray | None) -> Frame:
     tensor, shown, display, info = cached_input(picture.key, image_size, fit, picture.rgb)
     grid = model.model.grid
-    truth = [(name, islands.patch_truth(_fit_mask(m, fit), grid)) for name, m in picture.masks]
+    truth = [(name, islands.patch_truth(fit_mask(m, fit), grid)) for name, m in picture.masks]
     if mask is not None:
-        truth.append(("your mask", islands.patch_truth(_fit_mask(mask, fit), grid)))
+        truth.append(("your mask", islands.patch_truth(fit_mask(mask, fit), grid)))
     run_key = content_key(model.key, picture.key, image_size, fit, settings_key, previous_run)
     return Frame(picture, tensor, shown, display, info, tuple(truth), run_key)
-
-
-def _fit_mask(mask: np.ndarray, fit: str) -> np.ndarray:
-    """A ground-truth mask (H, W) cropped or padded as to_model_input does the picture (stretch: as is)."""
-    height, width = mask.shape
-    if fit == "crop" and height != width:
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        return mask[top:top + side, left:left + side]
-    if fit == "pad" and height != width:
-        side = max(height, width)
-        square = np.zeros((side, side), mask.dtype)
-        top, left = (side - height) // 2, (side - width) // 2
-        square[top:top + height, left:left + width] = mask
-        return square
-    return mask
-
-
-def read_mask(data: bytes, name: str, picture: Picture) -> np.ndarray:
-    """An uploaded label image -> (H, W) int labels (black = background 0), checked against the picture."""
-    loaded = load_image(data, name)
-    if loaded.rgb.shape[:2] != picture.rgb.shape[:2]:
-        height, width = picture.rgb.shape[:2]
-        raise ImageLoadError(f"the mask {name} is {loaded.rgb.shape[1]}x{loaded.rgb.shape[0]} px but "
-                             f"{picture.name} is {width}x{height}: upload a label image of the picture's size")
-    colours, labels = np.unique(loaded.rgb.reshape(-1, 3), axis=0, return_inverse=True)
-    if len(colours) > MASK_COLOURS:
-        raise ImageLoadError(f"the mask {name} has {len(colours)} colours: a mask is a label image with one flat "
-                             f"colour per segment (at most {MASK_COLOURS}) and black background; save it as PNG, "
-                             "not JPEG")
-    labels = labels.reshape(loaded.rgb.shape[:2]).astype(np.int64) + 1
-    black = np.flatnonzero((colours == 0).all(axis=1))
-    if black.size:
-        labels[labels == black[0] + 1] = 0
-    return labels
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1238,7 +1202,7 @@ def make_frame(picture: Picture, loaded: LoadedModel, fit: str, previous: str, s
                  "The islands are then scored against it (ARI).")
         try:
             if upload is not None:
-                mask = read_mask(upload.getvalue(), upload.name, picture)
+                mask = read_mask(upload.getvalue(), upload.name, picture.rgb.shape[:2], picture.name)
         except ImageLoadError as error:
             st.error(f"{error}. The islands are shown without a score.")
     try:

@@ -37,6 +37,8 @@ from glom_viz.errors import ConfigError, ImageLoadError
 
 ENV_PREFIX = "GLOM_VIZ_"  # a server raises a limit with GLOM_VIZ_<FIELD>, e.g. GLOM_VIZ_MAX_PIXELS
 FITS = ("crop", "pad", "stretch")
+# a ground-truth mask is a label image: a handful of flat colours, not a photograph
+MASK_COLOURS = 64
 # Pillow first box-reduces by an integer factor, keeping at least this multiple of the target size,
 # then Lanczos-filters: 4x faster on photographs, within 0.5/255 of a full Lanczos (Pillow's docs)
 REDUCING_GAP = 3.0
@@ -255,6 +257,51 @@ def to_model_input(rgb: np.ndarray, image_size: int, fit: str = "crop") -> tuple
     shown = np.asarray(picture, dtype=np.uint8).copy()
     tensor = torch.from_numpy(shown).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     return tensor, shown, ", ".join(steps)
+
+
+def fit_mask(mask: np.ndarray, fit: str = "crop") -> np.ndarray:
+    """A label mask (H, W) cropped or padded (with background 0) as ``to_model_input`` does the picture.
+
+    "stretch" leaves it as is: the islands engine's ``patch_truth`` maps any (H, W) onto the patch grid.
+    """
+    if fit not in FITS:
+        raise ImageLoadError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
+    height, width = mask.shape
+    if fit == "crop" and height != width:
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return mask[top:top + side, left:left + side]
+    if fit == "pad" and height != width:
+        side = max(height, width)
+        square = np.zeros((side, side), mask.dtype)
+        top, left = (side - height) // 2, (side - width) // 2
+        square[top:top + height, left:left + width] = mask
+        return square
+    return mask
+
+
+def read_mask(data: bytes, name: str, shape: tuple[int, int], picture_name: str = "the picture") -> np.ndarray:
+    """An uploaded label image -> (H, W) int64 labels: one label per flat colour, black = background 0.
+
+    Args:
+        data, name: the file, checked like any upload (``load_image``).
+        shape: (H, W) of the picture the mask belongs to; the mask must have the same size.
+    """
+    loaded = load_image(data, name)
+    height, width = shape
+    if loaded.rgb.shape[:2] != (height, width):
+        raise ImageLoadError(f"the mask {name} is {loaded.rgb.shape[1]}x{loaded.rgb.shape[0]} px but "
+                             f"{picture_name} is {width}x{height}: upload a label image of the picture's size")
+    colours, labels = np.unique(loaded.rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    if len(colours) > MASK_COLOURS:
+        raise ImageLoadError(f"the mask {name} has {len(colours)} colours: a mask is a label image with one flat "
+                             f"colour per segment (at most {MASK_COLOURS}) and black background; save it as PNG, "
+                             "not JPEG")
+    labels = labels.reshape(height, width).astype(np.int64) + 1
+    black = np.flatnonzero((colours == 0).all(axis=1))
+    if black.size:
+        labels[labels == black[0] + 1] = 0
+    return labels
 
 
 def sample_images() -> dict[str, np.ndarray]:

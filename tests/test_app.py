@@ -20,7 +20,6 @@ from streamlit.testing.v1 import AppTest
 from conftest import APP, app_module, default_model, png_bytes, reference_labels, reference_run, scene_rgb
 from glom_viz import islands
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
-from glom_viz.errors import ImageLoadError
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
 
 app = app_module()
@@ -300,18 +299,7 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, level])
 
 
-def test_mask_reading_and_patch_selection_helpers():
-    mask = np.zeros((4, 6, 3), np.uint8)
-    mask[:, 3:] = (0, 0, 255)
-    mask[0, 0] = (0, 255, 0)
-    picture = app.Picture("p", "k", np.zeros((4, 6, 3), np.uint8))
-    labels = app.read_mask(png_bytes(mask), "m.png", picture)
-    assert labels[1, 1] == 0 and labels[0, 0] > 0 and labels[0, 5] > 0 and len(np.unique(labels)) == 3
-    photo = np.random.default_rng(0).integers(0, 256, (16, 24, 3), np.uint8)
-    with pytest.raises(ImageLoadError, match="colours"):
-        app.read_mask(png_bytes(photo), "photo.png", app.Picture("p", "k", np.zeros((16, 24, 3), np.uint8)))
-    assert app._fit_mask(np.arange(24).reshape(4, 6), "crop").shape == (4, 4)
-    assert app._fit_mask(np.arange(24).reshape(4, 6), "pad").shape == (6, 6)
+def test_patch_selection_helper():
     event = {"selection": {"points": [{"customdata": 5}, {"customdata": [2, "x"]}, {"customdata": 5}, {}]}}
     assert app.patches_of(event) == [2, 5]
     assert app.patches_of(None) == []

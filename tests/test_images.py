@@ -18,7 +18,16 @@ from fixtures.hostile import (
     png_header_only,
 )
 from glom_viz.errors import ConfigError, ImageLoadError
-from glom_viz.images import LIMITS, ImageLimits, load_frames, load_image, sample_images, to_model_input
+from glom_viz.images import (
+    LIMITS,
+    ImageLimits,
+    fit_mask,
+    load_frames,
+    load_image,
+    read_mask,
+    sample_images,
+    to_model_input,
+)
 
 # words each refusal must contain: what is wrong, in the user's terms
 REFUSAL_WORDS = {
@@ -317,3 +326,37 @@ def test_header_only_bomb_with_correct_crc_is_what_pillow_reads():
     """The crafted IHDR is valid: Pillow reads its size (so the test above tests the size check)."""
     with Image.open(io.BytesIO(png_header_only(1234, 567))) as image:
         assert image.size == (1234, 567)
+
+
+def test_a_mask_is_read_as_one_label_per_flat_colour_with_black_background():
+    mask = np.zeros((4, 6, 3), np.uint8)
+    mask[:, 3:] = (0, 0, 255)
+    mask[0, 0] = (0, 255, 0)
+    labels = read_mask(encode(Image.fromarray(mask), "PNG"), "m.png", (4, 6))
+    assert labels.dtype == np.int64 and labels.shape == (4, 6)
+    assert labels[1, 1] == 0 and (labels[:, 3:] == labels[0, 5]).all()
+    assert len({labels[0, 0], labels[0, 5], 0}) == 3
+    with pytest.raises(ImageLoadError, match="picture's size"):
+        read_mask(encode(Image.fromarray(mask), "PNG"), "m.png", (6, 4))
+    photo = np.random.default_rng(0).integers(0, 256, (16, 24, 3), np.uint8)
+    with pytest.raises(ImageLoadError, match="colours"):
+        read_mask(encode(Image.fromarray(photo), "PNG"), "photo.png", (16, 24))
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (5, 5)])
+def test_a_mask_is_fitted_like_its_picture(shape):
+    """fit_mask keeps the same pixels to_model_input keeps: where the picture is cropped or padded, so is the mask."""
+    height, width = shape
+    picture = np.zeros((height, width, 3), np.uint8)
+    picture[..., 0] = np.arange(height * width).reshape(shape)  # each pixel names itself
+    mask = picture[..., 0].astype(np.int64) + 1
+    side = max(height, width)
+    for fit in ("crop", "pad"):
+        _, shown, _ = to_model_input(picture, min(height, width) if fit == "crop" else side, fit=fit)
+        fitted = fit_mask(mask, fit)
+        assert fitted.shape == shown.shape[:2]
+        inside = fitted > 0
+        np.testing.assert_array_equal(fitted[inside] - 1, shown[..., 0][inside])
+    assert fit_mask(mask, "stretch") is mask
+    with pytest.raises(ImageLoadError, match="fit"):
+        fit_mask(mask, "squash")
