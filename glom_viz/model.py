@@ -138,15 +138,20 @@ class GlomConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "GlomConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown GLOM config fields {unknown}; known fields are {sorted(known)}")
-        values = dict(values)
+        values = known_fields(cls, values, "GLOM config")
         for key in ("contribution_weights", "consensus_radii"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def known_fields(config_class, values: dict, what: str) -> dict:
+    """A copy of ``values`` for ``config_class(**values)``, refusing names the dataclass does not have."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} fields {unknown}; known fields are {sorted(known)}")
+    return dict(values)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
-from glom_viz.model import Glom, GlomConfig, patch_distances, reduced_precision_is_fast
+from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
 from glom_viz.scenes import TRAIN_SEEDS, make_batch
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
@@ -144,11 +144,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown training config fields {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        return cls(**known_fields(cls, values, "training config"))
 
 
 def draw_corruption(shape: tuple[int, int, int, int], patch_size: int, noise_std: float, mask_ratio: float,
