@@ -749,20 +749,10 @@ def viewer(session: Session) -> None:
     view = st.segmented_control("View", VIEWS, key="view", required=True, default=VIEWS[0],
                                 label_visibility="collapsed")
     truth_names = [name for name, _ in frame.truth]
-    figure = None
     context = ViewContext(session, frame, result, labels, step, level, grid, truth_names)
-    if view == "Islands":
-        figure = islands_view(context)
-    elif view == "Levels × steps":
-        figure = sheet_view(context)
-    elif view == "Projection":
-        figure = projection_view(context)
-    elif view == "Measures":
-        figure = measures_view(context)
-    elif view == "Parse tree":
-        figure = parse_tree_view(context)
-    elif view == "Column":
-        figure = column_view(context)
+    draw_view = dict(zip(VIEWS, (islands_view, sheet_view, projection_view, measures_view, parse_tree_view,
+                                 column_view)))[view]
+    figure = draw_view(context)
     export_row(context, figure, view)
     # last on the page: when it shows this step, everything above it (the export buttons too) is current
     where = f"{frame.picture.name} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")
