@@ -149,6 +149,15 @@ def mean_cosine_per_level(states, exact):
     return F.cosine_similarity(states, exact, dim=-1).mean(dim=(0, 1, 2))
 
 
+def exact_and_autocast(model, img, iters):
+    """The states (T, b, n, L, d) of one image in exact fp32 and under bf16 autocast, gradients off."""
+    with torch.inference_mode():
+        exact = model(img, iters=iters, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(img, iters=iters, return_all=True)
+    return exact, fast
+
+
 def test_bf16_autocast_states_stay_close_to_fp32(reduced_precision):
     reduced_precision(True)
     _, ours = twins(dict(dim=64, levels=4, image_size=32, patch_size=4))
@@ -232,10 +241,7 @@ def test_int8_states_of_the_shipped_trained_model_stay_close_to_fp32(bf16_native
     monkeypatch.setenv(REDUCED_PRECISION_ENV, "int8")  # its dim (64) is too small for int8 unforced
     model = load_shipped()
     img = torch.rand(1, 3, model.config.image_size, model.config.image_size)
-    with torch.inference_mode():
-        exact = model(img, iters=8, return_all=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = model(img, iters=8, return_all=True)
+    exact, fast = exact_and_autocast(model, img, iters=8)
     assert mean_cosine_per_level(fast, exact).min() > 0.995
     assert not torch.equal(fast, exact)
 
@@ -399,9 +405,6 @@ def test_int8_states_stay_close_to_fp32_at_the_seed_size(bf16_native):
     torch.manual_seed(0)
     model = Glom(dim=512, levels=6, image_size=224, patch_size=14).eval()
     img = torch.rand(1, 3, 224, 224)
-    with torch.inference_mode():
-        exact = model(img, iters=12, return_all=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = model(img, iters=12, return_all=True)
+    exact, fast = exact_and_autocast(model, img, iters=12)
     assert mean_cosine_per_level(fast, exact).min() > 0.995
     assert not torch.equal(fast, exact)
