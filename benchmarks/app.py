@@ -77,6 +77,16 @@ def overlay_shown(page, caption: str) -> None:
         arg=caption, timeout=WAIT_MS)
 
 
+def open_timed(browser, url: str, shown: str):
+    """A new page in a fresh context, and the seconds until the overlay captioned `shown` is loaded."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    start = time.perf_counter()
+    page.goto(url)
+    overlay_shown(page, shown)
+    return context, page, time.perf_counter() - start
+
+
 def baseline(url: str, repeats: int, chromium_path: str, chromium_args: list[str]) -> list[str]:
     """First view and one-step scrub of BASELINE_PAGE, timed as measure() times the app."""
     from playwright.sync_api import sync_playwright
@@ -85,12 +95,8 @@ def baseline(url: str, repeats: int, chromium_path: str, chromium_args: list[str
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args)
         for _ in range(repeats):
-            context = browser.new_context(viewport=VIEWPORT)
-            page = context.new_page()
-            start = time.perf_counter()
-            page.goto(url)
-            overlay_shown(page, "baseline · level 1 · step 8")
-            first_view.append(time.perf_counter() - start)
+            context, page, seconds = open_timed(browser, url, "baseline · level 1 · step 8")
+            first_view.append(seconds)
             page.locator("[data-testid='stSlider']").get_by_role("slider").focus()
             for step in range(7, 7 - SCRUBS_PER_VISIT, -1):
                 start = time.perf_counter()
@@ -123,12 +129,8 @@ def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str]
         overlay_shown(warm, "scene 1 · level")
         warm.close()
         for index in range(repeats):
-            context = browser.new_context(viewport=VIEWPORT)
-            page = context.new_page()
-            start = time.perf_counter()
-            page.goto(url)
-            overlay_shown(page, "scene 1 · level")
-            first_view.append(time.perf_counter() - start)
+            context, page, seconds = open_timed(browser, url, "scene 1 · level")
+            first_view.append(seconds)
 
             name = f"coffee-{index}.png"
             uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
