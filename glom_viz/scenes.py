@@ -42,6 +42,9 @@ PART_SHADING = 0.12
 # parts of one object differ at least this much in RGB (Euclidean, colours in [0, 1])
 MIN_PART_CONTRAST = 0.35
 MIN_IMAGE_SIZE = 16
+# moving scenes: each object shifts by up to MAX_SHIFT px per axis, objects' shifts differ by MIN_SHIFT_GAP px
+MAX_SHIFT = 3
+MIN_SHIFT_GAP = 2
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,42 @@ def make_scene(seed: int, image_size: int = 64) -> Scene:
     Returns:
         Scene with image (S, S, 3) float32 in [0, 1], objects and parts (S, S) int32.
     """
+    return _compose(seed, image_size)
+
+
+def object_shifts(seed: int, max_shift: int = MAX_SHIFT) -> np.ndarray:
+    """(max objects, 2) integer (down, across) pixel shifts, one per object a scene may hold.
+
+    Every shift is non-zero and differs from every other one, and from the still background, by at
+    least MIN_SHIFT_GAP pixels along some axis, so each object moves in its own way (common fate).
+    """
+    if max_shift < MIN_SHIFT_GAP:
+        raise ConfigError(f"max_shift must be at least {MIN_SHIFT_GAP} px for objects to move apart, got {max_shift}")
+    rng = np.random.default_rng([int(seed), 1])
+    chosen = [np.zeros(2, int)]  # the background stays still
+    while len(chosen) <= OBJECTS_PER_SCENE[1]:
+        shift = rng.integers(-max_shift, max_shift + 1, 2)
+        if all(np.abs(shift - c).max() >= MIN_SHIFT_GAP for c in chosen):
+            chosen.append(shift)
+    return np.stack(chosen[1:])
+
+
+def make_moving_scene(seed: int, image_size: int = 64, max_shift: int = MAX_SHIFT) -> tuple[Scene, Scene]:
+    """Two frames of one scene: the first is ``make_scene(seed)``, in the second every object has moved
+    by its own ``object_shifts(seed)`` over the still background, with fresh pixel noise.
+
+    Training reads only the two images (motion is found from them by ``glom_viz.motion``); the masks of
+    both frames are there for tests and evaluation.
+    """
+    return _compose(seed, image_size), _compose(seed, image_size, object_shifts(seed, max_shift))
+
+
+def _compose(seed: int, image_size: int, shifts: np.ndarray | None = None) -> Scene:
+    """The scene of a seed, with the k-th object drawn `shifts[k]` pixels away from its place (None: in place).
+
+    The layout (placement, occlusion test, shapes, colours) is the same with or without shifts; only
+    the drawing moves, and a shifted scene draws its pixel noise from a generator of its own.
+    """
     if image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image_size must be at least {MIN_IMAGE_SIZE} px for objects to have parts, got {image_size}")
     if seed < 0:
@@ -208,7 +247,14 @@ def make_scene(seed: int, image_size: int = 64) -> Scene:
                 break
         else:
             continue  # no room left for this object
+        before_shapes = rng.bit_generator.state
         masks = _parts_of(kind, u, v, rng)
+        layout = masks
+        if shifts is not None:  # draw the same shapes (same draws) where the object has moved to
+            rng.bit_generator.state = before_shapes
+            down, across = shifts[len(kinds)]
+            u, v = (rows - top - down) / height, (cols - left - across) / width
+            masks = _parts_of(kind, u, v, rng)
         colours = _part_colours(kind, len(masks), rng)
         object_id = len(kinds) + 1
         shade_axis = rng.uniform(-1, 1, 2)
@@ -218,10 +264,12 @@ def make_scene(seed: int, image_size: int = 64) -> Scene:
             objects[mask] = object_id
             shading = 1 + PART_SHADING * ((u - 0.5) * shade_axis[0] + (v - 0.5) * shade_axis[1])
             image[mask] = colour * shading[mask][:, None]
+        for mask in layout:
             covered |= mask
         kinds.append(kind)
 
-    image = np.clip(image + rng.normal(0, PIXEL_NOISE, image.shape), 0, 1).astype(np.float32)
+    noise = rng if shifts is None else np.random.default_rng([int(seed), 2])
+    image = np.clip(image + noise.normal(0, PIXEL_NOISE, image.shape), 0, 1).astype(np.float32)
     return Scene(image, objects, parts, np.asarray(part_objects, np.int32), tuple(kinds))
 
 

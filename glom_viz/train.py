@@ -9,8 +9,15 @@ Masks are never used: the scenes' images are the only thing the loss sees. The o
 - **contrastive agreement** of top-ish levels: the image is seen twice, with different noise and masks;
   a column's vector at a contrasted level must pick out the same column of the other view among the
   columns of that image that lie further than that level's radius away. Near columns are neither
-  pulled nor pushed, so islands up to that size can form, while distant regions must stay apart.
-  Every term is a mean over images, so data-parallel gradients equal single-process ones.
+  pulled nor pushed, so islands up to that size can form, while distant regions must stay apart;
+- **common fate** (``motion_weight``): each training scene also comes as a second frame in which every
+  object has moved its own way (``scenes.make_moving_scene``). ``glom_viz.motion`` finds from the two
+  frames' pixels alone which patches moved together; at each level in ``motion_levels`` a column of
+  the first frame must then agree with the columns that moved with it, and not with those that moved
+  otherwise (a supervised-contrastive loss on these groups). The model sees only the first frame, so
+  it must learn to tell from a still image what would move together: objects.
+
+Every term is a mean over images, so data-parallel gradients equal single-process ones.
 
 The loop reports through callbacks (``Trainer.set_callback(event, fn)``, events in ``EVENTS``), so the
 CLI's progress bar, a notebook and the app drive the same loop. Run with ``torchrun --nproc_per_node N``
@@ -41,13 +48,15 @@ from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
-from glom_viz.scenes import TRAIN_SEEDS, make_batch
+from glom_viz.motion import motion_groups
+from glom_viz.scenes import TRAIN_SEEDS, make_batch, make_moving_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 LOG_FILE = "log.jsonl"
 GRAY = 0.5  # masked patches are noise around mid-gray
+MASKED_LOGIT = -1e4  # a finite "minus infinity": rows with nothing to compare stay finite through logsumexp
 # the GlomConfig fields a TrainConfig carries
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
 
@@ -86,6 +95,11 @@ class TrainConfig:
     contrast_levels: tuple[int, ...] = (2, 3)
     contrast_radii: tuple[float, ...] = (3.5, 6.0)
     temperature: float = 0.2
+    motion_weight: float = 0.0
+    motion_levels: tuple[int, ...] = (3,)
+    max_shift: int = 3  # pixels each object may move between the two frames, per axis
+    # start from this checkpoint's weights (same model config), or from scratch
+    init: str | None = None
     # optimisation
     steps: int = 1294
     lr: float = 2e-3
@@ -104,6 +118,7 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 setattr(self, key, tuple(float(x) for x in getattr(self, key)))
         self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
+        self.motion_levels = tuple(int(x) for x in self.motion_levels)
         self.contrast_radii = tuple(float(x) for x in self.contrast_radii)
 
     def model_config(self) -> GlomConfig:
@@ -134,6 +149,12 @@ class TrainConfig:
             raise ConfigError("contrast_weight > 0 needs contrast_levels (and their radii), or set contrast_weight 0")
         if any(not 0 <= l < self.levels for l in self.contrast_levels):
             raise ConfigError(f"contrast_levels must lie in 0..{self.levels - 1}, got {self.contrast_levels}")
+        if self.motion_weight > 0 and not self.motion_levels:
+            raise ConfigError("motion_weight > 0 needs motion_levels, or set motion_weight 0")
+        if self.motion_weight > 0 and any(not 0 <= l < self.levels for l in self.motion_levels):
+            raise ConfigError(f"motion_levels must lie in 0..{self.levels - 1}, got {self.motion_levels}")
+        if self.motion_weight > 0 and self.max_shift < 2:
+            raise ConfigError(f"max_shift must be at least 2 px for objects to move apart, got {self.max_shift}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ConfigError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if not 0 <= self.mask_ratio < 1:
@@ -182,8 +203,10 @@ class Learner(nn.Module):
         """(b, 3, s, s) -> final columns (b, patches, levels, dim)."""
         return self.glom(noisy, iters=self.config.iters)
 
-    def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches) -> named losses."""
+    def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]],
+                groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups (b, patches)
+        the common-fate group of each patch (-1: none), for the motion term -> named losses."""
         c = self.config
         losses = {}
         states = [self.columns(noisy) for noisy, _ in views]
@@ -202,8 +225,32 @@ class Learner(nn.Module):
                 for level, radius in zip(c.contrast_levels, c.contrast_radii)
             ) / len(c.contrast_levels)
             losses["contrast"] = contrast
-        losses["total"] = losses["reconstruction"] + c.contrast_weight * losses.get("contrast", 0.0)
+        if c.motion_weight > 0 and groups is not None:
+            losses["motion"] = sum(self.common_fate(states[0][:, :, level], groups)
+                                   for level in c.motion_levels) / len(c.motion_levels)
+        losses["total"] = (losses["reconstruction"] + c.contrast_weight * losses.get("contrast", 0.0)
+                           + c.motion_weight * losses.get("motion", 0.0))
         return losses
+
+    def common_fate(self, columns: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Supervised-contrastive loss on motion groups within each image: (b, n, d), (b, n) -> scalar.
+
+        Every column with a group is an anchor; its positives are the other columns of its group, its
+        negatives the columns of other groups (columns without a group take no part). Per anchor, the
+        mean log-probability of its positives (SupCon's L_out); a mean over anchors, then over images.
+        """
+        z = F.normalize(columns.float(), dim=-1)
+        logits = torch.einsum("bid,bjd->bij", z, z) / self.config.temperature
+        grouped = groups >= 0
+        eye = torch.eye(groups.shape[1], dtype=torch.bool, device=groups.device)
+        pairs = grouped[:, :, None] & grouped[:, None, :] & ~eye
+        logits = torch.where(pairs, logits, torch.full_like(logits, MASKED_LOGIT))
+        log_prob = logits - logits.logsumexp(-1, keepdim=True)
+        positive = pairs & (groups[:, :, None] == groups[:, None, :])
+        positives = positive.sum(-1)
+        anchor = positives > 0
+        per_anchor = -torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(-1) / positives.clamp(min=1)
+        return ((per_anchor * anchor).sum(-1) / anchor.sum(-1).clamp(min=1)).mean()
 
     def contrast(self, view_a: torch.Tensor, view_b: torch.Tensor, radius: float) -> torch.Tensor:
         """InfoNCE within each image: (b, n, d) x (b, n, d) -> scalar.
@@ -246,6 +293,27 @@ def draw_views(config: TrainConfig, step: int) -> list[tuple[torch.Tensor, torch
             for _ in range(count)]
 
 
+def common_fate_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
+                       cache: dict | None = None) -> torch.Tensor:
+    """(b,) seeds and mirror flags -> (b, patches) long: each patch's motion group between the scene's two frames.
+
+    Found by ``glom_viz.motion`` from the two frames' pixels (mirrored as the model sees them); `cache`
+    keeps each (seed, flip)'s groups, since scenes repeat when drawn from a fixed pool.
+    """
+    rows = []
+    for seed, flip in zip(seeds.tolist(), flips.tolist()):
+        key = (seed, flip, config.image_size, config.patch_size, config.max_shift)
+        groups = None if cache is None else cache.get(key)
+        if groups is None:
+            first, second = (scene.image[:, ::-1] if flip else scene.image
+                             for scene in make_moving_scene(seed, config.image_size, config.max_shift))
+            groups = motion_groups(first, second, config.patch_size, config.max_shift)
+            if cache is not None:
+                cache[key] = groups
+        rows.append(groups)
+    return torch.from_numpy(np.stack(rows)).long()
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to a tenth."""
     if step < config.warmup:
@@ -276,6 +344,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.learner = Learner(config).to(self.device)
         self.model = self.learner.glom
+        if config.init:
+            self._start_from(config.init)
+        self._groups_cache: dict = {}
         self.optimizer = torch.optim.AdamW(self.learner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.losses: dict[str, float] = {}
@@ -285,6 +356,15 @@ class Trainer:
         self._parallel = (
             nn.parallel.DistributedDataParallel(self.learner) if self.world > 1 else self.learner
         )
+
+    def _start_from(self, path: str) -> None:
+        """Take the GLOM weights of a checkpoint whose model config is this run's."""
+        from glom_viz.checkpoints import load_checkpoint
+
+        if not Path(path).is_file():
+            raise CheckpointError(f"--init {path}: no such checkpoint file")
+        glom = load_checkpoint(path, **self.config.model_config().to_dict())
+        self.model.load_state_dict(glom.state_dict())
 
     def set_callback(self, event: str, fn: Callable) -> "Trainer":
         """Replace the callbacks of an event by fn."""
@@ -305,8 +385,8 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self, *args)
 
-    def shard(self, step: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """This process's share of the step's batch: clean images and their views."""
+    def shard(self, step: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """This process's share of the step's batch: clean images, their views, and common-fate groups."""
         c = self.config
         share = slice(self.rank * c.batch_size // self.world, (self.rank + 1) * c.batch_size // self.world)
         seeds, flips = batch_scenes(c, step)
@@ -314,12 +394,17 @@ class Trainer:
         images = torch.where(torch.from_numpy(flips[share])[:, None, None, None], images.flip(-1), images)
         views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
                  for noise, masked in draw_views(c, step)]
-        return images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views]
+        groups = None
+        if c.motion_weight > 0:
+            cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
+            groups = common_fate_groups(seeds[share], flips[share], c, cache).to(self.device)
+        return (images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views],
+                groups)
 
     def compute_losses(self, step: int) -> dict[str, torch.Tensor]:
-        images, views = self.shard(step)
+        images, views, groups = self.shard(step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self._parallel(images, views)
+            return self._parallel(images, views, groups)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; raises FloatingPointError, keeping the weights, if the loss is not finite."""

@@ -93,3 +93,23 @@ def test_bad_requests_are_refused():
         make_scene(-1)
     with pytest.raises(ConfigError, match="at least one seed"):
         make_batch([], 32)
+
+
+def test_a_moving_scene_starts_as_the_still_scene_and_moves_each_object_its_own_way():
+    from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, _compose, make_moving_scene, object_shifts
+
+    for seed in range(20):
+        first, second = make_moving_scene(seed)
+        still = make_scene(seed)
+        assert np.array_equal(first.image, still.image) and np.array_equal(first.objects, still.objects)
+        assert second.kinds == first.kinds and np.array_equal(second.part_objects, first.part_objects)
+        assert not np.array_equal(second.image, first.image)
+        shifts = object_shifts(seed)
+        assert np.abs(shifts).max() <= MAX_SHIFT
+        moves = np.vstack([np.zeros((1, 2), int), shifts])  # the still background among them
+        gaps = np.abs(moves[:, None] - moves[None]).max(-1)
+        assert (gaps[~np.eye(len(moves), dtype=bool)] >= MIN_SHIFT_GAP).all()
+        # all objects moved alike keep their occlusions: the masks are the still ones moved (inside the border)
+        down, across = 2, -1
+        together = _compose(seed, 64, np.tile((down, across), (len(shifts), 1)))
+        assert np.array_equal(together.parts[5:-5, 5:-5], np.roll(first.parts, (down, across), (0, 1))[5:-5, 5:-5])

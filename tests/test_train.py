@@ -2,6 +2,7 @@
 message keeping the last good checkpoint, and 2-process DDP gives one process's gradients."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4
             consensus_radii=(1.5, 2.0, 3.0), scenes=0, flip=False, recon_level=0,
             contrast_weight=0.0, contrast_levels=(), contrast_radii=())
 CONTRAST = dict(contrast_weight=0.5, contrast_levels=(1, 2), contrast_radii=(1.5, 3.0))
+MOTION = dict(motion_weight=0.5, motion_levels=(2,))
 
 
 def tiny(**changes) -> TrainConfig:
@@ -31,13 +33,14 @@ def params(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
-    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST))
+    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST, **MOTION))
     with torch.no_grad():
         before = trainer.compute_losses(0)
     trainer.fit()
     with torch.no_grad():
         after = trainer.compute_losses(0)
     assert after["reconstruction"] < 0.7 * before["reconstruction"]
+    assert after["motion"] < before["motion"]
     assert after["total"] < before["total"]
     assert [row["step"] for row in trainer.history] == list(range(1, 21))
 
@@ -85,9 +88,12 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(recon_level=5), "not a level"),
     (dict(contrast_weight=0.5), "needs contrast_levels"),
     (dict(noise_std=float("nan")), "noise_std"),
+    (dict(motion_weight=0.5, motion_levels=(3,)), "motion_levels must lie"),
+    (dict(**MOTION, max_shift=1), "max_shift"),
+    (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, CheckpointError), match=message):
         Trainer(tiny(**changes))
 
 
@@ -154,7 +160,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
-    config = tiny(**CONTRAST, mask_ratio=0.4, flip=True)
+    config = tiny(**CONTRAST, **MOTION, mask_ratio=0.4, flip=True)
     script = tmp_path / "ddp_grads.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -184,3 +190,36 @@ def test_contrast_is_low_when_views_agree_and_ignores_near_columns():
     blocks = torch.nn.functional.one_hot(torch.arange(n) // 2).float()[None] * 10  # pairs of row neighbours
     assert learner.contrast(blocks, blocks, radius=1.0) < 0.01
     assert learner.contrast(blocks, blocks, radius=0.0) > 0.5  # with no near zone the twin is a negative
+
+
+def test_common_fate_is_low_when_groups_agree_and_ignores_ungrouped_columns():
+    from glom_viz.train import Learner
+
+    learner = Learner(tiny(**MOTION, temperature=0.05))
+    groups = torch.tensor([[0, 0, 0, 1, 1, 2, 2, -1, -1]])
+    # every group its own direction (the ungrouped ones a fourth)
+    columns = torch.nn.functional.one_hot(torch.where(groups < 0, 3, groups), 4).float() * 10
+    # SupCon's floor: an anchor with k positives at best gives each 1/k, so log k; group 0's three
+    # anchors have 2 positives each, the four of groups 1 and 2 one each
+    floor = 3 * math.log(2) / 7
+    assert learner.common_fate(columns, groups) == pytest.approx(floor, abs=1e-3)
+    mixed = columns[:, [3, 5, 0, 1, 6, 2, 4, 7, 8]]  # the same columns dealt across the groups
+    assert learner.common_fate(mixed, groups) > floor + 1.0
+    # ungrouped columns are neither anchors nor negatives: anything there costs nothing
+    noisy = columns.clone()
+    noisy[:, 7:] = torch.randn(1, 2, columns.shape[-1]) * 10
+    torch.testing.assert_close(learner.common_fate(noisy, groups), learner.common_fate(columns, groups))
+    # no groups at all: zero loss and finite gradients
+    free = torch.randn(1, 9, 5, requires_grad=True)
+    loss = learner.common_fate(free, torch.full((1, 9), -1))
+    loss.backward()
+    assert loss == 0 and torch.isfinite(free.grad).all()
+
+
+def test_init_starts_from_a_checkpoints_weights(tmp_path):
+    source = Trainer(tiny(steps=2, out=str(tmp_path)))
+    source.fit()
+    source.save()
+    started = Trainer(tiny(steps=2, seed=5, init=str(tmp_path / MODEL_FILE)))
+    for name, tensor in source.model.state_dict().items():
+        assert torch.equal(started.model.state_dict()[name], tensor), name

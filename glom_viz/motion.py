@@ -1,0 +1,114 @@
+"""Common fate: which patches move together between two frames, found from the pixels alone.
+
+GLOM's paper leans on the Gestalt idea that what moves together belongs together. Two frames of a
+scene are compared here by classical means, with no mask and no generator's motion read:
+
+1. the first frame is cut into regions of similar colour (Felzenszwalb's graph segmentation, from
+   scikit-image): parts of objects and patches of background;
+2. every region gets the integer shift that best maps its pixels onto the second frame, summed over
+   the whole region, so a uniformly coloured part moves as its outline says (no aperture problem);
+3. the background is taken to be still: a region that the zero shift already explains (error at the
+   noise level) is still. Fine regions decide stillness (a small background region beside an object
+   is not dragged along with it), coarse regions decide motion (a whole part at once);
+4. a region's shift counts only when it is clear: good, and well below every shift 2 px away from it.
+
+A patch gets the shift that covers at least PATCH_AGREEMENT of its pixels, else no group (-1). On the
+project's moving scenes (``scenes.make_moving_scene``, shifts up to 3 px) about 67 % of object patches
+and 53 % of background patches get a group, and over 99 % of those groups are right
+(``tests/test_motion.py`` checks this against the truth, which the training never sees).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.segmentation import felzenszwalb
+
+from glom_viz.errors import ConfigError
+
+# Felzenszwalb scales (larger = coarser regions) and the smallest region, in pixels
+STILL_SCALE = 50
+STILL_MIN_SIZE = 10
+MOVING_SCALE = 800
+MOVING_MIN_SIZE = 20
+# a region's match is good when its mean squared RGB error per pixel is under this (pixel noise
+# alone gives about 2 * 3 * 0.025^2 = 0.004 with scenes.PIXEL_NOISE) ...
+GOOD_ERROR = 0.012
+# ... and clear when every shift at least 2 px away from it along some axis is this many times worse
+CLEAR_RATIO = 2.0
+# a patch joins a group when this share of its pixels has that group's shift
+PATCH_AGREEMENT = 0.75
+UNCLEAR = -1
+
+
+def shift_grid(max_shift: int) -> np.ndarray:
+    """((2m + 1)^2, 2) integer shifts (down, across), row-major; the still shift is entry (2m + 1)^2 // 2."""
+    span = np.arange(-max_shift, max_shift + 1)
+    return np.stack(np.meshgrid(span, span, indexing="ij"), -1).reshape(-1, 2)
+
+
+def shift_errors(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
+    """(s, s, 3) x2 -> (shifts, s, s): squared RGB error of every pixel against the second frame moved by each shift.
+
+    Pixels moved in from beyond the border repeat the border.
+    """
+    side = first.shape[0]
+    padded = np.pad(second, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    return np.stack([((first - padded[max_shift + down:max_shift + down + side,
+                                      max_shift + across:max_shift + across + side]) ** 2).sum(-1)
+                     for down, across in shift_grid(max_shift)])
+
+
+def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still_prior: bool) -> np.ndarray:
+    """(shifts, s, s) errors and (s, s) region ids -> (s, s) each pixel's region's shift index, UNCLEAR where unclear.
+
+    With still_prior, a region the still shift explains is still, and other regions are UNCLEAR.
+    """
+    shifts = shift_grid(max_shift)
+    still = len(shifts) // 2
+    count = regions.max() + 1
+    sizes = np.bincount(regions.ravel(), minlength=count)
+    # (shifts, regions): mean error of every region under every shift
+    mean = np.stack([np.bincount(regions.ravel(), weights=e.ravel(), minlength=count) for e in errors])
+    mean /= np.maximum(sizes, 1)
+    if still_prior:
+        return np.where(mean[still] < GOOD_ERROR, still, UNCLEAR)[regions]
+    best = mean.argmin(0)
+    best_error = mean.min(0)
+    far = np.abs(shifts[:, None, :] - shifts[best][None]).max(-1) >= 2  # (shifts, regions)
+    rival = np.where(far, mean, np.inf).min(0)
+    clear = (best_error < GOOD_ERROR) & (rival > CLEAR_RATIO * best_error)
+    return np.where(clear, best, UNCLEAR)[regions]
+
+
+def pixel_motion(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
+    """(s, s, 3) float frames in [0, 1] -> (s, s) int: each pixel's shift index (``shift_grid``), UNCLEAR where unclear."""
+    if first.shape != second.shape or first.ndim != 3 or first.shape[-1] != 3:
+        raise ConfigError(f"two (s, s, 3) frames of one shape are needed, got {first.shape} and {second.shape}")
+    first, second = first.astype(np.float64), second.astype(np.float64)
+    errors = shift_errors(first, second, max_shift)
+    fine = felzenszwalb(first, scale=STILL_SCALE, sigma=0.5, min_size=STILL_MIN_SIZE)
+    coarse = felzenszwalb(first, scale=MOVING_SCALE, sigma=0.5, min_size=MOVING_MIN_SIZE)
+    still = region_shifts(errors, fine, max_shift, still_prior=True)
+    moving = region_shifts(errors, coarse, max_shift, still_prior=False)
+    still_index = len(shift_grid(max_shift)) // 2
+    # still where fine regions say so; a coarse "still" that fine regions did not confirm stays unclear
+    return np.where(still == still_index, still_index, np.where(moving == still_index, UNCLEAR, moving))
+
+
+def motion_groups(first: np.ndarray, second: np.ndarray, patch_size: int, max_shift: int) -> np.ndarray:
+    """(s, s, 3) x2 -> (patches,) int, row-major: the shift index most of each patch moved by, UNCLEAR if none did.
+
+    Patches with the same group moved the same way between the frames.
+    """
+    side = first.shape[0]
+    if side % patch_size:
+        raise ConfigError(f"image side {side} is not a multiple of the patch size {patch_size}")
+    motion = pixel_motion(first, second, max_shift)
+    grid = side // patch_size
+    per_patch = motion.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    shifts = len(shift_grid(max_shift))
+    # votes (patches, shifts + 1): column 0 counts unclear pixels
+    votes = np.stack([np.bincount(row + 1, minlength=shifts + 1) for row in per_patch])
+    group = votes[:, 1:].argmax(1)
+    agreed = votes[:, 1:].max(1) >= PATCH_AGREEMENT * per_patch.shape[1]
+    return np.where(agreed, group, UNCLEAR)

@@ -1,0 +1,70 @@
+"""Common fate from pixels: the motion groups found between two frames against the scenes' truth
+(which training never reads), and simple frames whose motion is known."""
+
+import numpy as np
+import pytest
+
+from glom_viz.errors import ConfigError
+from glom_viz.islands import patch_truth
+from glom_viz.motion import UNCLEAR, motion_groups, shift_grid
+from glom_viz.scenes import MAX_SHIFT, make_moving_scene, object_shifts
+
+SHIFTS = shift_grid(MAX_SHIFT)
+STILL = len(SHIFTS) // 2
+
+
+def test_shift_grid_is_row_major_with_still_in_the_middle():
+    assert SHIFTS.shape == ((2 * MAX_SHIFT + 1) ** 2, 2)
+    assert (SHIFTS[STILL] == 0).all()
+    assert (SHIFTS[0] == -MAX_SHIFT).all() and (SHIFTS[-1] == MAX_SHIFT).all()
+
+
+def test_groups_on_moving_scenes_are_right_where_they_are_given():
+    """Over 40 scenes: most patches get a group, and almost all groups are the true motion of the
+    patch's object (or still for the background)."""
+    grouped = {"object": [], "background": []}
+    right = []
+    for seed in range(40):
+        first, second = make_moving_scene(seed)
+        groups = motion_groups(first.image, second.image, 4, MAX_SHIFT)
+        truth = patch_truth(first.objects, (16, 16))
+        true_shift = np.where(truth[:, None] > 0, object_shifts(seed)[np.maximum(truth - 1, 0)], 0)
+        given = groups != UNCLEAR
+        grouped["object"].append(given[truth > 0].mean())
+        grouped["background"].append(given[truth == 0].mean())
+        right.extend((SHIFTS[groups[given]] == true_shift[given]).all(-1))
+    assert np.mean(grouped["object"]) > 0.5 and np.mean(grouped["background"]) > 0.3
+    assert np.mean(right) > 0.97
+
+
+def test_a_still_pair_is_still_or_unclear_everywhere():
+    first, _ = make_moving_scene(3)
+    groups = motion_groups(first.image, first.image, 4, MAX_SHIFT)
+    assert set(np.unique(groups)) <= {STILL, UNCLEAR} and (groups == STILL).mean() > 0.5
+
+
+def test_a_shaded_square_moving_over_a_checker_moves_and_the_checker_stays():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:32, 0:32]
+    checker = np.where(((y // 4 + x // 4) % 2)[..., None] == 1, (0.3, 0.4, 0.5), (0.5, 0.45, 0.3))
+    square = np.array((0.9, 0.2, 0.1)) * (0.7 + 0.3 * (y + x) / 32)[..., None]  # shaded, as scene parts are
+    first, second = checker.copy(), checker.copy()
+    first[8:20, 8:20] = square[8:20, 8:20]
+    second[10:22, 7:19] = square[8:20, 8:20]  # moved 2 down, 1 left
+    first += rng.normal(0, 0.02, first.shape)
+    second += rng.normal(0, 0.02, first.shape)  # fresh noise, as in a second frame
+    groups = motion_groups(first, second, 4, MAX_SHIFT).reshape(8, 8)
+    moved = int(np.flatnonzero((SHIFTS == (2, -1)).all(-1))[0])
+    inside = np.zeros((8, 8), bool)
+    inside[2:5, 2:5] = True  # the patches wholly inside the square in the first frame
+    assert set(np.unique(groups[inside])) <= {moved, UNCLEAR} and (groups[inside] == moved).sum() >= 6
+    outside = np.ones((8, 8), bool)
+    outside[1:6, 1:6] = False  # patches the square never touches, in either frame
+    assert set(np.unique(groups[outside])) <= {STILL, UNCLEAR} and (groups[outside] == STILL).mean() > 0.5
+
+
+def test_frames_that_cannot_be_compared_are_refused():
+    with pytest.raises(ConfigError, match="one shape"):
+        motion_groups(np.zeros((32, 32, 3)), np.zeros((16, 16, 3)), 4, MAX_SHIFT)
+    with pytest.raises(ConfigError, match="multiple of the patch size"):
+        motion_groups(np.zeros((30, 30, 3)), np.zeros((30, 30, 3)), 4, MAX_SHIFT)
