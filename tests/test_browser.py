@@ -14,7 +14,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from glom_viz import render
 from glom_viz.images import sample_images
 
 from conftest import app_module, default_model, reference_labels, reference_run, scene_rgb
@@ -164,3 +166,125 @@ def test_sessions_at_once_each_get_what_they_would_alone(app_server, browser, ph
     finally:
         for context in contexts:
             context.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# selecting in the figures
+
+
+PLOT = "[data-testid='stPlotlyChart'] .js-plotly-plot"
+
+
+def click_view(page, view: str) -> None:
+    page.get_by_role("radiogroup", name="View").get_by_role("radio", name=view, exact=True).click()
+
+
+def image_captioned(page, caption: str | re.Pattern) -> np.ndarray:
+    """The (H, W, 3) pixels of the st.image whose caption matches, as the server sent them."""
+    element = page.locator("[data-testid='stImage']").filter(has_text=caption).first
+    element.wait_for(timeout=WAIT_MS)
+    source = element.locator("img").first.get_attribute("src")
+    response = page.request.get(source if source.startswith("http") else page.url.rstrip("/") + source)
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"), dtype=np.float64)
+
+
+def highlighted_patches(plain: np.ndarray, highlighted: np.ndarray, grid: tuple[int, int]) -> set[int]:
+    """The patches that render.draw_islands left at full brightness (it dims the others by HIGHLIGHT_DIM),
+    read from each patch's interior (away from island borders and the highlight outline)."""
+    h, w = grid
+    cell_h, cell_w = plain.shape[0] // h, plain.shape[1] // w
+    margin = max(2, cell_h // 4)
+    full = (1 + render.HIGHLIGHT_DIM) / 2
+    patches = set()
+    for patch in range(h * w):
+        row, col = divmod(patch, w)
+        window = (slice(row * cell_h + margin, (row + 1) * cell_h - margin),
+                  slice(col * cell_w + margin, (col + 1) * cell_w - margin))
+        if highlighted[window].sum() > full * plain[window].sum():
+            patches.add(patch)
+    return patches
+
+
+def test_lasso_in_projection_highlights_the_lassoed_patches(app_server, browser):
+    """Lasso the left part of the projection's points: the caption counts exactly the patches of the points
+    inside the lasso, and the picture beside it keeps exactly those patches bright."""
+    model = default_model()
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(app_server)
+        wait_for_islands(page, "scene 1")
+        click_view(page, "Projection")
+        hint = "Select points (click, box or lasso) to light up their patches here."
+        page.get_by_text(hint).wait_for(timeout=WAIT_MS)
+        page.locator(f"{PLOT} .scatterlayer .point").first.wait_for(timeout=WAIT_MS)
+        plain = image_captioned(page, hint)
+        # every point's centre on the screen and its patch (plotly's customdata, as the app reads it)
+        points = page.locator(PLOT).first.evaluate("""plot => [...plot.querySelectorAll('.scatterlayer .trace')]
+            .flatMap(trace => {
+                const data = trace.__data__[0].trace;
+                return [...trace.querySelectorAll('.point')].map(point => {
+                    const box = point.getBoundingClientRect();
+                    const custom = data.customdata[point.__data__.i];
+                    return {x: box.x + box.width / 2, y: box.y + box.height / 2,
+                            patch: Array.isArray(custom) ? custom[0] : custom};
+                });
+            })""")
+        assert len({p["patch"] for p in points}) == model.num_patches
+        xs = sorted(p["x"] for p in points)
+        # cut at the widest gap between neighbouring points in the middle, so no point sits on the lasso's edge
+        middle = xs[len(xs) // 5: 4 * len(xs) // 5 + 1]
+        gap, cut = max((b - a, (a + b) / 2) for a, b in zip(middle, middle[1:]))
+        assert gap > 1, "no gap between the points to lasso along"
+        left, top = xs[0] - 6, min(p["y"] for p in points) - 6
+        bottom = max(p["y"] for p in points) + 6
+        lassoed = {p["patch"] for p in points if p["x"] < cut}
+        assert 0 < len(lassoed) < model.num_patches
+
+        page.mouse.move(left, top)
+        page.mouse.down()
+        for x, y in ((cut, top), (cut, bottom), (left, bottom), (left, top)):
+            page.mouse.move(x, y, steps=8)
+        page.mouse.up()
+
+        caption = f"{len(lassoed)} selected patches highlighted"
+        page.get_by_text(caption, exact=True).wait_for(timeout=WAIT_MS)
+        highlighted = image_captioned(page, caption)
+        assert highlighted.shape == plain.shape
+        assert highlighted_patches(plain, highlighted, model.grid) == lassoed
+    finally:
+        page.close()
+
+
+def test_clicking_a_patch_on_the_attention_map_chooses_its_column(app_server, browser):
+    """Column view: a click on a patch of the attention map makes that patch the chosen column (row and
+    column inputs, the map's title and its outline all follow)."""
+    model = default_model()
+    h, w = model.grid
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(app_server)
+        wait_for_islands(page, "scene 1")
+        click_view(page, "Column")
+        page.get_by_role("button", name=re.compile("Compute attention")).click()
+        page.get_by_text("Click a patch on the map to look at its column.").wait_for(timeout=WAIT_MS)
+        row_input, col_input = page.get_by_label("Row", exact=True), page.get_by_label("Column", exact=True)
+        start = (int(row_input.input_value()), int(col_input.input_value()))
+        assert start == (h // 2, w // 2)  # nothing chosen yet: the middle of the picture
+
+        for target in ((2, 3), (h - 2, w - 1)):
+            assert target != start
+            chart = page.locator("[data-testid='stPlotlyChart']").filter(
+                has_text=re.compile(r"whom patch \(\d+, \d+\) agrees with")).first
+            # the centre of the heat map's cell for `target`, in page pixels (plotly's own axes)
+            x, y = chart.locator(".js-plotly-plot").evaluate("""(plot, [row, col]) => {
+                const layout = plot._fullLayout, cells = plot._fullData.find(t => t.type === 'heatmap');
+                const box = plot.getBoundingClientRect();
+                return [box.left + layout.xaxis._offset + layout.xaxis.l2p(cells.x0 + col * cells.dx),
+                        box.top + layout.yaxis._offset + layout.yaxis.l2p(cells.y0 + row * cells.dy)];
+            }""", list(target))
+            page.mouse.click(x, y)
+            page.get_by_text(f"whom patch ({target[0]}, {target[1]}) agrees with").first.wait_for(timeout=WAIT_MS)
+            assert (int(row_input.input_value()), int(col_input.input_value())) == target
+            start = target
+    finally:
+        page.close()
