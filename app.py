@@ -734,7 +734,8 @@ def viewer(session: Session) -> None:
         if step >= last_step:
             st.session_state["playing"] = False
 
-    controls = st.columns([2, 5, 1.1, 4] if session.sequence else [6, 1.1, 4], vertical_alignment="bottom")
+    # the level control needs ~320 px for its five choices at 1400 px; narrower, its last choice fades out
+    controls = st.columns([2, 4.5, 1.1, 4.5] if session.sequence else [5.5, 1.1, 4.5], vertical_alignment="bottom")
     if session.sequence:
         clamp_state("frame", 0, len(session.frames) - 1, 0)
         index = controls[0].slider("Frame", 0, len(session.frames) - 1, key="frame",
