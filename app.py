@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
@@ -98,7 +97,6 @@ DEFAULT_LEVEL = 1  # the shipped model's clearest islands (objects against backg
 PLAY_INTERVAL_S = 0.7
 PROJECTION_LABELS = {"pca": "PCA", "umap": "UMAP"}
 LEGEND_CHIP_PX = 14
-PATCH_TARGET_PX = 18  # the invisible click target on each patch of the attention map
 # Sessions run side by side in threads of one process. GLOM's products here are small (256 columns), so
 # one intra-op thread per run is fastest: on two busy cores, two threads made a run of the shipped model
 # 4-20x slower (0.11 s vs 0.5-2 s, OpenMP threads waiting on each other). Raise it for big models on an
@@ -1005,27 +1003,6 @@ def pick_patch() -> None:
         st.session_state["patch"] = chosen[0]
 
 
-def clickable_patches(figure: go.Figure, attention: np.ndarray, grid: tuple[int, int],
-                      size: tuple[int, int]) -> None:
-    """Let a click on the attention map choose a patch.
-
-    Plotly selects no heat map cells (a click there fires no selection, so on_select never ran): an
-    invisible point sits on each patch's centre instead, with the patch as customdata, and takes over
-    the heat map's hover text.
-    """
-    h, w = grid
-    height, width = size
-    rows, cols = np.divmod(np.arange(h * w), w)
-    invisible = dict(marker=dict(opacity=0))
-    figure.update_traces(hoverinfo="skip", hovertemplate=None, selector=dict(type="heatmap"))
-    figure.add_trace(go.Scatter(
-        x=(cols + 0.5) * width / w - 0.5, y=(rows + 0.5) * height / h - 0.5, mode="markers",
-        marker=dict(size=PATCH_TARGET_PX, opacity=0), selected=invisible, unselected=invisible,
-        customdata=np.arange(h * w), text=[f"patch {i} ({r}, {c})<br>weight {a:.4f}" for i, (r, c, a) in
-                                           enumerate(zip(rows, cols, attention))],
-        hovertemplate="%{text}<extra></extra>", showlegend=False, name="patches"))
-
-
 def column_view(context: ViewContext):
     """One column: whom it agrees with (consensus attention) and what moved it (the four contributions)."""
     frame, step, grid = context.frame, context.step, context.grid
@@ -1065,7 +1042,6 @@ def column_view(context: ViewContext):
     attention = probe["attention"][level, patch]
     figure = render.attention_figure(frame.display, attention, grid, patch,
                                      title=f"level {level}, step {step}: whom patch ({row}, {col}) agrees with")
-    clickable_patches(figure, attention, grid, frame.display.shape[:2])
     left.plotly_chart(figure, width="stretch", key="attention", on_select=pick_patch, selection_mode=("points",))
     left.caption("Click a patch on the map to look at its column.")
     pulls = {name: values[patch] for name, values in probe["pulls"].items()}

@@ -522,6 +522,9 @@ def parse_tree_figure(tree: Mapping, title: str | None = "parse tree: islands ac
     return fig
 
 
+PATCH_TARGET_PX = 18  # the invisible click target on each patch of the attention map
+
+
 def attention_figure(image, attention, grid, patch: int, title: str | None = None) -> go.Figure:
     """One patch's consensus attention over the other columns, as a heat map over the image.
 
@@ -532,8 +535,10 @@ def attention_figure(image, attention, grid, patch: int, title: str | None = Non
         patch: the attending patch, outlined.
 
     Returns:
-        A figure with the image as layout image, a Heatmap trace of the weights (customdata = patch
-        index) and a rectangle shape around `patch`.
+        A figure with the image as layout image, a Heatmap trace of the weights, a rectangle shape
+        around `patch`, and a Scatter trace of invisible points on the patch centres (customdata =
+        patch index) that carries the hover and the click: plotly selects no heat map cells, so a
+        click on the map can choose a patch only through these points.
     """
     image = _check_image(image)
     h, w = _check_grid(grid)
@@ -548,9 +553,17 @@ def attention_figure(image, attention, grid, patch: int, title: str | None = Non
     row, col = divmod(patch, w)
     fig = _image_figure(image, title or f"consensus attention of patch {patch} (row {row}, col {col})")
     fig.add_trace(go.Heatmap(
-        z=attention.reshape(h, w), customdata=np.arange(h * w).reshape(h, w), opacity=ATTENTION_OPACITY,
-        colorscale=ATTENTION_COLORSCALE, zmin=0, colorbar=dict(title="weight", thickness=12),
-        hovertemplate="patch %{customdata}<br>weight %{z:.4f}<extra></extra>", name="attention", **geometry,
+        z=attention.reshape(h, w), opacity=ATTENTION_OPACITY, colorscale=ATTENTION_COLORSCALE, zmin=0,
+        colorbar=dict(title="weight", thickness=12), hoverinfo="skip", name="attention", **geometry,
+    ))
+    rows, cols = np.divmod(np.arange(h * w), w)
+    invisible = dict(marker=dict(opacity=0))
+    fig.add_trace(go.Scatter(
+        x=geometry["x0"] + cols * geometry["dx"], y=geometry["y0"] + rows * geometry["dy"], mode="markers",
+        marker=dict(size=PATCH_TARGET_PX, opacity=0), selected=invisible, unselected=invisible,
+        customdata=np.arange(h * w), text=[f"patch {i} ({r}, {c})<br>weight {a:.4f}"
+                                           for i, (r, c, a) in enumerate(zip(rows, cols, attention))],
+        hovertemplate="%{text}<extra></extra>", showlegend=False, name="patches",
     ))
     fig.add_shape(type="rect", x0=col * geometry["dx"] - 0.5, x1=(col + 1) * geometry["dx"] - 0.5,
                   y0=row * geometry["dy"] - 0.5, y1=(row + 1) * geometry["dy"] - 0.5,

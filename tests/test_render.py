@@ -229,8 +229,11 @@ def test_parse_tree_figure_layers_levels_and_colours_islands():
 def test_attention_figure_heat_and_patch_mark(image):
     attention = np.random.default_rng(4).dirichlet(np.ones(16))
     fig = render.attention_figure(image, attention, (4, 4), patch=6)
-    (heatmap,) = fig.data
+    heatmap, patches = fig.data
     np.testing.assert_allclose(np.asarray(heatmap.z), attention.reshape(4, 4))
+    # the click targets: one per patch, on its centre (8 px patches), carrying the patch index
+    assert list(patches.customdata) == list(range(16))
+    assert (patches.x[6], patches.y[6]) == (19.5, 11.5)
     (rect,) = fig.layout.shapes
     assert (rect.x0, rect.x1, rect.y0, rect.y1) == (15.5, 23.5, 7.5, 15.5)  # row 1, col 2 of 8 px patches
     with pytest.raises(StatesError):
