@@ -93,7 +93,7 @@ MAX_FIXED_ISLANDS = 24
 # the viewer
 VIEWS = ("Islands", "Levels × steps", "Projection", "Measures", "Parse tree", "Column")
 ALL_LEVELS = "all"
-DEFAULT_LEVEL = 1  # the shipped model's clearest islands (objects against background) are at level 1
+DEFAULT_LEVEL = 2  # the shipped model's object islands (common fate) are at levels 2 and 3; parts at level 1
 PLAY_INTERVAL_S = 0.7
 PROJECTION_LABELS = {"pca": "PCA", "umap": "UMAP"}
 LEGEND_CHIP_PX = 14

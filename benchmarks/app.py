@@ -198,7 +198,7 @@ def screenshots(url: str, folder: Path, chromium_path: str, chromium_args: list[
         page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="all levels").click()
         settle(page, "level 0 ·")
         shoot(page, "all-levels")
-        page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="1", exact=True).click()
+        page.get_by_role("radiogroup", name="Level").get_by_role("radio", name=str(2), exact=True).click()
         for view, name, text in (("Levels × steps", "sheet", "levels × steps"), ("Measures", "measures", "ARI"),
                                  ("Parse tree", "parse-tree", "Purity")):
             click_view(page, view)

@@ -83,11 +83,15 @@ def test_summary_picks_the_object_level_and_a_part_level_below_it():
     assert result["parts_margin_over_baselines"] == pytest.approx(0.1)
 
 
-def test_shipped_model_finds_objects_better_than_pixels():
-    """The shipped model's best object level beats k-means on pixels (a measured claim of TRAINING.md)."""
+def test_shipped_model_finds_objects_above_its_parts_and_better_than_pixels():
+    """Measured claims of TRAINING.md on 12 held-out scenes: the best object level beats k-means on
+    pixels by a wide margin (0.78 vs 0.31 on 64 scenes) and lies above the best part level."""
     from glom_viz.checkpoints import load_shipped
 
     model = load_shipped()
     images, objects, parts = make_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 12), 64)
-    best = max(row["fg_ari_objects"] for row in evaluate(model, images, objects, parts)["levels"])
-    assert best > pixel_baseline(images, objects, parts, 4)["fg_ari_objects"] + 0.1
+    levels = evaluate(model, images, objects, parts)["levels"]
+    best_objects = max(levels, key=lambda row: row["fg_ari_objects"])
+    best_parts = max(levels, key=lambda row: row["fg_ari_parts"])
+    assert best_objects["fg_ari_objects"] > pixel_baseline(images, objects, parts, 4)["fg_ari_objects"] + 0.25
+    assert best_objects["level"] > best_parts["level"]
