@@ -49,7 +49,7 @@ from torch import nn
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
 from glom_viz.motion import motion_groups
-from glom_viz.scenes import TRAIN_SEEDS, make_batch, make_moving_scene
+from glom_viz.scenes import MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
 MODEL_FILE = "model.safetensors"
@@ -153,8 +153,9 @@ class TrainConfig:
             raise ConfigError("motion_weight > 0 needs motion_levels, or set motion_weight 0")
         if self.motion_weight > 0 and any(not 0 <= l < self.levels for l in self.motion_levels):
             raise ConfigError(f"motion_levels must lie in 0..{self.levels - 1}, got {self.motion_levels}")
-        if self.motion_weight > 0 and self.max_shift < 2:
-            raise ConfigError(f"max_shift must be at least 2 px for objects to move apart, got {self.max_shift}")
+        if self.motion_weight > 0 and self.max_shift < MIN_SHIFT_GAP:
+            raise ConfigError(f"max_shift must be at least {MIN_SHIFT_GAP} px for objects to move apart, "
+                              f"got {self.max_shift}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ConfigError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if not 0 <= self.mask_ratio < 1:
