@@ -49,7 +49,7 @@ from torch import nn
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
 from glom_viz.motion import motion_groups
-from glom_viz.scenes import MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene
+from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
 MODEL_FILE = "model.safetensors"
@@ -97,7 +97,7 @@ class TrainConfig:
     temperature: float = 0.2
     motion_weight: float = 0.0
     motion_levels: tuple[int, ...] = (3,)
-    max_shift: int = 3  # pixels each object may move between the two frames, per axis
+    max_shift: int = MAX_SHIFT  # pixels each object may move between the two frames, per axis
     # start from this checkpoint's weights (same model config), or from scratch
     init: str | None = None
     # optimisation
@@ -358,7 +358,7 @@ class Trainer:
             nn.parallel.DistributedDataParallel(self.learner) if self.world > 1 else self.learner
         )
 
-    def _start_from(self, path: str) -> None:
+    def _start_from(self, path: str | Path) -> None:
         """Take the GLOM weights of a checkpoint whose model config is this run's."""
         from glom_viz.checkpoints import load_checkpoint
 
@@ -486,16 +486,13 @@ class Trainer:
     @classmethod
     def resume(cls, directory: str | Path, **overrides) -> "Trainer":
         """A trainer continuing the run saved in `directory` (its config, with `overrides` such as steps)."""
-        from glom_viz.checkpoints import load_checkpoint
-
         directory = Path(directory)
         if not (directory / TRAINER_FILE).exists() or not (directory / MODEL_FILE).exists():
             raise CheckpointError(f"no run to resume in {directory}: expected {MODEL_FILE} and {TRAINER_FILE} there")
         state = torch.load(directory / TRAINER_FILE, weights_only=True)
         config = TrainConfig.from_dict({**json.loads(state["config"]), **overrides})
         trainer = cls(config)
-        glom = load_checkpoint(directory / MODEL_FILE, **config.model_config().to_dict())
-        trainer.model.load_state_dict(glom.state_dict())
+        trainer._start_from(directory / MODEL_FILE)
         trainer.learner.decoder.load_state_dict(state["decoder"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])
