@@ -16,6 +16,9 @@ Masks are never used: the scenes' images are the only thing the loss sees. The o
   the first frame must then agree with the columns that moved with it, and not with those that moved
   otherwise (a supervised-contrastive loss on these groups). The model sees only the first frame, so
   it must learn to tell from a still image what would move together: objects.
+- **similarity** (``similarity_weight``): at each level in ``similarity_levels``, the same loss on
+  regions of similar colour in the still image (``motion.similarity_groups``): the Gestalt cue that
+  on these scenes picks out parts, for the levels below the objects.
 
 Every term is a mean over images, so data-parallel gradients equal single-process ones.
 
@@ -48,8 +51,8 @@ from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
-from glom_viz.motion import motion_groups
-from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene
+from glom_viz.motion import SIMILARITY_SCALE, motion_groups, similarity_groups
+from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
 MODEL_FILE = "model.safetensors"
@@ -98,6 +101,9 @@ class TrainConfig:
     motion_weight: float = 0.0
     motion_levels: tuple[int, ...] = (3,)
     max_shift: int = MAX_SHIFT  # pixels each object may move between the two frames, per axis
+    similarity_weight: float = 0.0
+    similarity_levels: tuple[int, ...] = (1,)
+    similarity_scale: float = SIMILARITY_SCALE  # Felzenszwalb's scale: larger, coarser regions
     # start from this checkpoint's weights (same model config), or from scratch
     init: str | None = None
     # optimisation
@@ -119,6 +125,7 @@ class TrainConfig:
                 setattr(self, key, tuple(float(x) for x in getattr(self, key)))
         self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
         self.motion_levels = tuple(int(x) for x in self.motion_levels)
+        self.similarity_levels = tuple(int(x) for x in self.similarity_levels)
         self.contrast_radii = tuple(float(x) for x in self.contrast_radii)
 
     def model_config(self) -> GlomConfig:
@@ -149,10 +156,14 @@ class TrainConfig:
             raise ConfigError("contrast_weight > 0 needs contrast_levels (and their radii), or set contrast_weight 0")
         if any(not 0 <= l < self.levels for l in self.contrast_levels):
             raise ConfigError(f"contrast_levels must lie in 0..{self.levels - 1}, got {self.contrast_levels}")
-        if self.motion_weight > 0 and not self.motion_levels:
-            raise ConfigError("motion_weight > 0 needs motion_levels, or set motion_weight 0")
-        if self.motion_weight > 0 and any(not 0 <= l < self.levels for l in self.motion_levels):
-            raise ConfigError(f"motion_levels must lie in 0..{self.levels - 1}, got {self.motion_levels}")
+        for term in ("motion", "similarity"):
+            weight, levels = getattr(self, f"{term}_weight"), getattr(self, f"{term}_levels")
+            if weight > 0 and not levels:
+                raise ConfigError(f"{term}_weight > 0 needs {term}_levels, or set {term}_weight 0")
+            if weight > 0 and any(not 0 <= l < self.levels for l in levels):
+                raise ConfigError(f"{term}_levels must lie in 0..{self.levels - 1}, got {levels}")
+        if self.similarity_weight > 0 and not self.similarity_scale > 0:
+            raise ConfigError(f"similarity_scale must be > 0, got {self.similarity_scale}")
         if self.motion_weight > 0 and self.max_shift < MIN_SHIFT_GAP:
             raise ConfigError(f"max_shift must be at least {MIN_SHIFT_GAP} px for objects to move apart, "
                               f"got {self.max_shift}")
@@ -205,9 +216,9 @@ class Learner(nn.Module):
         return self.glom(noisy, iters=self.config.iters)
 
     def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]],
-                groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups (b, patches)
-        the common-fate group of each patch (-1: none), for the motion term -> named losses."""
+                groups: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups: for the
+        "motion" and "similarity" terms, (b, patches) each patch's group (-1: none) -> named losses."""
         c = self.config
         losses = {}
         states = [self.columns(noisy) for noisy, _ in views]
@@ -226,15 +237,17 @@ class Learner(nn.Module):
                 for level, radius in zip(c.contrast_levels, c.contrast_radii)
             ) / len(c.contrast_levels)
             losses["contrast"] = contrast
-        if c.motion_weight > 0 and groups is not None:
-            losses["motion"] = sum(self.common_fate(states[0][:, :, level], groups)
-                                   for level in c.motion_levels) / len(c.motion_levels)
+        for term, levels in (("motion", c.motion_levels), ("similarity", c.similarity_levels)):
+            if groups and term in groups:
+                losses[term] = sum(self.grouped_contrast(states[0][:, :, level], groups[term])
+                                   for level in levels) / len(levels)
         losses["total"] = (losses["reconstruction"] + c.contrast_weight * losses.get("contrast", 0.0)
-                           + c.motion_weight * losses.get("motion", 0.0))
+                           + c.motion_weight * losses.get("motion", 0.0)
+                           + c.similarity_weight * losses.get("similarity", 0.0))
         return losses
 
-    def common_fate(self, columns: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """Supervised-contrastive loss on motion groups within each image: (b, n, d), (b, n) -> scalar.
+    def grouped_contrast(self, columns: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Supervised-contrastive loss on groups of patches within each image: (b, n, d), (b, n) -> scalar.
 
         Every column with a group is an anchor; its positives are the other columns of its group, its
         negatives the columns of other groups (columns without a group take no part). Per anchor, the
@@ -294,21 +307,27 @@ def draw_views(config: TrainConfig, step: int) -> list[tuple[torch.Tensor, torch
             for _ in range(count)]
 
 
-def common_fate_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
-                       cache: dict | None = None) -> torch.Tensor:
-    """(b,) seeds and mirror flags -> (b, patches) long: each patch's motion group between the scene's two frames.
+def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig, term: str,
+                 cache: dict | None = None) -> torch.Tensor:
+    """(b,) seeds and mirror flags -> (b, patches) long: each patch's group for `term`.
 
-    Found by ``glom_viz.motion`` from the two frames' pixels (mirrored as the model sees them); `cache`
-    keeps each (seed, flip)'s groups, since scenes repeat when drawn from a fixed pool.
+    "motion": the common-fate group between the scene's two frames; "similarity": the region of
+    similar colour in the first frame. Found by ``glom_viz.motion`` from pixels alone (mirrored as the
+    model sees them); `cache` keeps each scene's groups, since scenes repeat when drawn from a pool.
     """
     rows = []
     for seed, flip in zip(seeds.tolist(), flips.tolist()):
-        key = (seed, flip, config.image_size, config.patch_size, config.max_shift)
+        key = (term, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale)
         groups = None if cache is None else cache.get(key)
         if groups is None:
-            first, second = (scene.image[:, ::-1] if flip else scene.image
-                             for scene in make_moving_scene(seed, config.image_size, config.max_shift))
-            groups = motion_groups(first, second, config.patch_size, config.max_shift)
+            if term == "motion":
+                first, second = (scene.image[:, ::-1] if flip else scene.image
+                                 for scene in make_moving_scene(seed, config.image_size, config.max_shift))
+                groups = motion_groups(first, second, config.patch_size, config.max_shift)
+            else:
+                image = make_scene(seed, config.image_size).image
+                groups = similarity_groups(image[:, ::-1] if flip else image, config.patch_size,
+                                           config.similarity_scale)
             if cache is not None:
                 cache[key] = groups
         rows.append(groups)
@@ -387,7 +406,7 @@ class Trainer:
             fn(self, *args)
 
     def shard(self, step: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
-        """This process's share of the step's batch: clean images, their views, and common-fate groups."""
+        """This process's share of the step's batch: clean images, their views, and groups per term."""
         c = self.config
         share = slice(self.rank * c.batch_size // self.world, (self.rank + 1) * c.batch_size // self.world)
         seeds, flips = batch_scenes(c, step)
@@ -395,10 +414,9 @@ class Trainer:
         images = torch.where(torch.from_numpy(flips[share])[:, None, None, None], images.flip(-1), images)
         views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
                  for noise, masked in draw_views(c, step)]
-        groups = None
-        if c.motion_weight > 0:
-            cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
-            groups = common_fate_groups(seeds[share], flips[share], c, cache).to(self.device)
+        cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
+        groups = {term: scene_groups(seeds[share], flips[share], c, term, cache).to(self.device)
+                  for term in ("motion", "similarity") if getattr(c, f"{term}_weight") > 0}
         return (images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views],
                 groups)
 

@@ -22,6 +22,7 @@ TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4
             contrast_weight=0.0, contrast_levels=(), contrast_radii=())
 CONTRAST = dict(contrast_weight=0.5, contrast_levels=(1, 2), contrast_radii=(1.5, 3.0))
 MOTION = dict(motion_weight=0.5, motion_levels=(2,))
+SIMILARITY = dict(similarity_weight=0.5, similarity_levels=(1,))
 
 
 def tiny(**changes) -> TrainConfig:
@@ -43,6 +44,17 @@ def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
     assert after["motion"] < before["motion"]
     assert after["total"] < before["total"]
     assert [row["step"] for row in trainer.history] == list(range(1, 21))
+
+
+def test_the_similarity_term_is_learnt():
+    trainer = Trainer(tiny(steps=20, scenes=4, similarity_weight=1.0, similarity_levels=(1,)))
+    with torch.no_grad():
+        before = trainer.compute_losses(0)
+    trainer.fit()
+    with torch.no_grad():
+        after = trainer.compute_losses(0)
+    assert after["similarity"] < before["similarity"] - 0.05
+    assert after["total"] < before["total"]
 
 
 def test_callbacks_see_every_step_and_unknown_events_are_refused():
@@ -90,6 +102,9 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(noise_std=float("nan")), "noise_std"),
     (dict(motion_weight=0.5, motion_levels=(3,)), "motion_levels must lie"),
     (dict(**MOTION, max_shift=1), "max_shift"),
+    (dict(similarity_weight=0.5, similarity_levels=()), "needs similarity_levels"),
+    (dict(similarity_weight=0.5, similarity_levels=(3,)), "similarity_levels must lie"),
+    (dict(**SIMILARITY, similarity_scale=0), "similarity_scale"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
@@ -160,7 +175,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
-    config = tiny(**CONTRAST, **MOTION, mask_ratio=0.4, flip=True)
+    config = tiny(**CONTRAST, **MOTION, **SIMILARITY, mask_ratio=0.4, flip=True)
     script = tmp_path / "ddp_grads.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -192,7 +207,7 @@ def test_contrast_is_low_when_views_agree_and_ignores_near_columns():
     assert learner.contrast(blocks, blocks, radius=0.0) > 0.5  # with no near zone the twin is a negative
 
 
-def test_common_fate_is_low_when_groups_agree_and_ignores_ungrouped_columns():
+def test_grouped_contrast_is_low_when_groups_agree_and_ignores_ungrouped_columns():
     from glom_viz.train import Learner
 
     learner = Learner(tiny(**MOTION, temperature=0.05))
@@ -202,16 +217,16 @@ def test_common_fate_is_low_when_groups_agree_and_ignores_ungrouped_columns():
     # SupCon's floor: an anchor with k positives at best gives each 1/k, so log k; group 0's three
     # anchors have 2 positives each, the four of groups 1 and 2 one each
     floor = 3 * math.log(2) / 7
-    assert learner.common_fate(columns, groups) == pytest.approx(floor, abs=1e-3)
+    assert learner.grouped_contrast(columns, groups) == pytest.approx(floor, abs=1e-3)
     mixed = columns[:, [3, 5, 0, 1, 6, 2, 4, 7, 8]]  # the same columns dealt across the groups
-    assert learner.common_fate(mixed, groups) > floor + 1.0
+    assert learner.grouped_contrast(mixed, groups) > floor + 1.0
     # ungrouped columns are neither anchors nor negatives: anything there costs nothing
     noisy = columns.clone()
     noisy[:, 7:] = torch.randn(1, 2, columns.shape[-1]) * 10
-    torch.testing.assert_close(learner.common_fate(noisy, groups), learner.common_fate(columns, groups))
+    torch.testing.assert_close(learner.grouped_contrast(noisy, groups), learner.grouped_contrast(columns, groups))
     # no groups at all: zero loss and finite gradients
     free = torch.randn(1, 9, 5, requires_grad=True)
-    loss = learner.common_fate(free, torch.full((1, 9), -1))
+    loss = learner.grouped_contrast(free, torch.full((1, 9), -1))
     loss.backward()
     assert loss == 0 and torch.isfinite(free.grad).all()
 
