@@ -7,6 +7,10 @@ pixels) by the adjusted Rand index: FG-ARI over foreground patches only, ARI ove
 
 Baselines, scored the same way: k-means on the raw patch pixels, the untrained model, and the same
 model trained with glom-pytorch's denoising objective alone (``assets/denoise_only.safetensors``).
+One more, a classical segmenter: "regions", Felzenszwalb's regions of similar colour at the scale the
+similarity term trains from (``motion.similarity_groups``), each patch labelled by the region most of
+its pixels lie in, with no count given. On these scenes, whose parts are patches of one colour, it is
+the strongest part baseline, and a model that learnt from it should be read beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sklearn.metrics import adjusted_rand_score
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.islands import fg_ari, find_islands, patch_truth
 from glom_viz.model import Glom
+from glom_viz.motion import SIMILARITY_MIN_SIZE, SIMILARITY_SCALE
 from glom_viz.scenes import EVAL_SEEDS, make_batch
 
 ASSETS = Path(__file__).parent / "assets"
@@ -110,6 +115,24 @@ def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray,
     return _mean(rows)
 
 
+def regions_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int,
+                     scale: float = SIMILARITY_SCALE) -> dict:
+    """The three metrics of Felzenszwalb's regions (scikit-image) at `scale`, each patch given its majority region."""
+    from skimage.segmentation import felzenszwalb
+
+    grid = (images.shape[2] // patch_size,) * 2
+    rows = []
+    for image, object_mask, part_mask in zip(images.numpy(), objects, parts):
+        regions = felzenszwalb(image.transpose(1, 2, 0).astype(np.float64), scale=scale, sigma=0.5,
+                               min_size=SIMILARITY_MIN_SIZE)
+        labels = patch_truth(regions, grid)
+        truth = patch_truth(object_mask, grid)
+        rows.append({"fg_ari_objects": _nan_if_none(fg_ari(truth, labels)),
+                     "fg_ari_parts": _nan_if_none(fg_ari(patch_truth(part_mask, grid), labels)),
+                     "ari_objects": float(adjusted_rand_score(truth, labels))})
+    return _mean(rows)
+
+
 def best_level(levels: list[dict], metric: str) -> dict:
     return max(levels, key=lambda row: row[metric])
 
@@ -157,7 +180,8 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
             models["denoise_only"] = load_model(DENOISE_ONLY)
         per_level = {name: evaluate(m, images, objects, parts, iters)["levels"] for name, m in models.items()}
         result["baselines"] = {"pixels": pixel_baseline(images, objects, parts, config.patch_size),
-                               **{name: _collapse(levels) for name, levels in per_level.items()}}
+                               **{name: _collapse(levels) for name, levels in per_level.items()},
+                               "regions": regions_baseline(images, objects, parts, config.patch_size)}
         result["baseline_levels"] = per_level
     result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
     result["checkpoint"] = str(checkpoint)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from glom_viz.evaluate import METRICS, evaluate, main, pixel_baseline, score, summary
+from glom_viz.evaluate import METRICS, evaluate, main, pixel_baseline, regions_baseline, score, summary
 from glom_viz.islands import patch_truth
 from glom_viz.model import Glom
 from glom_viz.scenes import EVAL_SEEDS, make_batch
@@ -50,6 +50,9 @@ def test_evaluate_gives_one_row_per_level_with_finite_scores():
         assert all(-1 <= row[m] <= 1 for m in METRICS)
     pixels = pixel_baseline(images, objects, parts, 4)
     assert set(pixels) == set(METRICS) and pixels["ari_objects"] > 0.2  # colour alone finds something
+    # parts are regions of one colour: a colour segmenter finds them better than k-means on pixels
+    regions = regions_baseline(images, objects, parts, 4)
+    assert set(regions) == set(METRICS) and regions["fg_ari_parts"] > max(0.7, pixels["fg_ari_parts"])
 
 
 def test_command_writes_the_issue_json_shape(tmp_path, capsys):
@@ -57,7 +60,7 @@ def test_command_writes_the_issue_json_shape(tmp_path, capsys):
     assert main(["--scenes", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {row["level"] for row in result["levels"]} == {0, 1, 2, 3}
-    assert set(result["baselines"]) == {"pixels", "untrained", "denoise_only"}
+    assert set(result["baselines"]) == {"pixels", "untrained", "denoise_only", "regions"}
     assert all(set(entry) == set(METRICS) for entry in result["baselines"].values())
     assert len(result["baseline_levels"]["denoise_only"]) == 4
     for entry in [*result["levels"], *result["baselines"].values()]:
