@@ -18,7 +18,8 @@ Masks are never used: the scenes' images are the only thing the loss sees. The o
   it must learn to tell from a still image what would move together: objects.
 - **similarity** (``similarity_weight``): at each level in ``similarity_levels``, the same loss on
   regions of similar colour in the still image (``motion.similarity_groups``): the Gestalt cue that
-  on these scenes picks out parts, for the levels below the objects.
+  on these scenes picks out parts, for the levels below the objects. With ``similarity_still`` the
+  regions that the two frames show still join into one group, so the background is one whole here too.
 
 Every term is a mean over images, so data-parallel gradients equal single-process ones.
 
@@ -51,7 +52,7 @@ from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
-from glom_viz.motion import SIMILARITY_SCALE, motion_groups, similarity_groups
+from glom_viz.motion import SIMILARITY_SCALE, motion_groups, similarity_groups, still_pixels
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
@@ -104,6 +105,7 @@ class TrainConfig:
     similarity_weight: float = 0.0
     similarity_levels: tuple[int, ...] = (1,)
     similarity_scale: float = SIMILARITY_SCALE  # Felzenszwalb's scale: larger, coarser regions
+    similarity_still: bool = True  # regions seen still between the two frames form one group
     # start from this checkpoint's weights (same model config), or from scratch
     init: str | None = None
     # optimisation
@@ -164,7 +166,8 @@ class TrainConfig:
                 raise ConfigError(f"{term}_levels must lie in 0..{self.levels - 1}, got {levels}")
         if self.similarity_weight > 0 and not self.similarity_scale > 0:
             raise ConfigError(f"similarity_scale must be > 0, got {self.similarity_scale}")
-        if self.motion_weight > 0 and self.max_shift < MIN_SHIFT_GAP:
+        if (self.motion_weight > 0 or self.similarity_weight > 0 and self.similarity_still) \
+                and self.max_shift < MIN_SHIFT_GAP:
             raise ConfigError(f"max_shift must be at least {MIN_SHIFT_GAP} px for objects to move apart, "
                               f"got {self.max_shift}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
@@ -317,17 +320,21 @@ def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig, term
     """
     rows = []
     for seed, flip in zip(seeds.tolist(), flips.tolist()):
-        key = (term, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale)
+        key = (term, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale,
+               config.similarity_still)
         groups = None if cache is None else cache.get(key)
         if groups is None:
-            if term == "motion":
+            if term == "motion" or config.similarity_still:
                 first, second = (scene.image[:, ::-1] if flip else scene.image
                                  for scene in make_moving_scene(seed, config.image_size, config.max_shift))
+            else:
+                first, second = make_scene(seed, config.image_size).image, None
+                first = first[:, ::-1] if flip else first
+            if term == "motion":
                 groups = motion_groups(first, second, config.patch_size, config.max_shift)
             else:
-                image = make_scene(seed, config.image_size).image
-                groups = similarity_groups(image[:, ::-1] if flip else image, config.patch_size,
-                                           config.similarity_scale)
+                still = None if second is None else still_pixels(first, second, config.max_shift)
+                groups = similarity_groups(first, config.patch_size, config.similarity_scale, still)
             if cache is not None:
                 cache[key] = groups
         rows.append(groups)

@@ -9,7 +9,7 @@ from glom_viz.errors import ConfigError
 from glom_viz.islands import patch_truth
 from sklearn.metrics import adjusted_rand_score
 
-from glom_viz.motion import UNCLEAR, motion_groups, shift_grid, similarity_groups
+from glom_viz.motion import UNCLEAR, motion_groups, shift_grid, similarity_groups, still_pixels
 from glom_viz.scenes import MAX_SHIFT, make_moving_scene, make_scene, object_shifts
 
 SHIFTS = shift_grid(MAX_SHIFT)
@@ -104,8 +104,33 @@ def test_similarity_groups_split_two_squares_from_their_background():
     assert len(set(labels)) == 3
 
 
+def test_still_regions_join_into_one_background_group_and_objects_stay_out():
+    """Over 32 moving scenes: with the still pixels given, most background patches share one group,
+    almost no object patch joins it, and the object patches' groups are still parts."""
+    in_still = {"background": [], "object": []}
+    pieces = {"joined": [], "regions": []}  # groups the background patches fall into
+    agreement = []
+    for seed in range(32):
+        first, second = make_moving_scene(seed)
+        groups = similarity_groups(first.image, 4, still=still_pixels(first.image, second.image, MAX_SHIFT))
+        parts = patch_truth(first.parts, (16, 16))
+        pieces["joined"].append(len(np.unique(groups[parts == 0])))
+        pieces["regions"].append(len(np.unique(similarity_groups(first.image, 4)[parts == 0])))
+        values, counts = np.unique(groups[(parts == 0) & (groups != UNCLEAR)], return_counts=True)
+        still_group = values[counts.argmax()]
+        in_still["background"].append((groups[parts == 0] == still_group).mean())
+        in_still["object"].append((groups[parts > 0] == still_group).mean())
+        given = (groups != UNCLEAR) & (parts > 0)
+        agreement.append(adjusted_rand_score(parts[given], groups[given]))
+    assert np.mean(in_still["background"]) > 0.6 and np.mean(in_still["object"]) < 0.02
+    assert np.all(np.array(pieces["joined"]) <= pieces["regions"]) and np.mean(pieces["joined"]) < np.mean(pieces["regions"])
+    assert np.mean(agreement) > 0.95
+
+
 def test_images_that_cannot_be_grouped_are_refused():
     with pytest.raises(ConfigError, match="square"):
         similarity_groups(np.zeros((32, 16, 3)), 4)
     with pytest.raises(ConfigError, match="multiple of the patch size"):
         similarity_groups(np.zeros((30, 30, 3)), 4)
+    with pytest.raises(ConfigError, match="still mask"):
+        similarity_groups(np.zeros((32, 32, 3)), 4, still=np.zeros((16, 16), bool))

@@ -46,8 +46,9 @@ def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
     assert [row["step"] for row in trainer.history] == list(range(1, 21))
 
 
-def test_the_similarity_term_is_learnt():
-    trainer = Trainer(tiny(steps=20, scenes=4, similarity_weight=1.0, similarity_levels=(1,)))
+@pytest.mark.parametrize("still", [True, False])
+def test_the_similarity_term_is_learnt(still):
+    trainer = Trainer(tiny(steps=20, scenes=4, similarity_weight=1.0, similarity_levels=(1,), similarity_still=still))
     with torch.no_grad():
         before = trainer.compute_losses(0)
     trainer.fit()
@@ -105,6 +106,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(similarity_weight=0.5, similarity_levels=()), "needs similarity_levels"),
     (dict(similarity_weight=0.5, similarity_levels=(3,)), "similarity_levels must lie"),
     (dict(**SIMILARITY, similarity_scale=0), "similarity_scale"),
+    (dict(**SIMILARITY, max_shift=1), "max_shift"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
