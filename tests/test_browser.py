@@ -231,10 +231,12 @@ def test_lasso_in_projection_highlights_the_lassoed_patches(app_server, browser)
             })""")
         assert len({p["patch"] for p in points}) == model.num_patches
         xs = sorted(p["x"] for p in points)
-        # cut at the widest gap between neighbouring points in the middle, so no point sits on the lasso's edge
-        middle = xs[len(xs) // 5: 4 * len(xs) // 5 + 1]
+        # cut at the widest gap between neighbouring points (leaving out the outermost 5 % on each side),
+        # so no point sits near the lasso's edge: plotly rounds the lasso to pixels, and a 1.5 px gap
+        # once lost two points
+        middle = xs[len(xs) // 20: 19 * len(xs) // 20 + 1]
         gap, cut = max((b - a, (a + b) / 2) for a, b in zip(middle, middle[1:]))
-        assert gap > 1, "no gap between the points to lasso along"
+        assert gap > 4, "no gap between the points to lasso along"
         left, top = xs[0] - 6, min(p["y"] for p in points) - 6
         bottom = max(p["y"] for p in points) + 6
         lassoed = {p["patch"] for p in points if p["x"] < cut}
