@@ -30,7 +30,7 @@ from sklearn.metrics import adjusted_rand_score
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.islands import fg_ari, find_islands, patch_truth
 from glom_viz.model import Glom
-from glom_viz.motion import SIMILARITY_MIN_SIZE, SIMILARITY_SCALE
+from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.scenes import EVAL_SEEDS, make_batch
 
 ASSETS = Path(__file__).parent / "assets"
@@ -118,14 +118,10 @@ def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray,
 def regions_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int,
                      scale: float = SIMILARITY_SCALE) -> dict:
     """The three metrics of Felzenszwalb's regions (scikit-image) at `scale`, each patch given its majority region."""
-    from skimage.segmentation import felzenszwalb
-
     grid = (images.shape[2] // patch_size,) * 2
     rows = []
     for image, object_mask, part_mask in zip(images.numpy(), objects, parts):
-        regions = felzenszwalb(image.transpose(1, 2, 0).astype(np.float64), scale=scale, sigma=0.5,
-                               min_size=SIMILARITY_MIN_SIZE)
-        labels = patch_truth(regions, grid)
+        labels = patch_truth(colour_regions(image.transpose(1, 2, 0), scale), grid)
         truth = patch_truth(object_mask, grid)
         rows.append({"fg_ari_objects": _nan_if_none(fg_ari(truth, labels)),
                      "fg_ari_parts": _nan_if_none(fg_ari(patch_truth(part_mask, grid), labels)),

@@ -144,7 +144,7 @@ def similarity_groups(image: np.ndarray, patch_size: int, scale: float = SIMILAR
         raise ConfigError(f"a square (s, s, 3) image is needed, got {image.shape}")
     if image.shape[0] % patch_size:
         raise ConfigError(f"image side {image.shape[0]} is not a multiple of the patch size {patch_size}")
-    regions = felzenszwalb(image.astype(np.float64), scale=scale, sigma=0.5, min_size=SIMILARITY_MIN_SIZE)
+    regions = colour_regions(image, scale)
     if still is not None:
         if still.shape != regions.shape:
             raise ConfigError(f"the still mask {still.shape} does not match the image {image.shape[:2]}")
@@ -152,6 +152,11 @@ def similarity_groups(image: np.ndarray, patch_size: int, scale: float = SIMILAR
         share = np.bincount(regions.ravel(), weights=still.ravel(), minlength=count) / np.bincount(regions.ravel())
         regions = np.where(share[regions] > 0.5, count, regions)
     return patch_groups(regions, patch_size)
+
+
+def colour_regions(image: np.ndarray, scale: float = SIMILARITY_SCALE) -> np.ndarray:
+    """(s, s, 3) float image -> (s, s) int: Felzenszwalb's regions of similar colour at `scale`."""
+    return felzenszwalb(image.astype(np.float64), scale=scale, sigma=0.5, min_size=SIMILARITY_MIN_SIZE)
 
 
 def still_pixels(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
