@@ -52,7 +52,7 @@ from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
-from glom_viz.motion import SIMILARITY_SCALE, motion_groups, similarity_groups, still_pixels
+from glom_viz.motion import SIMILARITY_SCALE, patch_groups, pixel_motion, shift_grid, similarity_groups
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
@@ -310,35 +310,46 @@ def draw_views(config: TrainConfig, step: int) -> list[tuple[torch.Tensor, torch
             for _ in range(count)]
 
 
-def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig, term: str,
-                 cache: dict | None = None) -> torch.Tensor:
-    """(b,) seeds and mirror flags -> (b, patches) long: each patch's group for `term`.
+def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
+                 cache: dict | None = None) -> dict[str, torch.Tensor]:
+    """(b,) seeds and mirror flags -> for each grouping term switched on, (b, patches) long: each patch's group.
 
     "motion": the common-fate group between the scene's two frames; "similarity": the region of
     similar colour in the first frame. Found by ``glom_viz.motion`` from pixels alone (mirrored as the
     model sees them); `cache` keeps each scene's groups, since scenes repeat when drawn from a pool.
     """
-    rows = []
+    terms = tuple(term for term in ("motion", "similarity") if getattr(config, f"{term}_weight") > 0)
+    rows = {term: [] for term in terms}
     for seed, flip in zip(seeds.tolist(), flips.tolist()):
-        key = (term, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale,
+        key = (terms, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale,
                config.similarity_still)
         groups = None if cache is None else cache.get(key)
         if groups is None:
-            if term == "motion" or config.similarity_still:
-                first, second = (scene.image[:, ::-1] if flip else scene.image
-                                 for scene in make_moving_scene(seed, config.image_size, config.max_shift))
-            else:
-                first, second = make_scene(seed, config.image_size).image, None
-                first = first[:, ::-1] if flip else first
-            if term == "motion":
-                groups = motion_groups(first, second, config.patch_size, config.max_shift)
-            else:
-                still = None if second is None else still_pixels(first, second, config.max_shift)
-                groups = similarity_groups(first, config.patch_size, config.similarity_scale, still)
+            groups = _groups_of_scene(seed, flip, config, terms)
             if cache is not None:
                 cache[key] = groups
-        rows.append(groups)
-    return torch.from_numpy(np.stack(rows)).long()
+        for term in terms:
+            rows[term].append(groups[term])
+    return {term: torch.from_numpy(np.stack(row)).long() for term, row in rows.items()}
+
+
+def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One scene's (patches,) groups for each term; the two frames are compared once for both terms."""
+    motion = None
+    if "motion" in terms or config.similarity_still:
+        first, second = (scene.image[:, ::-1] if flip else scene.image
+                         for scene in make_moving_scene(seed, config.image_size, config.max_shift))
+        motion = pixel_motion(first, second, config.max_shift)  # (s, s) each pixel's shift index
+    else:
+        first = make_scene(seed, config.image_size).image
+        first = first[:, ::-1] if flip else first
+    groups = {}
+    if "motion" in terms:
+        groups["motion"] = patch_groups(motion, config.patch_size)
+    if "similarity" in terms:
+        still = None if motion is None else motion == len(shift_grid(config.max_shift)) // 2
+        groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale, still)
+    return groups
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -422,8 +433,8 @@ class Trainer:
         views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
                  for noise, masked in draw_views(c, step)]
         cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
-        groups = {term: scene_groups(seeds[share], flips[share], c, term, cache).to(self.device)
-                  for term in ("motion", "similarity") if getattr(c, f"{term}_weight") > 0}
+        groups = {term: value.to(self.device)
+                  for term, value in scene_groups(seeds[share], flips[share], c, cache).items()}
         return (images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views],
                 groups)
 
