@@ -12,7 +12,8 @@ scene are compared here by classical means, with no mask and no generator's moti
    is not dragged along with it), coarse regions decide motion (a whole part at once);
 4. a region's shift counts only when it is clear: good, and well below every shift 2 px away from it.
 
-A patch gets the shift that covers at least PATCH_AGREEMENT of its pixels, else no group (-1). On the
+A patch gets the shift that covers at least PATCH_AGREEMENT of its pixels, else no group (-1); the
+training can lower that share (``TrainConfig.group_agreement``) so that edge patches join a group too. On the
 project's moving scenes (``scenes.make_moving_scene``, shifts up to 3 px) about 67 % of object patches
 and 53 % of background patches get a group, and over 99 % of those groups are right
 (``tests/test_motion.py`` checks this against the truth, which the training never sees).
@@ -101,9 +102,15 @@ def pixel_motion(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.nd
     return np.where(still == still_index, still_index, np.where(moving == still_index, UNCLEAR, moving))
 
 
-def patch_groups(labels: np.ndarray, patch_size: int) -> np.ndarray:
+def patch_groups(labels: np.ndarray, patch_size: int, agreement: float = PATCH_AGREEMENT) -> np.ndarray:
     """(s, s) int pixel labels (UNCLEAR allowed) -> (patches,) row-major: the label of at least
-    PATCH_AGREEMENT of each patch's pixels, UNCLEAR where no label has that share."""
+    `agreement` of each patch's pixels, UNCLEAR where no label has that share.
+
+    At 0.5 a patch on an object's edge joins the group of the side it mostly shows, the label the
+    evaluation's truth gives it (``islands.patch_truth`` takes the majority); at 0.75 edges stay out.
+    """
+    if not 0 < agreement <= 1:
+        raise ConfigError(f"the patch agreement is a share of a patch's pixels in (0, 1], got {agreement}")
     side = labels.shape[0]
     if side % patch_size:
         raise ConfigError(f"image side {side} is not a multiple of the patch size {patch_size}")
@@ -113,22 +120,23 @@ def patch_groups(labels: np.ndarray, patch_size: int) -> np.ndarray:
     # votes (patches, labels + 1): column 0 counts unclear pixels
     votes = np.stack([np.bincount(row + 1, minlength=count + 1) for row in per_patch])
     group = votes[:, 1:].argmax(1)
-    agreed = votes[:, 1:].max(1) >= PATCH_AGREEMENT * per_patch.shape[1]
+    agreed = votes[:, 1:].max(1) >= agreement * per_patch.shape[1]
     return np.where(agreed, group, UNCLEAR)
 
 
-def motion_groups(first: np.ndarray, second: np.ndarray, patch_size: int, max_shift: int) -> np.ndarray:
+def motion_groups(first: np.ndarray, second: np.ndarray, patch_size: int, max_shift: int,
+                  agreement: float = PATCH_AGREEMENT) -> np.ndarray:
     """(s, s, 3) x2 -> (patches,) int, row-major: the shift index most of each patch moved by, UNCLEAR if none did.
 
     Patches with the same group moved the same way between the frames.
     """
     if first.shape[0] % patch_size:
         raise ConfigError(f"image side {first.shape[0]} is not a multiple of the patch size {patch_size}")
-    return patch_groups(pixel_motion(first, second, max_shift), patch_size)
+    return patch_groups(pixel_motion(first, second, max_shift), patch_size, agreement)
 
 
 def similarity_groups(image: np.ndarray, patch_size: int, scale: float = SIMILARITY_SCALE,
-                      still: np.ndarray | None = None) -> np.ndarray:
+                      still: np.ndarray | None = None, agreement: float = PATCH_AGREEMENT) -> np.ndarray:
     """(s, s, 3) float image in [0, 1] -> (patches,) int: each patch's region of similar colour, UNCLEAR if it straddles two.
 
     Gestalt's law of similarity, from one still image: Felzenszwalb regions at `scale`. On the
@@ -151,7 +159,7 @@ def similarity_groups(image: np.ndarray, patch_size: int, scale: float = SIMILAR
         count = regions.max() + 1
         share = np.bincount(regions.ravel(), weights=still.ravel(), minlength=count) / np.bincount(regions.ravel())
         regions = np.where(share[regions] > 0.5, count, regions)
-    return patch_groups(regions, patch_size)
+    return patch_groups(regions, patch_size, agreement)
 
 
 def colour_regions(image: np.ndarray, scale: float = SIMILARITY_SCALE) -> np.ndarray:

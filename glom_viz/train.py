@@ -52,7 +52,7 @@ from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
-from glom_viz.motion import SIMILARITY_SCALE, patch_groups, pixel_motion, shift_grid, similarity_groups
+from glom_viz.motion import PATCH_AGREEMENT, SIMILARITY_SCALE, patch_groups, pixel_motion, shift_grid, similarity_groups
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
@@ -106,6 +106,9 @@ class TrainConfig:
     similarity_levels: tuple[int, ...] = (1,)
     similarity_scale: float = SIMILARITY_SCALE  # Felzenszwalb's scale: larger, coarser regions
     similarity_still: bool = True  # regions seen still between the two frames form one group
+    # a patch joins a motion or similarity group when this share of its pixels is in it; 0.5 lets
+    # edge patches join the side they mostly show, as the evaluation's majority truth does
+    group_agreement: float = PATCH_AGREEMENT
     # start from this checkpoint's weights (same model config), or from scratch
     init: str | None = None
     # optimisation
@@ -164,6 +167,8 @@ class TrainConfig:
                 raise ConfigError(f"{term}_weight > 0 needs {term}_levels, or set {term}_weight 0")
             if weight > 0 and any(not 0 <= l < self.levels for l in levels):
                 raise ConfigError(f"{term}_levels must lie in 0..{self.levels - 1}, got {levels}")
+        if (self.motion_weight > 0 or self.similarity_weight > 0) and not 0 < self.group_agreement <= 1:
+            raise ConfigError(f"group_agreement is a share of a patch's pixels in (0, 1], got {self.group_agreement}")
         if self.similarity_weight > 0 and not self.similarity_scale > 0:
             raise ConfigError(f"similarity_scale must be > 0, got {self.similarity_scale}")
         if (self.motion_weight > 0 or self.similarity_weight > 0 and self.similarity_still) \
@@ -322,7 +327,7 @@ def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
     rows = {term: [] for term in terms}
     for seed, flip in zip(seeds.tolist(), flips.tolist()):
         key = (terms, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale,
-               config.similarity_still)
+               config.similarity_still, config.group_agreement)
         groups = None if cache is None else cache.get(key)
         if groups is None:
             groups = _groups_of_scene(seed, flip, config, terms)
@@ -345,10 +350,11 @@ def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[st
         first = first[:, ::-1] if flip else first
     groups = {}
     if "motion" in terms:
-        groups["motion"] = patch_groups(motion, config.patch_size)
+        groups["motion"] = patch_groups(motion, config.patch_size, config.group_agreement)
     if "similarity" in terms:
         still = None if motion is None else motion == len(shift_grid(config.max_shift)) // 2
-        groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale, still)
+        groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale, still,
+                                                 config.group_agreement)
     return groups
 
 

@@ -9,7 +9,7 @@ from glom_viz.errors import ConfigError
 from glom_viz.islands import patch_truth
 from sklearn.metrics import adjusted_rand_score
 
-from glom_viz.motion import UNCLEAR, motion_groups, shift_grid, similarity_groups, still_pixels
+from glom_viz.motion import UNCLEAR, motion_groups, patch_groups, shift_grid, similarity_groups, still_pixels
 from glom_viz.scenes import MAX_SHIFT, make_moving_scene, make_scene, object_shifts
 
 SHIFTS = shift_grid(MAX_SHIFT)
@@ -38,6 +38,38 @@ def test_groups_on_moving_scenes_are_right_where_they_are_given():
         right.extend((SHIFTS[groups[given]] == true_shift[given]).all(-1))
     assert np.mean(grouped["object"]) > 0.5 and np.mean(grouped["background"]) > 0.3
     assert np.mean(right) > 0.97
+
+
+def test_a_lower_agreement_lets_edge_patches_join_the_side_they_mostly_show():
+    """Over 20 scenes: at agreement 0.5 more patches that straddle an object's outline get a group
+    than at 0.75, and the group's patches are mostly of the object the evaluation's truth gives
+    that patch (its majority object)."""
+    straddling = {0.75: [], 0.5: []}
+    right = []
+    for seed in range(20):
+        first, second = make_moving_scene(seed)
+        truth = patch_truth(first.objects, (16, 16))
+        pixels = first.objects.reshape(16, 4, 16, 4).transpose(0, 2, 1, 3).reshape(256, 16)
+        edge = np.array([np.bincount(row).max() < 16 for row in pixels])
+        for agreement in straddling:
+            groups = motion_groups(first.image, second.image, 4, MAX_SHIFT, agreement)
+            straddling[agreement].append((groups[edge] != UNCLEAR).mean())
+        for patch in np.flatnonzero(edge & (groups != UNCLEAR)):
+            mates = groups == groups[patch]
+            right.append(np.bincount(truth[mates]).argmax() == truth[patch])
+    assert np.mean(straddling[0.5]) > np.mean(straddling[0.75]) + 0.15
+    assert np.mean(right) > 0.93
+
+
+def test_patch_groups_take_the_share_of_pixels_asked_for():
+    labels = np.zeros((8, 8), int)
+    labels[:, 4:] = 1
+    labels[:3, 4:7] = 0  # the top right patch shows 9 of its 16 pixels of label 0, 7 of label 1
+    assert patch_groups(labels, 4, 0.5).tolist() == [0, 0, 0, 1]
+    assert patch_groups(labels, 4, 0.75).tolist() == [0, UNCLEAR, 0, 1]
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="share of a patch"):
+            patch_groups(labels, 4, bad)
 
 
 def test_a_still_pair_is_still_or_unclear_everywhere():

@@ -14,7 +14,8 @@ import torch
 
 from glom_viz.checkpoints import load_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
-from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main
+from glom_viz.motion import UNCLEAR
+from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main, scene_groups
 
 TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4, warmup=2, lr=3e-3,
             checkpoint_every=0, consensus_cosine=True, attention_scale=8.0, level_norm="layernorm",
@@ -107,6 +108,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(similarity_weight=0.5, similarity_levels=(3,)), "similarity_levels must lie"),
     (dict(**SIMILARITY, similarity_scale=0), "similarity_scale"),
     (dict(**SIMILARITY, max_shift=1), "max_shift"),
+    (dict(**MOTION, group_agreement=0), "group_agreement"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
@@ -159,6 +161,19 @@ def test_scene_draws_are_reproducible_and_pool_bounded():
     assert (seeds == again).all() and (flips == flips_again).all()
     assert seeds.max() < 10
     assert not batch_scenes(tiny(flip=False), 5)[1].any()
+
+
+def test_a_lower_group_agreement_adds_patches_to_groups_and_is_cached_apart():
+    """At 0.5 every patch grouped at 0.75 keeps its group, more patches get one, and one cache serves
+    both settings without mixing them up."""
+    seeds, flips = batch_scenes(tiny(scenes=10, flip=True), 0)
+    cache = {}
+    strict, loose = (scene_groups(seeds, flips, tiny(**MOTION, **SIMILARITY, image_size=64, group_agreement=a), cache)
+                     for a in (0.75, 0.5))
+    for term in ("motion", "similarity"):
+        kept = strict[term] != UNCLEAR
+        assert (loose[term][kept] == strict[term][kept]).all()
+        assert (loose[term] != UNCLEAR).sum() > kept.sum()
 
 
 DDP_SCRIPT = textwrap.dedent("""
