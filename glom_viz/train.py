@@ -86,6 +86,9 @@ class TrainConfig:
     level_norm: str = "layernorm"
     consensus_radii: tuple[float, ...] | None = (2.0, 3.0, 4.0, 6.0)
     iters: int = 8
+    # 0: every step settles `iters` steps; N > iters: each training step draws its count from iters..N,
+    # so islands must hold past the count the app opens on instead of peaking there and dissolving
+    iters_max: int = 0
     # data: 0 = fresh scenes in seed order; N = each batch drawn at random from the first N training seeds
     batch_size: int = 64
     scenes: int = 30_000
@@ -148,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if self.iters < 1:
             raise ConfigError(f"iters must be at least 1 for the columns to settle, got {self.iters}")
+        if self.iters_max and self.iters_max < self.iters:
+            raise ConfigError(f"iters_max must be 0 (always iters) or at least iters ({self.iters}), got {self.iters_max}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here: use --device cpu")
         if not -self.levels <= self.recon_level < self.levels:
@@ -219,17 +224,18 @@ class Learner(nn.Module):
         )
         self.register_buffer("distances", patch_distances(side), persistent=False)
 
-    def columns(self, noisy: torch.Tensor) -> torch.Tensor:
-        """(b, 3, s, s) -> final columns (b, patches, levels, dim)."""
-        return self.glom(noisy, iters=self.config.iters)
+    def columns(self, noisy: torch.Tensor, iters: int | None = None) -> torch.Tensor:
+        """(b, 3, s, s) -> final columns (b, patches, levels, dim) after `iters` (default config.iters) steps."""
+        return self.glom(noisy, iters=iters or self.config.iters)
 
     def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]],
-                groups: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                groups: dict[str, torch.Tensor] | None = None, iters: int | None = None) -> dict[str, torch.Tensor]:
         """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups: for the
-        "motion" and "similarity" terms, (b, patches) each patch's group (-1: none) -> named losses."""
+        "motion" and "similarity" terms, (b, patches) each patch's group (-1: none); iters: settling
+        steps (default config.iters) -> named losses."""
         c = self.config
         losses = {}
-        states = [self.columns(noisy) for noisy, _ in views]
+        states = [self.columns(noisy, iters) for noisy, _ in views]
         recon = torch.zeros((), device=images.device)
         for (_, masked), columns in zip(views, states):
             decoded = self.decoder(columns[:, :, c.recon_level].float())
@@ -301,6 +307,15 @@ def batch_scenes(config: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray
         index = np.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(TRAIN_SEEDS)
     flips = torch.rand(config.batch_size, generator=generator).numpy() < 0.5
     return TRAIN_SEEDS.start + index, flips & config.flip
+
+
+def settling_steps(config: TrainConfig, step: int) -> int:
+    """The step's settling steps: config.iters, or with iters_max one count from iters..iters_max,
+    seeded by (seed, step) so that every data-parallel process settles as long."""
+    if not config.iters_max:
+        return config.iters
+    generator = torch.Generator().manual_seed(config.seed * 999_983 + step)
+    return int(torch.randint(config.iters, config.iters_max + 1, (), generator=generator))
 
 
 def draw_views(config: TrainConfig, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -447,7 +462,7 @@ class Trainer:
     def compute_losses(self, step: int) -> dict[str, torch.Tensor]:
         images, views, groups = self.shard(step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self._parallel(images, views, groups)
+            return self._parallel(images, views, groups, iters=settling_steps(self.config, step))
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; raises FloatingPointError, keeping the weights, if the loss is not finite."""

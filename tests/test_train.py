@@ -15,7 +15,7 @@ import torch
 from glom_viz.checkpoints import load_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.motion import UNCLEAR
-from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main, scene_groups
+from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main, scene_groups, settling_steps
 
 TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4, warmup=2, lr=3e-3,
             checkpoint_every=0, consensus_cosine=True, attention_scale=8.0, level_norm="layernorm",
@@ -109,6 +109,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(**SIMILARITY, similarity_scale=0), "similarity_scale"),
     (dict(**SIMILARITY, max_shift=1), "max_shift"),
     (dict(**MOTION, group_agreement=0), "group_agreement"),
+    (dict(iters_max=2), "iters_max"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
@@ -161,6 +162,17 @@ def test_scene_draws_are_reproducible_and_pool_bounded():
     assert (seeds == again).all() and (flips == flips_again).all()
     assert seeds.max() < 10
     assert not batch_scenes(tiny(flip=False), 5)[1].any()
+
+
+def test_settling_steps_span_iters_to_iters_max_and_repeat_by_step():
+    assert {settling_steps(tiny(), step) for step in range(20)} == {3}
+    config = tiny(iters_max=6)
+    counts = [settling_steps(config, step) for step in range(200)]
+    assert set(counts) == {3, 4, 5, 6} and counts == [settling_steps(config, step) for step in range(200)]
+    trainer = Trainer(tiny(iters_max=6, steps=2))
+    trainer.fit()
+    assert math.isfinite(trainer.losses["total"])
+    assert "iters_max" not in trainer.config.model_config().to_dict()  # a training setting, not the model's
 
 
 def test_a_lower_group_agreement_adds_patches_to_groups_and_is_cached_apart():
