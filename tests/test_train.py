@@ -49,7 +49,7 @@ def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
 
 @pytest.mark.parametrize("still", [True, False])
 def test_the_similarity_term_is_learnt(still):
-    trainer = Trainer(tiny(steps=20, scenes=4, similarity_weight=1.0, similarity_levels=(1,), similarity_still=still))
+    trainer = Trainer(tiny(steps=30, scenes=4, similarity_weight=1.0, similarity_levels=(1,), similarity_still=still))
     with torch.no_grad():
         before = trainer.compute_losses(0)
     trainer.fit()
