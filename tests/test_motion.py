@@ -49,14 +49,14 @@ def test_a_lower_agreement_lets_edge_patches_join_the_side_they_mostly_show():
     for seed in range(20):
         first, second = make_moving_scene(seed)
         truth = patch_truth(first.objects, (16, 16))
-        pixels = first.objects.reshape(16, 4, 16, 4).transpose(0, 2, 1, 3).reshape(256, 16)
-        edge = np.array([np.bincount(row).max() < 16 for row in pixels])
-        for agreement in straddling:
-            groups = motion_groups(first.image, second.image, 4, MAX_SHIFT, agreement)
-            straddling[agreement].append((groups[edge] != UNCLEAR).mean())
-        for patch in np.flatnonzero(edge & (groups != UNCLEAR)):
-            mates = groups == groups[patch]
-            right.append(np.bincount(truth[mates]).argmax() == truth[patch])
+        edge = patch_groups(first.objects, 4, 1.0) == UNCLEAR  # no one object (or background) fills the patch
+        groups = {agreement: motion_groups(first.image, second.image, 4, MAX_SHIFT, agreement)
+                  for agreement in straddling}
+        for agreement, given in groups.items():
+            straddling[agreement].append((given[edge] != UNCLEAR).mean())
+        loose = groups[0.5]
+        for patch in np.flatnonzero(edge & (loose != UNCLEAR)):
+            right.append(np.bincount(truth[loose == loose[patch]]).argmax() == truth[patch])
     assert np.mean(straddling[0.5]) > np.mean(straddling[0.75]) + 0.15
     assert np.mean(right) > 0.93
 
