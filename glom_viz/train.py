@@ -112,6 +112,9 @@ class TrainConfig:
     # a patch joins a motion or similarity group when this share of its pixels is in it; 0.5 lets
     # edge patches join the side they mostly show, as the evaluation's majority truth does
     group_agreement: float = PATCH_AGREEMENT
+    # each anchor of the grouped terms weighs (its group's size) ** -group_balance: 0 = every anchor
+    # alike, so the background (most of a scene's patches) dominates; 1 = every group alike
+    group_balance: float = 0.0
     # start from this checkpoint's weights (same model config), or from scratch
     init: str | None = None
     # optimisation
@@ -174,6 +177,9 @@ class TrainConfig:
                 raise ConfigError(f"{term}_levels must lie in 0..{self.levels - 1}, got {levels}")
         if (self.motion_weight > 0 or self.similarity_weight > 0) and not 0 < self.group_agreement <= 1:
             raise ConfigError(f"group_agreement is a share of a patch's pixels in (0, 1], got {self.group_agreement}")
+        if not 0 <= self.group_balance <= 1:
+            raise ConfigError(f"group_balance is an exponent in [0, 1] (0: anchors alike, 1: groups alike), "
+                              f"got {self.group_balance}")
         if self.similarity_weight > 0 and not self.similarity_scale > 0:
             raise ConfigError(f"similarity_scale must be > 0, got {self.similarity_scale}")
         if (self.motion_weight > 0 or self.similarity_weight > 0 and self.similarity_still) \
@@ -265,7 +271,8 @@ class Learner(nn.Module):
 
         Every column with a group is an anchor; its positives are the other columns of its group, its
         negatives the columns of other groups (columns without a group take no part). Per anchor, the
-        mean log-probability of its positives (SupCon's L_out); a mean over anchors, then over images.
+        mean log-probability of its positives (SupCon's L_out); a mean over anchors weighted by
+        (group size) ** -group_balance, then over images.
         """
         z = F.normalize(columns.float(), dim=-1)
         logits = torch.einsum("bid,bjd->bij", z, z) / self.config.temperature
@@ -276,9 +283,10 @@ class Learner(nn.Module):
         log_prob = logits - logits.logsumexp(-1, keepdim=True)
         positive = pairs & (groups[:, :, None] == groups[:, None, :])
         positives = positive.sum(-1)
-        anchor = positives > 0
+        # (b, n) each anchor's weight: 0 without positives; its group has positives + 1 columns
+        weight = (positives > 0) * (positives + 1.0) ** -self.config.group_balance
         per_anchor = -torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(-1) / positives.clamp(min=1)
-        return ((per_anchor * anchor).sum(-1) / anchor.sum(-1).clamp(min=1)).mean()
+        return ((per_anchor * weight).sum(-1) / weight.sum(-1).clamp(min=1e-12)).mean()
 
     def contrast(self, view_a: torch.Tensor, view_b: torch.Tensor, radius: float) -> torch.Tensor:
         """InfoNCE within each image: (b, n, d) x (b, n, d) -> scalar.

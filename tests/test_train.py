@@ -109,6 +109,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(**SIMILARITY, similarity_scale=0), "similarity_scale"),
     (dict(**SIMILARITY, max_shift=1), "max_shift"),
     (dict(**MOTION, group_agreement=0), "group_agreement"),
+    (dict(**MOTION, group_balance=-0.5), "group_balance"),
     (dict(iters_max=2), "iters_max"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
@@ -258,6 +259,39 @@ def test_grouped_contrast_is_low_when_groups_agree_and_ignores_ungrouped_columns
     loss = learner.grouped_contrast(free, torch.full((1, 9), -1))
     loss.backward()
     assert loss == 0 and torch.isfinite(free.grad).all()
+
+
+def test_group_balance_weighs_anchors_by_their_groups_size():
+    from glom_viz.train import Learner
+
+    groups = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 2, 2, -1]])
+    columns = torch.randn(1, 10, 6)
+
+    def reference(balance: float) -> float:
+        # SupCon's L_out anchor by anchor, written out plainly, then a weighted mean over anchors
+        z = torch.nn.functional.normalize(columns[0], dim=-1)
+        losses, weights = [], []
+        for i, g in enumerate(groups[0].tolist()):
+            others = [j for j, h in enumerate(groups[0].tolist()) if h >= 0 and j != i]
+            positives = [j for j in others if groups[0, j] == g]
+            if g < 0 or not positives:
+                continue
+            logits = torch.stack([z[i] @ z[j] for j in others]) / 0.2
+            log_prob = dict(zip(others, logits - logits.logsumexp(0)))
+            losses.append(-sum(log_prob[j] for j in positives) / len(positives))
+            weights.append((len(positives) + 1) ** -balance)
+        return float(sum(w * l for w, l in zip(weights, losses)) / sum(weights))
+
+    for balance in (0.0, 0.5, 1.0):
+        learner = Learner(tiny(**MOTION, temperature=0.2, group_balance=balance))
+        assert float(learner.grouped_contrast(columns, groups)) == pytest.approx(reference(balance), rel=1e-5)
+    # at 1 every group counts alike: with each group its own direction, only group 0's anchors (4
+    # positives each, floor log 4) pay, a third of the loss rather than the 5 in 9 anchors' share
+    one_hot = torch.nn.functional.one_hot(torch.where(groups < 0, 3, groups), 4).float() * 10
+    balanced = Learner(tiny(**MOTION, temperature=0.05, group_balance=1.0)).grouped_contrast(one_hot, groups)
+    alike = Learner(tiny(**MOTION, temperature=0.05)).grouped_contrast(one_hot, groups)
+    assert float(balanced) == pytest.approx(math.log(4) / 3, abs=1e-3)
+    assert float(alike) == pytest.approx(5 * math.log(4) / 9, abs=1e-3)
 
 
 def test_init_starts_from_a_checkpoints_weights(tmp_path):
