@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from glom_viz.evaluate import METRICS, evaluate, main, pixel_baseline, regions_baseline, score, summary
+from glom_viz.evaluate import (METRICS, evaluate, main, majority_share, outline_errors, pixel_baseline,
+                               regions_baseline, score, summary)
 from glom_viz.islands import patch_truth
 from glom_viz.model import Glom
 from glom_viz.scenes import EVAL_SEEDS, make_batch
@@ -67,6 +68,45 @@ def test_command_writes_the_issue_json_shape(tmp_path, capsys):
         assert all(isinstance(entry[m], float) for m in METRICS)
     assert result["scenes"] == {"count": 2, "first_seed": EVAL_SEEDS.start, "image_size": 64}
     assert "FG-ARI objects" in capsys.readouterr().out
+    assert "outlines" not in result
+    assert main(["--scenes", "2", "--outlines", "--json", str(out)]) == 0
+    outlines = json.loads(out.read_text())["outlines"]
+    assert outlines["level"] == max(result["levels"], key=lambda row: row["fg_ari_objects"])["level"]
+    assert [row["bin"] for row in outlines["bins"]] == ["0-0.6", "0.6-0.8", "0.8-1", "interior"]
+    assert "with every outline patch right" in capsys.readouterr().out
+
+
+def test_majority_share_is_one_inside_and_the_majority_on_an_outline():
+    mask = np.zeros((8, 8), int)
+    mask[:, :5] = 1  # patches of 4 px: column 1 of patches holds 1 px of object 1 per row of 4
+    mask[0, 4] = 2
+    share = majority_share(mask, (2, 2))
+    # top-left: all object 1; top-right: 12 background, 3 of object 1, 1 of object 2
+    np.testing.assert_allclose(share, [1.0, 12 / 16, 1.0, 12 / 16])
+
+
+def test_outline_errors_put_outline_mistakes_in_outline_bins():
+    _, objects, _ = make_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 3), 64)
+    truths = [patch_truth(o, GRID) for o in objects]
+    right = np.stack([planted(t, seed=i) for i, t in enumerate(truths)])
+    found = outline_errors(right, objects, GRID)
+    assert found["fg_ari_objects"] == pytest.approx(1.0) == found["fg_ari_outlines_right"]
+    assert all(row["wrong"] == 0 for row in found["bins"])
+    assert sum(row["patches"] for row in found["bins"]) == sum(int((t > 0).sum()) for t in truths)
+    # the outline patches of objects that are mostly interior sent to the background's island (so
+    # each object's island stays where its interior is): wrong there, and only there
+    outline = []
+    for t, o in zip(truths, objects):
+        edge = majority_share(o, GRID) < 1
+        solid = [k for k in np.unique(t[t > 0]) if (~edge[t == k]).sum() > edge[t == k].sum()]
+        outline.append(edge & np.isin(t, solid))
+    assert sum(e.sum() for e in outline) > 10
+    wrong = np.stack([planted(np.where(e, 0, t), seed=i) for i, (t, e) in enumerate(zip(truths, outline))])
+    found = outline_errors(wrong, objects, GRID)
+    wrong_patches = {row["bin"]: round(row["patches"] * row["wrong"]) for row in found["bins"]}
+    assert wrong_patches.pop("interior") == 0
+    assert sum(wrong_patches.values()) == sum(e.sum() for e in outline)
+    assert found["fg_ari_objects"] < 0.9 and found["fg_ari_outlines_right"] == pytest.approx(1.0)
 
 
 def test_bad_requests_stop_with_a_message(tmp_path, capsys):
