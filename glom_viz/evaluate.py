@@ -28,7 +28,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from glom_viz.errors import CheckpointError, ConfigError
-from glom_viz.islands import fg_ari, find_islands, patch_truth
+from glom_viz.islands import fg_ari, find_islands, patch_truth, pixel_patches
 from glom_viz.model import Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.scenes import EVAL_SEEDS, make_batch
@@ -133,12 +133,10 @@ def majority_share(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(H, W) int mask -> (patches,) the share of each patch's pixels that its truth label
     (``patch_truth``, the majority) holds: 1 inside a segment, down to about 1/3 on outlines."""
     mask = np.asarray(mask)
-    h, w = grid
-    patch = ((np.arange(mask.shape[0]) * h // mask.shape[0])[:, None] * w
-             + (np.arange(mask.shape[1]) * w // mask.shape[1])[None, :]).ravel()
+    patch = pixel_patches(mask.shape, grid)
     truth = patch_truth(mask, grid)
     same = mask.ravel() == truth[patch]
-    return np.bincount(patch, weights=same, minlength=h * w) / np.bincount(patch, minlength=h * w)
+    return np.bincount(patch, weights=same, minlength=truth.size) / np.bincount(patch, minlength=truth.size)
 
 
 # outline bins by majority share; the last holds the interior (every pixel one segment's)

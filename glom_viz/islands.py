@@ -551,6 +551,14 @@ def find_islands_all_levels(states, grid, **settings) -> np.ndarray:
 # measures
 
 
+def pixel_patches(shape: tuple[int, int], grid) -> np.ndarray:
+    """(H, W) image shape -> (H * W,) row-major: the patch of every pixel, pixels split into h x w blocks
+    as evenly as possible (exactly the patches when H, W are multiples of the grid)."""
+    h, w = _grid_shape(grid)
+    height, width = shape
+    return ((np.arange(height) * h // height)[:, None] * w + (np.arange(width) * w // width)[None, :]).ravel()
+
+
 def patch_truth(mask, grid, background: int = 0) -> np.ndarray:
     """Per-pixel ground truth (H, W) ints -> (N,) the majority label of each patch.
 
@@ -564,9 +572,7 @@ def patch_truth(mask, grid, background: int = 0) -> np.ndarray:
     height, width = mask.shape
     if height < h or width < w:
         raise StatesError(f"mask {mask.shape} is smaller than the grid {(h, w)}: pass the mask at image resolution")
-    rows = np.arange(height) * h // height
-    cols = np.arange(width) * w // width
-    patch = (rows[:, None] * w + cols[None, :]).ravel()
+    patch = pixel_patches(mask.shape, (h, w))
     values, codes = np.unique(mask.ravel(), return_inverse=True)
     counts = np.zeros((h * w, values.size), dtype=np.int64)
     np.add.at(counts, (patch, codes), 1)
