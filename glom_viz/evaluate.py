@@ -88,12 +88,15 @@ def evaluate(model: Glom, images: torch.Tensor, objects: np.ndarray, parts: np.n
     Returns:
         {"levels": [{"level": l, "fg_ari_objects", "fg_ari_parts", "ari_objects"}, ...]} means over scenes.
     """
-    columns = final_columns(model, images, iters)
-    grid = model.grid
+    return score_columns(final_columns(model, images, iters), model.grid, objects, parts)
+
+
+def score_columns(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, parts: np.ndarray) -> dict:
+    """``evaluate`` on columns already run: (b, patches, levels, dim) -> {"levels": [...]}."""
     truths = [(patch_truth(o, grid), patch_truth(p, grid)) for o, p in zip(objects, parts)]
     levels = []
     for level in range(columns.shape[2]):
-        rows = [score(columns[i, :, level], *truths[i], grid, seed=i) for i in range(len(images))]
+        rows = [score(columns[i, :, level], *truths[i], grid, seed=i) for i in range(len(columns))]
         levels.append({"level": level, **_mean(rows)})
     return {"levels": levels}
 
@@ -215,11 +218,11 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     model = load_model(checkpoint)
     config = model.config
     images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
-    result = evaluate(model, images, objects, parts, iters)
+    columns = final_columns(model, images, iters)
+    result = score_columns(columns, model.grid, objects, parts)
     if outlines:
         level = best_level(result["levels"], "fg_ari_objects")["level"]
-        columns = final_columns(model, images, iters)[:, :, level]
-        result["outlines"] = {"level": level, **outline_errors(columns, objects, model.grid)}
+        result["outlines"] = {"level": level, **outline_errors(columns[:, :, level], objects, model.grid)}
     if baselines:
         torch.manual_seed(UNTRAINED_SEED)
         untrained = Glom(**config.to_dict())
