@@ -100,7 +100,8 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
         photo = reference_labels(reference_run(model, photo_rgb), model.grid)
         assert legend(page) == expected_legend(photo[last, level])
 
-        page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider").focus()
+        slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+        slider.focus()
         for step in (last - 1, last - 2):
             page.keyboard.press("ArrowLeft")
             wait_for_islands(page, "astronaut.png", step=step, level=level)
@@ -118,7 +119,6 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
             assert hashlib.sha256(bundle.read(name)).hexdigest() == digest
         np.testing.assert_array_equal(labels_from_csv(bundle.read("labels.csv"), photo.shape), photo)
 
-        slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
         slider.focus()
         page.keyboard.press("Home")
         wait_for_islands(page, "astronaut.png", step=0, level=level)
