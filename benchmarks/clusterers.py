@@ -4,7 +4,7 @@ Scores (FG-ARI, as many islands as truth segments, the evaluator's rule) of the 
 beside scikit-learn's KMeans with 10 restarts, spectral clustering on cosine affinities, Ward (with
 and without a patch-grid connectivity) and average linkage on cosine distance, at levels 1-3 of
 the final columns. Defaults: the shipped model on 96 validation scenes (training-range seeds from
-500000, which the training pool never draws), about 4 minutes on one thread.
+500000, which the training pool never draws), about 3 minutes on one thread.
 
     python benchmarks/clusterers.py [--checkpoint PATH] [--scenes 96] [--seed 500000]
 """
@@ -19,21 +19,22 @@ import torch
 from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
 
 from glom_viz import evaluate
-from glom_viz.islands import fg_ari, find_islands, patch_truth
+from glom_viz.islands import _directions, fg_ari, find_islands, patch_truth
 from glom_viz.scenes import make_batch
 
 
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def spectral(vectors: np.ndarray, n_islands: int, seed: int) -> np.ndarray:
+    """Spectral clustering on the affinities exp((cos - 1) / 0.1) of the columns' directions."""
+    directions = _directions(vectors)
+    return SpectralClustering(n_islands, affinity="precomputed", random_state=seed,
+                              assign_labels="cluster_qr").fit_predict(np.exp((directions @ directions.T - 1) / 0.1))
 
 
 # (patches, dim) columns, island count, scene index -> (patches,) labels
 CLUSTERERS = {
     "evaluator k-means": lambda v, k, grid, i: find_islands(v, grid, "kmeans", n_islands=k),
-    "sklearn KMeans n_init=10": lambda v, k, grid, i: KMeans(k, n_init=10, random_state=i).fit_predict(unit(v)),
-    "spectral (cosine, T 0.1)": lambda v, k, grid, i: SpectralClustering(
-        k, affinity="precomputed", random_state=i, assign_labels="cluster_qr").fit_predict(
-        np.exp((unit(v) @ unit(v).T - 1) / 0.1)),
+    "sklearn KMeans n_init=10": lambda v, k, grid, i: KMeans(k, n_init=10, random_state=i).fit_predict(_directions(v)),
+    "spectral (cosine, T 0.1)": lambda v, k, grid, i: spectral(v, k, i),
     "Ward": lambda v, k, grid, i: find_islands(v, grid, "agglomerative", n_islands=k),
     "Ward + grid connectivity": lambda v, k, grid, i: find_islands(v, grid, "agglomerative", n_islands=k,
                                                                   connectivity=True),
@@ -49,17 +50,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=500_000)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images, objects, parts = make_batch(range(args.seed, args.seed + args.scenes), 64)
     model = evaluate.load_model(args.checkpoint)
-    columns = evaluate.final_columns(model, images)  # (scenes, patches, levels, dim)
     grid = model.grid
-    print(f"| level | clusterer | FG-ARI objects | FG-ARI parts | s |\n|---|---|---:|---:|---:|")
+    images, objects, parts = make_batch(range(args.seed, args.seed + args.scenes), model.config.image_size)
+    columns = evaluate.final_columns(model, images)  # (scenes, patches, levels, dim)
+    # (scenes, patches) majority truth per patch, the same for every level and clusterer
+    truths = {"objects": [patch_truth(mask, grid) for mask in objects],
+              "parts": [patch_truth(mask, grid) for mask in parts]}
+    print("| level | clusterer | FG-ARI objects | FG-ARI parts | s |\n|---|---|---:|---:|---:|")
     for level in range(1, columns.shape[2]):
         for name, cluster in CLUSTERERS.items():
             start, scores = time.perf_counter(), {"objects": [], "parts": []}
             for i in range(args.scenes):
-                for key, masks in (("objects", objects), ("parts", parts)):
-                    truth = patch_truth(masks[i], grid)
+                for key in scores:
+                    truth = truths[key][i]
                     score = fg_ari(truth, cluster(columns[i, :, level], len(np.unique(truth)), grid, i))
                     scores[key].append(np.nan if score is None else score)
             print(f"| {level} | {name} | {np.nanmean(scores['objects']):.3f} | {np.nanmean(scores['parts']):.3f} "
