@@ -117,6 +117,9 @@ class TrainConfig:
     group_balance: float = 0.0
     # start from this checkpoint's weights (same model config), or from scratch
     init: str | None = None
+    # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
+    # --init is random, and its gradients would otherwise pull a trained model's recon level about
+    decoder_warmup: int = 0
     # optimisation
     steps: int = 1294
     lr: float = 2e-3
@@ -154,6 +157,8 @@ class TrainConfig:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if self.iters < 1:
             raise ConfigError(f"iters must be at least 1 for the columns to settle, got {self.iters}")
+        if self.decoder_warmup < 0:
+            raise ConfigError(f"decoder_warmup is a number of steps, 0 or more, got {self.decoder_warmup}")
         if self.iters_max and self.iters_max < self.iters:
             raise ConfigError(f"iters_max must be 0 (always iters) or at least iters ({self.iters}), got {self.iters_max}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -235,16 +240,21 @@ class Learner(nn.Module):
         return self.glom(noisy, iters=iters or self.config.iters)
 
     def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]],
-                groups: dict[str, torch.Tensor] | None = None, iters: int | None = None) -> dict[str, torch.Tensor]:
+                groups: dict[str, torch.Tensor] | None = None, iters: int | None = None,
+                decoder_only: bool = False) -> dict[str, torch.Tensor]:
         """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups: for the
         "motion" and "similarity" terms, (b, patches) each patch's group (-1: none); iters: settling
-        steps (default config.iters) -> named losses."""
+        steps (default config.iters); decoder_only: the reconstruction sends the GLOM no gradient
+        -> named losses."""
         c = self.config
         losses = {}
         states = [self.columns(noisy, iters) for noisy, _ in views]
         recon = torch.zeros((), device=images.device)
         for (_, masked), columns in zip(views, states):
-            decoded = self.decoder(columns[:, :, c.recon_level].float())
+            recon_level = columns[:, :, c.recon_level].float()
+            if decoder_only:  # a zero gradient rather than none, so DDP still sees every parameter used
+                recon_level = recon_level.detach() + 0 * recon_level
+            decoded = self.decoder(recon_level)
             error = rearrange((decoded - images) ** 2, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)",
                               p1=c.patch_size, p2=c.patch_size).mean(-1)
             weight = 1 + (c.mask_weight - 1) * masked.float()
@@ -470,7 +480,8 @@ class Trainer:
     def compute_losses(self, step: int) -> dict[str, torch.Tensor]:
         images, views, groups = self.shard(step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self._parallel(images, views, groups, iters=settling_steps(self.config, step))
+            return self._parallel(images, views, groups, iters=settling_steps(self.config, step),
+                                  decoder_only=step < self.config.decoder_warmup)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; raises FloatingPointError, keeping the weights, if the loss is not finite."""

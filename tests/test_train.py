@@ -111,6 +111,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(**MOTION, group_agreement=0), "group_agreement"),
     (dict(**MOTION, group_balance=-0.5), "group_balance"),
     (dict(iters_max=2), "iters_max"),
+    (dict(decoder_warmup=-1), "decoder_warmup"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
@@ -301,3 +302,18 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path):
     started = Trainer(tiny(steps=2, seed=5, init=str(tmp_path / MODEL_FILE)))
     for name, tensor in source.model.state_dict().items():
         assert torch.equal(started.model.state_dict()[name], tensor), name
+
+
+def test_decoder_warmup_keeps_the_reconstruction_from_moving_the_glom():
+    # denoising alone: during the warmup only the decoder gets gradients, after it the GLOM does too
+    trainer = Trainer(tiny(steps=3, decoder_warmup=2))
+
+    def gradient_norms(step):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.compute_losses(step)["total"].backward()
+        return {part: sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+                for part, module in (("glom", trainer.model), ("decoder", trainer.learner.decoder))}
+
+    during, after = gradient_norms(1), gradient_norms(2)
+    assert during["glom"] == 0 and during["decoder"] > 0
+    assert after["glom"] > 0 and after["decoder"] > 0
