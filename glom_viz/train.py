@@ -63,6 +63,8 @@ GRAY = 0.5  # masked patches are noise around mid-gray
 MASKED_LOGIT = -1e4  # a finite "minus infinity": rows with nothing to compare stay finite through logsumexp
 # the GlomConfig fields a TrainConfig carries
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
+# the GlomConfig fields that fix the parameters' shapes; the others change only the update rule
+SHAPE_FIELDS = ("dim", "levels", "image_size", "patch_size")
 
 
 @dataclass
@@ -435,12 +437,16 @@ class Trainer:
         )
 
     def _start_from(self, path: str | Path) -> None:
-        """Take the GLOM weights of a checkpoint whose model config is this run's."""
+        """Take the GLOM weights of a checkpoint whose shape (dim, levels, image and patch size) is this run's.
+
+        The update rule's options (consensus radii, attention scale, contribution weights, level norm)
+        hold no parameters, so a run may fine-tune a checkpoint into other settings of them.
+        """
         from glom_viz.checkpoints import load_checkpoint
 
         if not Path(path).is_file():
             raise CheckpointError(f"--init {path}: no such checkpoint file")
-        glom = load_checkpoint(path, **self.config.model_config().to_dict())
+        glom = load_checkpoint(path, **{name: getattr(self.config, name) for name in SHAPE_FIELDS})
         self.model.load_state_dict(glom.state_dict())
 
     def set_callback(self, event: str, fn: Callable) -> "Trainer":

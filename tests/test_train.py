@@ -302,6 +302,13 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path):
     started = Trainer(tiny(steps=2, seed=5, init=str(tmp_path / MODEL_FILE)))
     for name, tensor in source.model.state_dict().items():
         assert torch.equal(started.model.state_dict()[name], tensor), name
+    # the update rule may change (it holds no parameters); the shapes may not
+    wider = Trainer(tiny(steps=2, init=str(tmp_path / MODEL_FILE), consensus_radii=(1.5, 2.0, 0.0), attention_scale=12.0))
+    assert wider.model.config.consensus_radii == (1.5, 2.0, 0.0)
+    for name, tensor in source.model.state_dict().items():
+        assert torch.equal(wider.model.state_dict()[name], tensor), name
+    with pytest.raises(CheckpointError, match="dim"):
+        Trainer(tiny(steps=2, init=str(tmp_path / MODEL_FILE), dim=8))
 
 
 def test_decoder_warmup_keeps_the_reconstruction_from_moving_the_glom():
