@@ -67,6 +67,16 @@ def _mean(rows: list[dict]) -> dict[str, float]:
     return {key: float(np.nanmean([row[key] for row in rows])) for key in METRICS}
 
 
+def _standard_error(rows: list[dict]) -> dict[str, float]:
+    """Each metric's standard error over scenes (its spread / sqrt(scenes scored)), NaN from one scene."""
+    errors = {}
+    for key in METRICS:
+        values = np.array([row[key] for row in rows], dtype=float)
+        values = values[~np.isnan(values)]
+        errors[key] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return errors
+
+
 @torch.no_grad()
 def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None) -> np.ndarray:
     """(b, 3, s, s) -> (b, patches, levels, dim) numpy, the columns at the final step."""
@@ -86,19 +96,23 @@ def evaluate(model: Glom, images: torch.Tensor, objects: np.ndarray, parts: np.n
         iters: settling steps (default the model's 2 * levels).
 
     Returns:
-        {"levels": [{"level": l, "fg_ari_objects", "fg_ari_parts", "ari_objects"}, ...]} means over scenes.
+        {"levels": [{"level": l, "fg_ari_objects", "fg_ari_parts", "ari_objects"}, ...]} means over scenes,
+        and "standard_errors", the same rows holding each mean's standard error over scenes.
     """
     return score_columns(final_columns(model, images, iters), model.grid, objects, parts)
 
 
 def score_columns(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, parts: np.ndarray) -> dict:
-    """``evaluate`` on columns already run: (b, patches, levels, dim) -> {"levels": [...]}."""
+    """``evaluate`` on columns already run: (b, patches, levels, dim) -> {"levels": [...], "standard_errors": [...]}."""
     truths = [(patch_truth(o, grid), patch_truth(p, grid)) for o, p in zip(objects, parts)]
-    levels = []
+    levels, errors = [], []
     for level in range(columns.shape[2]):
         rows = [score(columns[i, :, level], *truths[i], grid, seed=i) for i in range(len(columns))]
         levels.append({"level": level, **_mean(rows)})
-    return {"levels": levels}
+        errors.append({"level": level, **_standard_error(rows)})
+    # scenes differ a lot (one scene's FG-ARI ranges from below 0 to 1): at 64 scenes a mean is good
+    # to about +-0.02, so two checkpoints closer than that are not told apart
+    return {"levels": levels, "standard_errors": errors}
 
 
 def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int) -> dict:
@@ -190,10 +204,13 @@ def summary(result: dict) -> dict:
     parts = best_level(lower, "fg_ari_parts") if lower else None
     baseline_objects = max(b["fg_ari_objects"] for b in result["baselines"].values())
     baseline_parts = max(b["fg_ari_parts"] for b in result["baselines"].values())
+    errors = {row["level"]: row for row in result.get("standard_errors", [])}
     return {
         "object_level": objects["level"], "fg_ari_objects": objects["fg_ari_objects"],
+        "fg_ari_objects_standard_error": errors.get(objects["level"], {}).get("fg_ari_objects"),
         "part_level": None if parts is None else parts["level"],
         "fg_ari_parts": None if parts is None else parts["fg_ari_parts"],
+        "fg_ari_parts_standard_error": None if parts is None else errors.get(parts["level"], {}).get("fg_ari_parts"),
         "objects_margin_over_baselines": objects["fg_ari_objects"] - baseline_objects,
         "parts_margin_over_baselines": None if parts is None else parts["fg_ari_parts"] - baseline_parts,
     }
@@ -245,12 +262,15 @@ def _collapse(levels: list[dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'':>16} {'FG-ARI objects':>15} {'FG-ARI parts':>13} {'ARI objects':>12}"]
-    for row in result["levels"]:
-        lines.append(f"{'level ' + str(row['level']):>16} {row['fg_ari_objects']:>15.3f} "
-                     f"{row['fg_ari_parts']:>13.3f} {row['ari_objects']:>12.3f}")
+    lines = [f"{'':>16} {'FG-ARI objects':>15} {'FG-ARI parts':>15} {'ARI objects':>15}"]
+    errors = result.get("standard_errors", [{}] * len(result["levels"]))
+    for row, error in zip(result["levels"], errors):
+        cells = [f"{row[m]:.3f}" + (f" ±{error[m]:.3f}" if np.isfinite(error.get(m, np.nan)) else "") for m in METRICS]
+        lines.append(f"{'level ' + str(row['level']):>16} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}")
     for name, row in result.get("baselines", {}).items():
-        lines.append(f"{name:>16} {row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>13.3f} {row['ari_objects']:>12.3f}")
+        lines.append(f"{name:>16} {row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>15.3f} {row['ari_objects']:>15.3f}")
+    if "standard_errors" in result and "scenes" in result:
+        lines.append(f"(± one standard error of the mean over the {result['scenes']['count']} scenes)")
     if "outlines" in result:
         found = result["outlines"]
         lines.append(f"\nobject islands at level {found['level']}, foreground patches by the share of their pixels "

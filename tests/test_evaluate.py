@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from glom_viz.evaluate import (METRICS, evaluate, main, majority_share, outline_errors, pixel_baseline,
-                               regions_baseline, score, summary)
+from glom_viz.evaluate import (METRICS, evaluate, final_columns, main, majority_share, outline_errors,
+                               pixel_baseline, regions_baseline, score, summary)
 from glom_viz.islands import patch_truth
 from glom_viz.model import Glom
 from glom_viz.scenes import EVAL_SEEDS, make_batch
@@ -54,6 +54,14 @@ def test_evaluate_gives_one_row_per_level_with_finite_scores():
     # parts are regions of one colour: a colour segmenter finds them better than k-means on pixels
     regions = regions_baseline(images, objects, parts, 4)
     assert set(regions) == set(METRICS) and regions["fg_ari_parts"] > max(0.7, pixels["fg_ari_parts"])
+    # each mean comes with its standard error over the scenes, as scored one by one
+    columns = final_columns(model, images, iters=3)
+    for level, error in enumerate(result["standard_errors"]):
+        per_scene = [score(columns[i, :, level], patch_truth(objects[i], model.grid),
+                           patch_truth(parts[i], model.grid), model.grid, seed=i)["fg_ari_objects"] for i in range(3)]
+        assert error["level"] == level
+        assert error["fg_ari_objects"] == pytest.approx(np.std(per_scene, ddof=1) / np.sqrt(3))
+        assert result["levels"][level]["fg_ari_objects"] == pytest.approx(np.mean(per_scene))
 
 
 def test_command_writes_the_issue_json_shape(tmp_path, capsys):
