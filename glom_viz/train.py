@@ -117,7 +117,7 @@ class TrainConfig:
     # each anchor of the grouped terms weighs (its group's size) ** -group_balance: 0 = every anchor
     # alike, so the background (most of a scene's patches) dominates; 1 = every group alike
     group_balance: float = 0.0
-    # start from this checkpoint's weights (same model config), or from scratch
+    # start from this checkpoint's weights (same shape: SHAPE_FIELDS), or from scratch
     init: str | None = None
     # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
     # --init is random, and its gradients would otherwise pull a trained model's recon level about
