@@ -90,6 +90,8 @@ class GlomConfig:
     level_norm: str = "none"
     # a local consensus radius per level (in patches; 0 = global), overriding local_consensus_radius
     consensus_radii: tuple[float, ...] | None = None
+    # hidden width of the bottom-up and top-down MLPs, in multiples of dim (glom-pytorch's is 4)
+    feedforward_mult: int = FEEDFORWARD_MULT
 
     def __post_init__(self):
         if self.dim < 1 or self.levels < 2 or self.patch_size < 1 or self.image_size < 1:
@@ -104,6 +106,8 @@ class GlomConfig:
                 f"pick an image_size that is a multiple of the patch size, for example "
                 f"{(self.image_size // self.patch_size) * self.patch_size or self.patch_size}"
             )
+        if self.feedforward_mult < 1:
+            raise ConfigError(f"feedforward_mult must be a positive integer, got {self.feedforward_mult}")
         if self.level_norm not in LEVEL_NORMS:
             raise ConfigError(f"level_norm must be one of {LEVEL_NORMS}, got {self.level_norm!r}")
         if self.contribution_weights is not None:
@@ -314,6 +318,27 @@ class GroupedFeedForward(nn.Module):
         assert w_in.shape == (g, d, hidden) and w_out.shape == (g, hidden, d)
         return w_in, b_in, w_out, b_out
 
+    @torch.no_grad()
+    def widen_from(self, narrower: "GroupedFeedForward") -> None:
+        """Take a narrower net's weights into this net's first hidden units, computing the same function.
+
+        The extra hidden units keep their fresh input weights and get zero output weights, so they add
+        nothing until training moves them (Net2Net's function-preserving widening, Chen et al. 2016).
+        """
+        if (narrower.dim, narrower.groups) != (self.dim, self.groups) or narrower.mult > self.mult:
+            raise ConfigError(
+                f"cannot widen an MLP of dim {narrower.dim}, {narrower.groups} groups, mult {narrower.mult} "
+                f"into one of dim {self.dim}, {self.groups} groups, mult {self.mult}"
+            )
+        w_in, b_in, w_out, b_out = self.weights()  # views: writing them writes the parameters
+        old_in, old_b_in, old_out, old_b_out = narrower.weights()
+        hidden = old_in.shape[-1]
+        w_in[..., :hidden] = old_in
+        b_in[..., :hidden] = old_b_in
+        w_out[:, :hidden] = old_out
+        w_out[:, hidden:] = 0.0
+        b_out.copy_(old_b_out)
+
     def prepare(self, path: str = "fp32") -> "PreparedFeedForward":
         """The MLPs ready to run on a precision path ("fp32", "bf16", "fp16", "int8")."""
         return PreparedFeedForward(self.weights(), path)
@@ -434,8 +459,9 @@ class Glom(nn.Module):
         )
         self.pos_emb = nn.Embedding(side * side, dim)
         self.init_levels = nn.Parameter(torch.randn(levels, dim))
-        self.bottom_up = GroupedFeedForward(dim=dim, groups=levels)
-        self.top_down = GroupedFeedForward(dim=dim, groups=levels - 1)
+        mult = self.config.feedforward_mult
+        self.bottom_up = GroupedFeedForward(dim=dim, groups=levels, mult=mult)
+        self.top_down = GroupedFeedForward(dim=dim, groups=levels - 1, mult=mult)
         self.attention = ConsensusAttention(
             side, attend_self=consensus_self, local_consensus_radius=local_consensus_radius,
             consensus_radii=self.config.consensus_radii,

@@ -87,6 +87,7 @@ class TrainConfig:
     contribution_weights: tuple[float, float, float, float] | None = (1.0, 1.0, 1.0, 2.0)
     level_norm: str = "layernorm"
     consensus_radii: tuple[float, ...] | None = (2.0, 3.0, 4.0, 6.0)
+    feedforward_mult: int = 4
     iters: int = 8
     # 0: every step settles `iters` steps; N > iters: each training step draws its count from iters..N,
     # so islands must hold past the count the app opens on instead of peaking there and dissolving
@@ -117,7 +118,7 @@ class TrainConfig:
     # each anchor of the grouped terms weighs (its group's size) ** -group_balance: 0 = every anchor
     # alike, so the background (most of a scene's patches) dominates; 1 = every group alike
     group_balance: float = 0.0
-    # start from this checkpoint's weights (same shape: SHAPE_FIELDS), or from scratch
+    # start from this checkpoint's weights (same shape: SHAPE_FIELDS; its MLPs may be narrower), or from scratch
     init: str | None = None
     # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
     # --init is random, and its gradients would otherwise pull a trained model's recon level about
@@ -447,7 +448,21 @@ class Trainer:
         if not Path(path).is_file():
             raise CheckpointError(f"--init {path}: no such checkpoint file")
         glom = load_checkpoint(path, **{name: getattr(self.config, name) for name in SHAPE_FIELDS})
-        self.model.load_state_dict(glom.state_dict())
+        have, want = glom.config.feedforward_mult, self.config.feedforward_mult
+        if have == want:
+            self.model.load_state_dict(glom.state_dict())
+            return
+        if have > want:
+            raise CheckpointError(
+                f"--init {path}: its MLPs are wider (feedforward_mult {have}) than this run's ({want}); "
+                f"a run can widen a checkpoint's MLPs but not narrow them"
+            )
+        # wider MLPs than the checkpoint's: the same function to start from, with room to grow
+        nets = ("bottom_up.", "top_down.")
+        self.model.load_state_dict({k: v for k, v in glom.state_dict().items() if not k.startswith(nets)},
+                                   strict=False)
+        self.model.bottom_up.widen_from(glom.bottom_up)
+        self.model.top_down.widen_from(glom.top_down)
 
     def set_callback(self, event: str, fn: Callable) -> "Trainer":
         """Replace the callbacks of an event by fn."""

@@ -332,6 +332,24 @@ def test_extensions_default_to_glom_pytorch_and_change_the_update():
     assert torch.allclose(normed(img, iters=2).norm(dim=-1), torch.ones(()), atol=1e-5)
 
 
+def test_widening_the_mlps_keeps_the_function_and_adds_room():
+    config = dict(dim=16, levels=3, image_size=32, patch_size=8)
+    narrow, wide = Glom(**config), Glom(**config, feedforward_mult=8)
+    assert wide.bottom_up.weights()[0].shape == (3, 16, 16 * 8)
+    wide.load_state_dict({k: v for k, v in narrow.state_dict().items() if not k.startswith(("bottom_up", "top_down"))},
+                         strict=False)
+    wide.bottom_up.widen_from(narrow.bottom_up)
+    wide.top_down.widen_from(narrow.top_down)
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(wide(img, iters=4), narrow(img, iters=4), atol=1e-5)
+    # the new hidden units start silent but not dead: their input weights are the fresh ones
+    w_in, _, w_out, _ = wide.top_down.weights()
+    assert torch.count_nonzero(w_out[:, 16 * 4:]) == 0 and w_in[..., 16 * 4:].abs().sum() > 0
+    with pytest.raises(ConfigError, match="cannot widen"):
+        narrow.bottom_up.widen_from(wide.bottom_up)
+
+
 def test_config_round_trips():
     config = GlomConfig(dim=32, levels=3, image_size=32, patch_size=8, contribution_weights=(1, 1, 1, 2),
                         consensus_radii=(1, 2, 3))
@@ -347,6 +365,7 @@ def test_config_round_trips():
     (dict(level_norm="batch"), "level_norm"),
     (dict(contribution_weights=(1, 1)), "four"),
     (dict(consensus_radii=(1, 2)), "one non-negative radius per level"),
+    (dict(feedforward_mult=0), "feedforward_mult"),
 ])
 def test_impossible_configs_are_refused_with_the_reason(kwargs, match):
     base = dict(dim=16, levels=3, image_size=32, patch_size=8)

@@ -311,6 +311,21 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path):
         Trainer(tiny(steps=2, init=str(tmp_path / MODEL_FILE), dim=8))
 
 
+def test_init_may_widen_a_checkpoints_mlps_but_not_narrow_them(tmp_path):
+    source = Trainer(tiny(steps=2, out=str(tmp_path / "narrow")))
+    source.fit()
+    source.save()
+    widened = Trainer(tiny(steps=2, init=str(tmp_path / "narrow" / MODEL_FILE), feedforward_mult=6))
+    images = torch.rand(2, 3, TINY["image_size"], TINY["image_size"])
+    with torch.no_grad():
+        assert torch.allclose(widened.model(images, iters=3), source.model(images, iters=3), atol=1e-5)
+    widened.fit()  # the widened run trains and saves a model of its own width
+    widened.save(tmp_path / "wide")
+    assert load_checkpoint(tmp_path / "wide" / MODEL_FILE).config.feedforward_mult == 6
+    with pytest.raises(CheckpointError, match="wider"):
+        Trainer(tiny(steps=2, init=str(tmp_path / "wide" / MODEL_FILE)))
+
+
 def test_decoder_warmup_keeps_the_reconstruction_from_moving_the_glom():
     # denoising alone: during the warmup only the decoder gets gradients, after it the GLOM does too
     trainer = Trainer(tiny(steps=3, decoder_warmup=2))
