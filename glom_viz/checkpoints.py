@@ -509,10 +509,12 @@ def _radius_of_mask(mask: torch.Tensor) -> float | None:
 def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str) -> Glom:
     """A Glom of ``config`` holding ``tensors``, after checking every name, shape, dtype and value."""
     try:
-        model = Glom(**config.to_dict())
+        # shapes first, on the meta device: a config naming a huge model costs no memory before the
+        # file's tensors are seen to match it
+        with torch.device("meta"):
+            expected = Glom(**config.to_dict()).state_dict()
     except (ConfigError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{label}: no GLOM can be built from its config ({error})") from error
-    expected = model.state_dict()
     settings = _settings(config)
     missing = [name for name in expected if name not in tensors]
     unexpected = [name for name in tensors if name not in expected]
@@ -540,6 +542,8 @@ def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str) -> 
                 "the file is not a GLOM checkpoint or is damaged"
             )
     _check_finite(tensors, label)
+    model = Glom(**config.to_dict())
+    expected = model.state_dict()
     if "attention.non_local_mask" in expected and not torch.equal(tensors["attention.non_local_mask"],
                                                                    expected["attention.non_local_mask"]):
         raise CheckpointError(
@@ -563,7 +567,8 @@ def _check_finite(tensors: dict[str, torch.Tensor], label: str) -> None:
 
 def _settings(config: GlomConfig) -> str:
     return (f"dim={config.dim}, levels={config.levels}, image_size={config.image_size}, "
-            f"patch_size={config.patch_size}, local_consensus_radius={config.local_consensus_radius:g}")
+            f"patch_size={config.patch_size}, local_consensus_radius={config.local_consensus_radius:g}, "
+            f"feedforward_mult={config.feedforward_mult}")
 
 
 def _names(names: list[str], most: int = 5) -> str:

@@ -118,6 +118,16 @@ def test_stored_config_that_does_not_fit_its_tensors_names_the_tensor():
     assert "'init_levels'" in message and "(3, 16)" in message and "(3, 24)" in message
 
 
+@pytest.mark.parametrize("huge", [dict(feedforward_mult=10**9), dict(dim=10**6)])
+def test_a_stored_config_naming_a_huge_model_is_refused_before_anything_is_allocated(huge):
+    # built for real, either config would need terabytes; its shapes alone are checked against the file
+    tensors = {k: v.contiguous() for k, v in Glom(**TINY).state_dict().items()}
+    data = safetensors_save(tensors, metadata={"format": "glom-viz",
+                                               "config": json.dumps({**Glom(**TINY).config.to_dict(), **huge})})
+    with pytest.raises(CheckpointError, match="has shape .* in the checkpoint"):
+        load_checkpoint(data)
+
+
 # -- glom-pytorch state dicts ---------------------------------------------------------------------
 
 
