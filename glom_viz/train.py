@@ -118,6 +118,9 @@ class TrainConfig:
     # each anchor of the grouped terms weighs (its group's size) ** -group_balance: 0 = every anchor
     # alike, so the background (most of a scene's patches) dominates; 1 = every group alike
     group_balance: float = 0.0
+    # anchors of the grouped terms on a group's edge (a patch beside, in 4-neighbourhood, a patch of
+    # another group) weigh this many times more: most of the object level's errors are outline patches
+    group_edge_weight: float = 1.0
     # start from this checkpoint's weights (same shape: SHAPE_FIELDS; its MLPs may be narrower), or from scratch
     init: str | None = None
     # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
@@ -185,6 +188,9 @@ class TrainConfig:
                 raise ConfigError(f"{term}_levels must lie in 0..{self.levels - 1}, got {levels}")
         if (self.motion_weight > 0 or self.similarity_weight > 0) and not 0 < self.group_agreement <= 1:
             raise ConfigError(f"group_agreement is a share of a patch's pixels in (0, 1], got {self.group_agreement}")
+        if not self.group_edge_weight > 0:
+            raise ConfigError(f"group_edge_weight multiplies the weight of anchors on a group's edge; it must be "
+                              f"positive, got {self.group_edge_weight}")
         if not 0 <= self.group_balance <= 1:
             raise ConfigError(f"group_balance is an exponent in [0, 1] (0: anchors alike, 1: groups alike), "
                               f"got {self.group_balance}")
@@ -285,7 +291,7 @@ class Learner(nn.Module):
         Every column with a group is an anchor; its positives are the other columns of its group, its
         negatives the columns of other groups (columns without a group take no part). Per anchor, the
         mean log-probability of its positives (SupCon's L_out); a mean over anchors weighted by
-        (group size) ** -group_balance, then over images.
+        (group size) ** -group_balance, times group_edge_weight for anchors on a group's edge, then over images.
         """
         z = F.normalize(columns.float(), dim=-1)
         logits = torch.einsum("bid,bjd->bij", z, z) / self.config.temperature
@@ -298,6 +304,8 @@ class Learner(nn.Module):
         positives = positive.sum(-1)
         # (b, n) each anchor's weight: 0 without positives; its group has positives + 1 columns
         weight = (positives > 0) * (positives + 1.0) ** -self.config.group_balance
+        if self.config.group_edge_weight != 1.0:
+            weight = weight * torch.where(group_edges(groups, self.config.image_size // self.config.patch_size), self.config.group_edge_weight, 1.0)
         per_anchor = -torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(-1) / positives.clamp(min=1)
         return ((per_anchor * weight).sum(-1) / weight.sum(-1).clamp(min=1e-12)).mean()
 
@@ -314,6 +322,16 @@ class Learner(nn.Module):
         targets = torch.arange(logits.shape[1], device=a.device).expand(logits.shape[0], -1)
         # cross_entropy wants classes on dim 1: (b, j, i) scores view a's anchors i, (b, i, j) view b's anchors j
         return 0.5 * (F.cross_entropy(logits.transpose(1, 2), targets) + F.cross_entropy(logits, targets))
+
+
+def group_edges(groups: torch.Tensor, side: int) -> torch.Tensor:
+    """(b, side * side) groups, row-major, -1 = none -> (b, n) bool: grouped patches with a 4-neighbour in another group."""
+    grid = F.pad(groups.view(-1, side, side), (1, 1, 1, 1), value=-1)
+    centre = grid[:, 1:-1, 1:-1]
+    edge = torch.zeros_like(centre, dtype=torch.bool)
+    for neighbour in (grid[:, :-2, 1:-1], grid[:, 2:, 1:-1], grid[:, 1:-1, :-2], grid[:, 1:-1, 2:]):
+        edge |= (neighbour >= 0) & (neighbour != centre)
+    return (edge & (centre >= 0)).flatten(1)
 
 
 def batch_scenes(config: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:

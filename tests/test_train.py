@@ -110,6 +110,7 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(**SIMILARITY, max_shift=1), "max_shift"),
     (dict(**MOTION, group_agreement=0), "group_agreement"),
     (dict(**MOTION, group_balance=-0.5), "group_balance"),
+    (dict(**MOTION, group_edge_weight=0.0), "group_edge_weight"),
     (dict(iters_max=2), "iters_max"),
     (dict(decoder_warmup=-1), "decoder_warmup"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
@@ -293,6 +294,32 @@ def test_group_balance_weighs_anchors_by_their_groups_size():
     alike = Learner(tiny(**MOTION, temperature=0.05)).grouped_contrast(one_hot, groups)
     assert float(balanced) == pytest.approx(math.log(4) / 3, abs=1e-3)
     assert float(alike) == pytest.approx(5 * math.log(4) / 9, abs=1e-3)
+
+
+def test_group_edge_weight_weighs_anchors_beside_another_group():
+    from glom_viz.train import Learner, group_edges
+
+    # a 3 x 3 grid: group 1 in the top-left 2 x 2 block, group 0 around it, the corner without a group
+    groups = torch.tensor([[1, 1, 0,
+                            1, 1, 0,
+                            0, 0, -1]])
+    edges = group_edges(groups, 3)
+    assert edges[0].tolist() == [False, True, True, True, True, True, True, True, False]
+    columns = torch.randn(1, 9, 6)
+    z = torch.nn.functional.normalize(columns[0], dim=-1)
+    losses = {}
+    for i, g in enumerate(groups[0].tolist()):  # SupCon's L_out per anchor, written out plainly
+        others = [j for j, h in enumerate(groups[0].tolist()) if h >= 0 and j != i]
+        positives = [j for j in others if groups[0, j] == g]
+        if g >= 0 and positives:
+            logits = torch.stack([z[i] @ z[j] for j in others]) / 0.2
+            log_prob = dict(zip(others, logits - logits.logsumexp(0)))
+            losses[i] = float(-sum(log_prob[j] for j in positives) / len(positives))
+    for edge_weight in (1.0, 3.0):
+        weights = {i: edge_weight if edges[0, i] else 1.0 for i in losses}
+        expected = sum(weights[i] * losses[i] for i in losses) / sum(weights.values())
+        learner = Learner(tiny(**MOTION, image_size=12, patch_size=4, temperature=0.2, group_edge_weight=edge_weight))
+        assert float(learner.grouped_contrast(columns, groups)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_init_starts_from_a_checkpoints_weights(tmp_path):
