@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import re
+import time
 import zipfile
 
 import numpy as np
@@ -22,6 +23,7 @@ from glom_viz.images import sample_images
 from conftest import app_module, default_model, reference_labels, reference_run, scene_rgb
 
 pytestmark = pytest.mark.browser
+PlaywrightError = pytest.importorskip("playwright.sync_api").Error
 
 VIEWPORT = {"width": 1400, "height": 1000}
 WAIT_MS = 120_000  # a cold server loads the model and runs the first picture
@@ -38,6 +40,27 @@ def wait_for_islands(page, name: str | None = None, step: int | None = None, lev
     pattern = r"{} · level {} · step {} · drawn in".format(
         r".+" if name is None else re.escape(name), r"\d+" if level is None else level, r"\d+" if step is None else step)
     page.get_by_text(re.compile(pattern)).first.wait_for(timeout=WAIT_MS)
+
+
+def chosen_column(page, wanted: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (row, column) the column view's number inputs show, once they show `wanted` (or settle).
+
+    During a rerun Streamlit briefly keeps the old inputs beside the new ones, so the inputs are read
+    only while exactly one of each is on the page, and again until they show `wanted`.
+    """
+    deadline = time.monotonic() + WAIT_MS / 1000
+    shown = None
+    while time.monotonic() < deadline:
+        rows, cols = page.get_by_label("Row", exact=True), page.get_by_label("Column", exact=True)
+        try:
+            if rows.count() == 1 and cols.count() == 1:
+                shown = (int(rows.input_value(timeout=1000)), int(cols.input_value(timeout=1000)))
+                if wanted is None or shown == wanted:
+                    return shown
+        except PlaywrightError:  # an input went stale between the count and the read
+            pass
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the row and column inputs show {shown}, not {wanted}")
 
 
 def legend(page) -> dict[int, int]:
@@ -290,8 +313,7 @@ def test_clicking_a_patch_on_the_attention_map_chooses_its_column(app_server, br
         click_view(page, "Column")
         page.get_by_role("button", name=re.compile("Compute attention")).click()
         page.get_by_text("Click a patch on the map to look at its column.").wait_for(timeout=WAIT_MS)
-        row_input, col_input = page.get_by_label("Row", exact=True), page.get_by_label("Column", exact=True)
-        start = (int(row_input.input_value()), int(col_input.input_value()))
+        start = chosen_column(page)
         assert start == (h // 2, w // 2)  # nothing chosen yet: the middle of the picture
 
         for target in ((2, 3), (h - 2, w - 1)):
@@ -307,7 +329,7 @@ def test_clicking_a_patch_on_the_attention_map_chooses_its_column(app_server, br
             }""", list(target))
             page.mouse.click(x, y)
             page.get_by_text(f"whom patch ({target[0]}, {target[1]}) agrees with").first.wait_for(timeout=WAIT_MS)
-            assert (int(row_input.input_value()), int(col_input.input_value())) == target
+            assert chosen_column(page, target) == target
             start = target
     finally:
         page.close()
