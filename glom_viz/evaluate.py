@@ -243,10 +243,14 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     if baselines:
         torch.manual_seed(UNTRAINED_SEED)
         untrained = Glom(**config.to_dict())
-        models = {"untrained": untrained}
+        per_level = {"untrained": evaluate(untrained, images, objects, parts, iters)["levels"]}
         if DENOISE_ONLY.exists():
-            models["denoise_only"] = load_model(DENOISE_ONLY)
-        per_level = {name: evaluate(m, images, objects, parts, iters)["levels"] for name, m in models.items()}
+            denoiser = load_model(DENOISE_ONLY)
+            # the same scenes, drawn at the size the denoising model was trained for when the
+            # checkpoint's differs (its position embedding fixes its grid)
+            scenes_at = (images, objects, parts) if denoiser.config.image_size == config.image_size else \
+                make_batch(range(seed, seed + scenes), denoiser.config.image_size)
+            per_level["denoise_only"] = evaluate(denoiser, *scenes_at, iters)["levels"]
         result["baselines"] = {"pixels": pixel_baseline(images, objects, parts, config.patch_size),
                                **{name: _collapse(levels) for name, levels in per_level.items()},
                                "regions": regions_baseline(images, objects, parts, config.patch_size)}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import time
 import warnings
@@ -285,6 +286,19 @@ def patch_distances(side: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).float()
     coords = rearrange(coords, "c h w -> (h w) c")
     return torch.cdist(coords, coords)
+
+
+def resize_position_embedding(weight: torch.Tensor, side: int) -> torch.Tensor:
+    """(old_side ** 2, dim) row-major position embedding -> (side ** 2, dim), resized as an image (bicubic).
+
+    How ViTs move to another resolution: each new patch position takes the embedding found at its
+    place on the old grid, so a model trained at one image size can be fine-tuned at another.
+    """
+    old_side = math.isqrt(weight.shape[0])
+    assert old_side * old_side == weight.shape[0], "a square grid's embedding"
+    grid = rearrange(weight, "(h w) d -> () d h w", h=old_side)
+    resized = F.interpolate(grid.float(), size=(side, side), mode="bicubic", align_corners=False)
+    return rearrange(resized, "() d h w -> (h w) d").to(weight.dtype)
 
 
 class GroupedFeedForward(nn.Module):

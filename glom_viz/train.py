@@ -51,7 +51,8 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
-from glom_viz.model import Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast
+from glom_viz.model import (Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast,
+                            resize_position_embedding)
 from glom_viz.motion import PATCH_AGREEMENT, SIMILARITY_SCALE, patch_groups, pixel_motion, shift_grid, similarity_groups
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
@@ -63,8 +64,9 @@ GRAY = 0.5  # masked patches are noise around mid-gray
 MASKED_LOGIT = -1e4  # a finite "minus infinity": rows with nothing to compare stay finite through logsumexp
 # the GlomConfig fields a TrainConfig carries
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
-# the GlomConfig fields that fix the parameters' shapes; the others change only the update rule
-SHAPE_FIELDS = ("dim", "levels", "image_size", "patch_size")
+# the GlomConfig fields a checkpoint for --init must share with the run (image_size and
+# feedforward_mult shape parameters too, but --init can resize and widen those)
+SHAPE_FIELDS = ("dim", "levels", "patch_size")
 
 
 @dataclass
@@ -121,7 +123,8 @@ class TrainConfig:
     # anchors of the grouped terms on a group's edge (a patch beside, in 4-neighbourhood, a patch of
     # another group) weigh this many times more: most of the object level's errors are outline patches
     group_edge_weight: float = 1.0
-    # start from this checkpoint's weights (same shape: SHAPE_FIELDS; its MLPs may be narrower), or from scratch
+    # start from this checkpoint's weights (same SHAPE_FIELDS; its MLPs may be narrower, its image size
+    # another), or from scratch
     init: str | None = None
     # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
     # --init is random, and its gradients would otherwise pull a trained model's recon level about
@@ -456,10 +459,13 @@ class Trainer:
         )
 
     def _start_from(self, path: str | Path) -> None:
-        """Take the GLOM weights of a checkpoint whose shape (dim, levels, image and patch size) is this run's.
+        """Take the GLOM weights of a checkpoint with this run's dim, levels and patch size.
 
         The update rule's options (consensus radii, attention scale, contribution weights, level norm)
-        hold no parameters, so a run may fine-tune a checkpoint into other settings of them.
+        hold no parameters, so a run may fine-tune a checkpoint into other settings of them. A larger
+        feedforward_mult widens the checkpoint's MLPs (``GroupedFeedForward.widen_from``); another
+        image size resizes its position embedding to the new patch grid (``resize_position_embedding``;
+        the consensus radii, counted in patches, are the run's to scale).
         """
         from glom_viz.checkpoints import load_checkpoint
 
@@ -467,20 +473,24 @@ class Trainer:
             raise CheckpointError(f"--init {path}: no such checkpoint file")
         glom = load_checkpoint(path, **{name: getattr(self.config, name) for name in SHAPE_FIELDS})
         have, want = glom.config.feedforward_mult, self.config.feedforward_mult
-        if have == want:
-            self.model.load_state_dict(glom.state_dict())
-            return
         if have > want:
             raise CheckpointError(
                 f"--init {path}: its MLPs are wider (feedforward_mult {have}) than this run's ({want}); "
                 f"a run can widen a checkpoint's MLPs but not narrow them"
             )
-        # wider MLPs than the checkpoint's: the same function to start from, with room to grow
+        source = glom.state_dict()
+        if glom.config.image_size != self.config.image_size:
+            source["pos_emb.weight"] = resize_position_embedding(source["pos_emb.weight"], self.model.grid[0])
+            source.pop("attention.non_local_mask", None)  # the run's own, for its grid
+        widen = have < want
         nets = ("bottom_up.", "top_down.")
-        self.model.load_state_dict({k: v for k, v in glom.state_dict().items() if not k.startswith(nets)},
-                                   strict=False)
-        self.model.bottom_up.widen_from(glom.bottom_up)
-        self.model.top_down.widen_from(glom.top_down)
+        state = self.model.state_dict()
+        state.update({k: v for k, v in source.items() if not (widen and k.startswith(nets))})
+        self.model.load_state_dict(state)
+        if widen:
+            # wider MLPs than the checkpoint's: the same function to start from, with room to grow
+            self.model.bottom_up.widen_from(glom.bottom_up)
+            self.model.top_down.widen_from(glom.top_down)
 
     def set_callback(self, event: str, fn: Callable) -> "Trainer":
         """Replace the callbacks of an event by fn."""

@@ -84,6 +84,18 @@ def test_command_writes_the_issue_json_shape(tmp_path, capsys):
     assert "with every outline patch right" in capsys.readouterr().out
 
 
+def test_a_checkpoint_of_another_image_size_is_scored_beside_the_denoiser_at_its_own(tmp_path):
+    from glom_viz.checkpoints import save_checkpoint
+    from glom_viz.evaluate import DENOISE_ONLY, load_model, run
+
+    save_checkpoint(Glom(dim=16, levels=3, image_size=32, patch_size=4), tmp_path / "small.safetensors")
+    result = run(tmp_path / "small.safetensors", scenes=2)
+    assert result["scenes"]["image_size"] == 32 and len(result["levels"]) == 3
+    # the 64 px denoising baseline reads the same scenes, drawn at 64 px
+    images, objects, parts = make_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 2), 64)
+    assert result["baseline_levels"]["denoise_only"] == evaluate(load_model(DENOISE_ONLY), images, objects, parts)["levels"]
+
+
 def test_majority_share_is_one_inside_and_the_majority_on_an_outline():
     mask = np.zeros((8, 8), int)
     mask[:, :5] = 1  # patches of 4 px: column 1 of patches holds 1 px of object 1 per row of 4

@@ -353,6 +353,26 @@ def test_init_may_widen_a_checkpoints_mlps_but_not_narrow_them(tmp_path):
         Trainer(tiny(steps=2, init=str(tmp_path / "wide" / MODEL_FILE)))
 
 
+def test_init_moves_a_checkpoint_to_another_image_size(tmp_path):
+    from glom_viz.model import resize_position_embedding
+
+    source = Trainer(tiny(steps=2, out=str(tmp_path)))  # 32 px at patch 4: an 8 x 8 grid
+    source.fit()
+    source.save()
+    finer = Trainer(tiny(steps=2, init=str(tmp_path / MODEL_FILE), image_size=48))  # 12 x 12
+    for name, tensor in source.model.state_dict().items():
+        if name != "pos_emb.weight":
+            assert torch.equal(finer.model.state_dict()[name], tensor), name
+    old, new = source.model.pos_emb.weight.detach(), finer.model.pos_emb.weight.detach()
+    assert new.shape == (144, TINY["dim"])
+    assert torch.allclose(new, resize_position_embedding(old, 12))
+    assert torch.equal(resize_position_embedding(old, 8), old)  # the same grid: unchanged
+    constant = torch.ones(64, 3)
+    assert torch.allclose(resize_position_embedding(constant, 12), torch.ones(144, 3))
+    finer.fit()  # and it trains at the new size
+    assert torch.isfinite(torch.tensor(finer.history[-1]["total"]))
+
+
 def test_decoder_warmup_keeps_the_reconstruction_from_moving_the_glom():
     # denoising alone: during the warmup only the decoder gets gradients, after it the GLOM does too
     trainer = Trainer(tiny(steps=3, decoder_warmup=2))
