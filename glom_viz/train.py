@@ -308,7 +308,8 @@ class Learner(nn.Module):
         # (b, n) each anchor's weight: 0 without positives; its group has positives + 1 columns
         weight = (positives > 0) * (positives + 1.0) ** -self.config.group_balance
         if self.config.group_edge_weight != 1.0:
-            weight = weight * torch.where(group_edges(groups, self.config.image_size // self.config.patch_size), self.config.group_edge_weight, 1.0)
+            side = self.config.image_size // self.config.patch_size
+            weight = weight * torch.where(group_edges(groups, side), self.config.group_edge_weight, 1.0)
         per_anchor = -torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(-1) / positives.clamp(min=1)
         return ((per_anchor * weight).sum(-1) / weight.sum(-1).clamp(min=1e-12)).mean()
 
