@@ -51,8 +51,8 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError
-from glom_viz.model import (Glom, GlomConfig, known_fields, patch_distances, reduced_precision_is_fast,
-                            resize_position_embedding)
+from glom_viz.model import (FEEDFORWARD_MULT, Glom, GlomConfig, known_fields, patch_distances,
+                            reduced_precision_is_fast, resize_position_embedding)
 from glom_viz.motion import PATCH_AGREEMENT, SIMILARITY_SCALE, patch_groups, pixel_motion, shift_grid, similarity_groups
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
@@ -89,7 +89,7 @@ class TrainConfig:
     contribution_weights: tuple[float, float, float, float] | None = (1.0, 1.0, 1.0, 2.0)
     level_norm: str = "layernorm"
     consensus_radii: tuple[float, ...] | None = (2.0, 3.0, 4.0, 6.0)
-    feedforward_mult: int = 4
+    feedforward_mult: int = FEEDFORWARD_MULT
     iters: int = 8
     # 0: every step settles `iters` steps; N > iters: each training step draws its count from iters..N,
     # so islands must hold past the count the app opens on instead of peaking there and dissolving
