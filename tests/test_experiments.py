@@ -1,0 +1,72 @@
+"""The scripts behind the shipped model's GPU stages (experiments/): precomputed groups are the
+trainer's own, keyed so that the trainer never recomputes them, and a timed run checkpoints and logs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glom_viz.checkpoints import load_checkpoint
+from glom_viz.errors import ConfigError
+from glom_viz.train import TrainConfig, batch_scenes, scene_groups
+
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+import pool_groups  # noqa: E402
+import timed_fine_tune  # noqa: E402
+
+POOL = 3
+FLAGS = ["--dim", "16", "--levels", "4", "--image-size", "32", "--iters", "2", "--batch-size", "2",
+         "--consensus-radii", "1.5,2,3,4", "--recon-level", "0", "--contrast-weight", "0",
+         "--motion-weight", "0.5", "--motion-levels", "2", "--similarity-weight", "0.5",
+         "--similarity-levels", "1", "--group-agreement", "0.3", "--scenes", str(POOL),
+         "--decoder-warmup", "2", "--warmup", "2", "--steps", "100000", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def groups_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("groups") / "groups.npz"
+    pool_groups.main(["--image-size", "32", "--scenes", str(POOL), "--group-agreement", "0.3", "--out", str(path)])
+    return path
+
+
+def test_pooled_groups_are_the_trainers_own(groups_file):
+    stored = np.load(groups_file)
+    config = TrainConfig(image_size=32, scenes=POOL, motion_weight=0.5, similarity_weight=0.5, group_agreement=0.3)
+    assert len(stored["seeds"]) == 2 * POOL  # every pool scene, both mirror flags
+    for step in range(3):
+        seeds, flips = batch_scenes(config, step)
+        fresh = scene_groups(seeds, flips, config)
+        for i, (seed, flip) in enumerate(zip(seeds, flips)):
+            row = np.flatnonzero((stored["seeds"] == seed) & (stored["flips"] == flip))[0]
+            for term in ("motion", "similarity"):
+                assert (stored[term][row] == fresh[term][i].numpy()).all()
+
+
+def test_a_timed_run_uses_the_pooled_groups_checkpoints_and_logs(groups_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    computed = []
+    monkeypatch.setattr("glom_viz.train._groups_of_scene", lambda *args: computed.append(args))
+    assert timed_fine_tune.main(["--budget", "8", "--margin", "1", "--groups", str(groups_file), "--", *FLAGS, "--out", str(out)]) == 0
+    assert computed == []  # every draw was served from the precomputed pool
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == list(range(1, len(log) + 1))
+    checkpoints = sorted(out.glob("step_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+    assert checkpoints and checkpoints[-1].stem == f"step_{len(log)}"
+    assert load_checkpoint(checkpoints[-1]).config.image_size == 32
+    assert log[-1]["lr"] < log[len(log) // 2]["lr"]  # the schedule was fitted to the budget and decays
+
+
+def test_groups_for_other_settings_are_refused(groups_file, tmp_path):
+    with pytest.raises(ConfigError, match="holds groups for"):
+        timed_fine_tune.main(["--budget", "5", "--groups", str(groups_file), "--", *FLAGS,
+                              "--group-agreement", "0.5", "--out", str(tmp_path / "run")])
+
+
+def test_the_scripts_run_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "timed_fine_tune.py"), "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "--budget" in result.stdout
