@@ -124,8 +124,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = Trainer(tiny(steps=6, checkpoint_every=2, out=str(tmp_path)))
     compute = trainer.compute_losses
 
-    def poisoned(step):
-        losses = compute(step)
+    def poisoned(step, micro=0):
+        losses = compute(step, micro)
         if step == 3:
             losses["total"] = losses["total"] * float("nan")
         return losses
@@ -191,13 +191,39 @@ def test_a_lower_group_agreement_adds_patches_to_groups_and_is_cached_apart():
         assert (loose[term] != UNCLEAR).sum() > kept.sum()
 
 
+def test_micro_batches_add_up_to_the_whole_batchs_gradients_and_losses():
+    """accumulate=4 runs the batch in four parts; the step's gradients and losses are the whole batch's
+    (fp32: under bf16 four parts round differently from one)."""
+    config = tiny(**CONTRAST, **MOTION, **SIMILARITY, mask_ratio=0.4, flip=True, bf16=False, batch_size=8, steps=1)
+    whole, parts = Trainer(config), Trainer(TrainConfig(**{**config.to_dict(), "accumulate": 4}))
+    seen = []
+    original = parts.shard
+    parts.shard = lambda step, micro=0: seen.append(micro) or original(step, micro)
+    for trainer in (whole, parts):
+        trainer.optimizer.step = lambda: None  # keep the weights: compare the gradients of one state
+        trainer.train_step()
+    assert seen == [0, 1, 2, 3]
+    for (name, a), b in zip(whole.learner.named_parameters(), parts.learner.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name in whole.losses:
+        assert parts.losses[name] == pytest.approx(whole.losses[name], rel=1e-5), name
+
+
+def test_micro_batches_that_do_not_split_the_batch_are_refused():
+    with pytest.raises(ConfigError, match="accumulate 3 .* batch_size 4"):
+        Trainer(tiny(accumulate=3))
+    with pytest.raises(ConfigError, match="accumulate 0"):
+        Trainer(tiny(accumulate=0))
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch, torch.distributed as dist
     from glom_viz.train import TrainConfig, Trainer
     dist.init_process_group("gloo")
     trainer = Trainer(TrainConfig(**json.loads(sys.argv[1])))
-    trainer.compute_losses(0)["total"].backward()
+    trainer.optimizer.step = lambda: None  # the step's gradients, as DDP leaves them
+    trainer.train_step()
     grads = {n: p.grad for n, p in trainer.learner.named_parameters()}
     grads["share"] = torch.tensor(len(trainer.shard(0)[0]))
     if dist.get_rank() == 0:
@@ -206,10 +232,12 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path, accumulate):
+    """Also with micro-batches in each process (DDP then averages once, after the last)."""
     # fp32: sharding is what is compared; under bf16 (the default where the CPU has it) two half
     # batches round differently from one whole batch
-    config = tiny(**CONTRAST, **MOTION, **SIMILARITY, mask_ratio=0.4, flip=True, bf16=False)
+    config = tiny(**CONTRAST, **MOTION, **SIMILARITY, mask_ratio=0.4, flip=True, bf16=False, accumulate=accumulate)
     script = tmp_path / "ddp_grads.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -219,9 +247,11 @@ def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
         check=True, env=env, timeout=240, capture_output=True,
     )
     distributed = torch.load(tmp_path / "grads.pt", weights_only=True)
-    assert distributed.pop("share") == config.batch_size // 2  # each process took half the batch
-    single = Trainer(config)
-    single.compute_losses(0)["total"].backward()
+    # each process took half the batch, in `accumulate` parts
+    assert distributed.pop("share") == config.batch_size // 2 // accumulate
+    single = Trainer(TrainConfig(**{**config.to_dict(), "accumulate": 1}))
+    single.optimizer.step = lambda: None
+    single.train_step()
     for name, p in single.learner.named_parameters():
         torch.testing.assert_close(distributed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
