@@ -20,10 +20,8 @@ import json
 import numpy as np
 
 from glom_viz.scenes import TRAIN_SEEDS
-from glom_viz.train import TrainConfig, _groups_of_scene
+from glom_viz.train import GROUP_FIELDS, TrainConfig, _groups_of_scene
 
-# the TrainConfig fields a scene's groups depend on (the trainer's cache key, less seed and flip)
-GROUP_FIELDS = ("image_size", "patch_size", "max_shift", "similarity_scale", "similarity_still", "group_agreement")
 TERMS = ("motion", "similarity")
 
 

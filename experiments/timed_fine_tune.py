@@ -31,10 +31,10 @@ import torch
 from glom_viz import train
 from glom_viz.checkpoints import save_checkpoint
 from glom_viz.errors import ConfigError
-from glom_viz.train import LOG_FILE, Trainer, parse_args
+from glom_viz.train import GROUP_FIELDS, LOG_FILE, Trainer, groups_key, log_record, parse_args
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pool_groups import GROUP_FIELDS, TERMS  # noqa: E402
+from pool_groups import TERMS  # noqa: E402
 
 CHECKPOINTS = 8
 PLAN_AFTER = 25  # steps past the decoder warm-up over which the step rate is measured (from the 5th)
@@ -43,15 +43,14 @@ PLAN_AFTER = 25  # steps past the decoder warm-up over which the step rate is me
 def load_groups(trainer: Trainer, paths: list[str]) -> int:
     """Fill the trainer's groups cache from pool_groups.py files; returns how many scenes it now holds."""
     c = trainer.config
+    wanted = {field: getattr(c, field) for field in GROUP_FIELDS}
     for path in paths:
         stored = np.load(path)
         settings = json.loads(str(stored["settings"]))
-        wanted = {field: getattr(c, field) for field in GROUP_FIELDS}
         if settings != wanted:
             raise ConfigError(f"{path} holds groups for {settings}, this run needs {wanted}")
         for seed, flip, *rows in zip(stored["seeds"], stored["flips"], *(stored[term] for term in TERMS)):
-            key = (TERMS, int(seed), bool(flip), *(getattr(c, field) for field in GROUP_FIELDS))
-            trainer._groups_cache[key] = {term: row.astype(np.int64) for term, row in zip(TERMS, rows)}
+            trainer._groups_cache[groups_key(c, TERMS, int(seed), bool(flip))] = {term: row.astype(np.int64) for term, row in zip(TERMS, rows)}
     return len(trainer._groups_cache)
 
 
@@ -90,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     every = None
     with open(out / LOG_FILE, "w") as log:
         while True:
-            tick = time.perf_counter()
-            losses = trainer.train_step()
-            trainer.elapsed += time.perf_counter() - tick
-            log.write(json.dumps({"step": trainer.step, "elapsed": round(trainer.elapsed, 2), **losses}) + "\n")
+            losses = trainer.timed_step()
+            log.write(json.dumps(log_record(trainer)) + "\n")
             if trainer.step == config.decoder_warmup + 5:
                 mark = time.time()
             if trainer.step == config.decoder_warmup + PLAN_AFTER and every is None:

@@ -68,6 +68,8 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
 # the GlomConfig fields a checkpoint for --init must share with the run (image_size and
 # feedforward_mult shape parameters too, but --init can resize and widen those)
 SHAPE_FIELDS = ("dim", "levels", "patch_size")
+# the TrainConfig fields a scene's motion and similarity groups depend on, beside the scene itself
+GROUP_FIELDS = ("image_size", "patch_size", "max_shift", "similarity_scale", "similarity_still", "group_agreement")
 
 
 @dataclass
@@ -392,8 +394,7 @@ def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
     terms = tuple(term for term in ("motion", "similarity") if getattr(config, f"{term}_weight") > 0)
     rows = {term: [] for term in terms}
     for seed, flip in zip(seeds.tolist(), flips.tolist()):
-        key = (terms, seed, flip, config.image_size, config.patch_size, config.max_shift, config.similarity_scale,
-               config.similarity_still, config.group_agreement)
+        key = groups_key(config, terms, seed, flip)
         groups = None if cache is None else cache.get(key)
         if groups is None:
             groups = _groups_of_scene(seed, flip, config, terms)
@@ -402,6 +403,11 @@ def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
         for term in terms:
             rows[term].append(groups[term])
     return {term: torch.from_numpy(np.stack(row)).long() for term, row in rows.items()}
+
+
+def groups_key(config: TrainConfig, terms: tuple[str, ...], seed: int, flip: bool) -> tuple:
+    """The groups cache's key of one scene: the terms, the scene, and the settings its groups depend on."""
+    return (terms, seed, flip, *(getattr(config, field) for field in GROUP_FIELDS))
 
 
 def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -582,16 +588,21 @@ class Trainer:
         self.history.append({"step": self.step, **self.losses})
         return self.losses
 
+    def timed_step(self) -> dict[str, float]:
+        """train_step, its time added to `elapsed`, then the on_step_end callbacks."""
+        started = time.perf_counter()
+        losses = self.train_step()
+        self.elapsed += time.perf_counter() - started
+        self._fire("on_step_end")
+        return losses
+
     def fit(self, steps: int | None = None) -> list[dict]:
         """Train up to `steps` (default config.steps), checkpointing every checkpoint_every steps."""
         c = self.config
         last = c.steps if steps is None else min(c.steps, steps)
         try:
             while self.step < last:
-                started = time.perf_counter()
-                self.train_step()
-                self.elapsed += time.perf_counter() - started
-                self._fire("on_step_end")
+                self.timed_step()
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save()
         except FloatingPointError:
@@ -711,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def log_record(trainer: Trainer) -> dict:
+    """One line of a run's log.jsonl: the step, the seconds spent in steps so far, and the step's losses."""
+    return {"step": trainer.step, "elapsed": round(trainer.elapsed, 2), **trainer.losses}
+
+
 def _attach_cli_reporting(trainer: Trainer, quiet: bool) -> None:
     """A tqdm bar and a JSON-lines log of every step in the run's folder."""
     from tqdm import tqdm
@@ -721,7 +737,7 @@ def _attach_cli_reporting(trainer: Trainer, quiet: bool) -> None:
     bar = tqdm(total=trainer.config.steps, initial=trainer.step, disable=quiet, unit="step")
 
     def on_step(t: Trainer):
-        log.write(json.dumps({"step": t.step, "elapsed": round(t.elapsed, 2), **t.losses}) + "\n")
+        log.write(json.dumps(log_record(t)) + "\n")
         log.flush()
         bar.update(1)
         bar.set_postfix({k: f"{v:.4f}" for k, v in t.losses.items() if k != "lr"})
