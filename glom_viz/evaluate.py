@@ -230,19 +230,15 @@ def load_model(path: str | Path) -> Glom:
     return load_checkpoint(path)
 
 
+# every array handed to scikit-learn during a run is made here, finite and well-formed: its per-call
+# argument checks (thousands of adjusted_rand_score calls) cost a tenth of the run
+@sklearn.config_context(skip_parameter_validation=True, assume_finite=True)
 def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: int = EVAL_SEEDS.start,
         iters: int | None = None, baselines: bool = True, outlines: bool = False) -> dict:
     """The full evaluation of a checkpoint on `scenes` held-out scenes from `seed` on, with baselines;
     with `outlines`, also ``outline_errors`` at the best object level."""
     if scenes < 1:
         raise ConfigError(f"evaluate at least one scene, got --scenes {scenes}")
-    # every array handed to scikit-learn here is made here, finite and well-formed: its per-call
-    # argument checks (thousands of adjusted_rand_score calls) cost a tenth of the run
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        return _run(checkpoint, scenes, seed, iters, baselines, outlines)
-
-
-def _run(checkpoint: str | Path, scenes: int, seed: int, iters: int | None, baselines: bool, outlines: bool) -> dict:
     model = load_model(checkpoint)
     config = model.config
     images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
