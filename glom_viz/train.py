@@ -685,6 +685,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop at this step of the schedule, checkpointed as at its end; the learning rate "
+                             "still follows --steps, so a later --resume continues the same schedule")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
@@ -701,6 +704,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        print(f"training stopped: --stop-at must be a step of at least 1, got {args.stop_at}", file=sys.stderr)
+        return 2
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("gloo")
@@ -712,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(config)
         if trainer.rank == 0:
             _attach_cli_reporting(trainer, quiet=args.quiet)
-        trainer.fit()
+        trainer.fit(args.stop_at)
     except (ConfigError, CheckpointError, FloatingPointError) as error:
         print(f"training stopped: {error}", file=sys.stderr)
         return 2

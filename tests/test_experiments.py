@@ -1,5 +1,6 @@
-"""The scripts behind the shipped model's GPU stages (experiments/): precomputed groups are the
-trainer's own, keyed so that the trainer never recomputes them, and a timed run checkpoints and logs."""
+"""The scripts behind the shipped model's stages (experiments/): precomputed groups are the trainer's
+own, keyed so that the trainer never recomputes them, a timed run checkpoints and logs, and the CPU
+replay chains the recorded stages, stops each where it was shipped and picks up where it stopped."""
 
 import json
 import subprocess
@@ -9,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glom_viz.checkpoints import load_checkpoint
+from glom_viz.checkpoints import load_checkpoint, read_checkpoint
 from glom_viz.errors import ConfigError
-from glom_viz.train import TrainConfig, batch_scenes, scene_groups
+from glom_viz.train import TrainConfig, batch_scenes, parse_args, scene_groups
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 import pool_groups  # noqa: E402
+import replay_cpu  # noqa: E402
 import timed_fine_tune  # noqa: E402
 
 POOL = 3
@@ -64,6 +66,48 @@ def test_groups_for_other_settings_are_refused(groups_file, tmp_path):
     with pytest.raises(ConfigError, match="holds groups for"):
         timed_fine_tune.main(["--budget", "5", "--groups", str(groups_file), "--", *FLAGS,
                               "--group-agreement", "0.5", "--out", str(tmp_path / "run")])
+
+
+def test_the_cpu_replay_chains_the_eleven_recorded_stages(tmp_path):
+    shipped = json.loads(replay_cpu.SHIPPED.read_text())
+    entries = replay_cpu.plan(tmp_path, processes=2)
+    assert [e["stage"] for e in entries] == list(range(1, 12))
+    assert [e["stop"] for e in entries] == [shipped["steps"]] + [s["steps"] for s in shipped["fine_tune"]]
+    for previous, entry in zip([None] + entries, entries):
+        config, _ = parse_args(entry["flags"])
+        assert config.device == "cpu" and config.out == str(tmp_path / f"s{entry['stage']}")
+        assert config.init == (previous and str(previous["out"] / "model.safetensors"))
+        assert config.batch_size // (2 * config.accumulate) <= replay_cpu.MICRO_BATCH
+        assert entry["stop"] <= config.steps
+    # stage 11 is stage 9's objective at another batch, rate and schedule
+    objective = {k: v for k, v in parse_args(entries[8]["flags"])[0].to_dict().items()
+                 if k not in ("batch_size", "accumulate", "lr", "steps", "seed", "decoder_warmup", "init", "out")}
+    assert objective.items() <= parse_args(entries[10]["flags"])[0].to_dict().items()
+
+
+def test_the_cpu_replay_stops_each_stage_where_recorded_and_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    tiny = " ".join(FLAGS[:-1]).replace("--steps 100000", "--steps 6")  # FLAGS without --quiet
+    recorded = {"command": f"python -m glom_viz.train {tiny} --seed 1 --out runs/a", "steps": 3,
+                "fine_tune": [{"command": f"python -m glom_viz.train {tiny} --init <stage 1 model> --seed 2 "
+                                          "--out runs/b", "steps": 2}]}
+    (tmp_path / "shipped.json").write_text(json.dumps(recorded))
+    monkeypatch.setattr(replay_cpu, "SHIPPED", tmp_path / "shipped.json")
+    runs = tmp_path / "runs"
+    assert replay_cpu.main(["--runs", str(runs), "--processes", "1", "--print"]) == 0
+    assert not runs.exists()  # --print runs nothing
+    assert replay_cpu.main(["--runs", str(runs), "--processes", "1"]) == 0
+    assert replay_cpu.step_of(runs / "s1") == 3 and replay_cpu.step_of(runs / "s2") == 2
+    stage_2 = read_checkpoint(runs / "s2" / "model.safetensors")
+    assert json.loads(stage_2.metadata["train_config"])["init"] == str(runs / "s1" / "model.safetensors")
+    stage_1 = (runs / "s1" / "model.safetensors").read_bytes()
+
+    recorded["fine_tune"][0]["steps"] = 4  # as if stage 2 had been cut short at step 2
+    (tmp_path / "shipped.json").write_text(json.dumps(recorded))
+    assert replay_cpu.main(["--runs", str(runs), "--processes", "1"]) == 0
+    assert (runs / "s1" / "model.safetensors").read_bytes() == stage_1  # done: not run again
+    log = [json.loads(line) for line in (runs / "s2" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]  # resumed, not restarted
+    assert replay_cpu.step_of(runs / "s2") == 4
 
 
 def test_the_scripts_run_from_the_command_line(tmp_path):

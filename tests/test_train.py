@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glom_viz.checkpoints import load_checkpoint
+from glom_viz.checkpoints import load_checkpoint, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.motion import UNCLEAR
 from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main, scene_groups, settling_steps
@@ -149,6 +149,20 @@ def test_command_line_trains_logs_and_reports_bad_configs(tmp_path, capsys):
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     assert main(flags[:-2] + ["--out", str(tmp_path / "bad"), "--image-size", "30"]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_stop_at_ends_early_on_the_full_schedule_and_resume_finishes_it(tmp_path):
+    flags = ["--dim", "16", "--levels", "4", "--image-size", "32", "--iters", "2", "--batch-size", "2",
+             "--steps", "6", "--warmup", "1", "--checkpoint-every", "100", "--quiet"]
+    assert main(flags + ["--out", str(tmp_path / "whole")]) == 0
+    assert main(flags + ["--out", str(tmp_path / "stopped"), "--stop-at", "4"]) == 0
+    assert read_checkpoint(tmp_path / "stopped" / MODEL_FILE).metadata["step"] == "4"  # checkpointed there
+    whole, stopped = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+                      for run in ("whole", "stopped"))
+    assert [row["lr"] for row in stopped] == [row["lr"] for row in whole[:4]]  # the 6-step schedule's rates
+    assert main(["--resume", "--out", str(tmp_path / "stopped"), "--quiet"]) == 0
+    assert read_checkpoint(tmp_path / "stopped" / MODEL_FILE).metadata["step"] == "6"
+    assert main(flags + ["--out", str(tmp_path / "bad"), "--stop-at", "0"]) == 2
 
 
 def test_defaults_are_the_shipped_recipe():

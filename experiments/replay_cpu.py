@@ -1,0 +1,115 @@
+"""Replay the shipped model's eleven stages on a CPU alone, from the commands shipped.json records.
+
+Stage 1 is `shipped.json["command"]`, stages 2-11 are `shipped.json["fine_tune"][i]["command"]`. Each
+runs with `--device cpu`, from the previous stage's model, on `--processes` data-parallel processes
+(torchrun) whose micro-batches hold 16 scenes at most (a CPU runs those several times faster than one
+large batch; the gradient is the same), and stops at the step the shipped stage stopped at
+(`--stop-at`), so no checkpoint is chosen on validation. Rerun the same command to go on: a finished
+stage is skipped, a stopped one resumes.
+
+    python experiments/replay_cpu.py --runs runs/replay                 # all eleven stages
+    python experiments/replay_cpu.py --runs runs/replay --print         # the commands, nothing run
+    python experiments/replay_cpu.py --runs runs/replay --first-stage 2 --init runs/replay/s1/model.safetensors
+
+Stage k's run is `<runs>/s<k>`; its `model.safetensors` is stage k's model.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from glom_viz.checkpoints import read_checkpoint
+
+SHIPPED = Path(__file__).resolve().parent.parent / "glom_viz" / "assets" / "shipped.json"
+MICRO_BATCH = 16  # scenes per micro-batch and process: benchmarks/train_step.py
+SET_HERE = ("--init", "--out", "--device", "--accumulate")  # the replay's own, not the recorded run's
+
+
+def recorded_stages(shipped: dict) -> list[tuple[list[str], int]]:
+    """(the trainer's flags, the step the stage stopped at) for stages 1-11, as shipped.json records them."""
+    stages = [(shipped["command"], shipped["steps"])]
+    stages += [(stage["command"], stage["steps"]) for stage in shipped["fine_tune"]]
+    flags = []
+    for command, steps in stages:
+        words = shlex.split(re.sub(r"<[^>]*>", "MODEL", command))  # "<stage 5 model>": one word
+        words = words[words.index("glom_viz.train") + 1:]  # past "OMP_NUM_THREADS=1 python -m"
+        kept = []
+        for name, value in zip(words[::2], words[1::2]):
+            if not name.startswith("--"):
+                raise ValueError(f"cannot read the recorded command {command!r} near {name!r}")
+            if name not in SET_HERE:
+                kept += [name, value]
+        flags.append((kept, int(steps)))
+    return flags
+
+
+def flag(flags: list[str], name: str, default: str | None = None) -> str | None:
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def plan(runs: Path, processes: int, first_stage: int = 1, init: str | None = None) -> list[dict]:
+    """One entry per stage from first_stage on: its number, output folder, stop step and trainer flags."""
+    shipped = json.loads(SHIPPED.read_text())
+    entries = []
+    previous = init
+    for number, (flags, stop) in enumerate(recorded_stages(shipped), start=1):
+        out = runs / f"s{number}"
+        if number >= first_stage:
+            batch = int(flag(flags, "--batch-size", "64"))
+            accumulate = max(1, batch // (processes * MICRO_BATCH))
+            own = ["--device", "cpu", "--accumulate", str(accumulate), "--out", str(out)]
+            if previous is not None:
+                own = ["--init", previous] + own
+            entries.append({"stage": number, "out": out, "stop": stop, "flags": flags + own})
+        previous = str(out / "model.safetensors")
+    return entries
+
+
+def step_of(run: Path) -> int:
+    """The step of the run's last checkpoint, 0 where it has none."""
+    model = run / "model.safetensors"
+    return int(read_checkpoint(model).metadata.get("step", 0)) if model.exists() else 0
+
+
+def command(entry: dict, processes: int, resume: bool) -> list[str]:
+    flags = ["--resume", "--out", str(entry["out"])] if resume else entry["flags"]
+    launcher = ([sys.executable, "-m"] if processes == 1 else
+                ["torchrun", "--standalone", f"--nproc_per_node={processes}", "-m"])
+    return launcher + ["glom_viz.train", *flags, "--stop-at", str(entry["stop"]), "--quiet"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="runs/replay", help="a folder for the stages' runs (s1 ... s11)")
+    parser.add_argument("--processes", type=int, default=2, help="data-parallel processes, one thread each")
+    parser.add_argument("--first-stage", type=int, default=1, help="start at this stage (1-11)")
+    parser.add_argument("--init", help="the model to start --first-stage from (default: the previous stage's run)")
+    parser.add_argument("--print", action="store_true", help="print the commands and run nothing")
+    args = parser.parse_args(argv)
+    entries = plan(Path(args.runs), args.processes, args.first_stage, args.init)
+    if not entries:
+        parser.error(f"there is no stage {args.first_stage}: stages run from 1 to 11")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for entry in entries:
+        done = step_of(entry["out"])
+        if done >= entry["stop"]:
+            print(f"stage {entry['stage']}: done (step {done})")
+            continue
+        resume = (entry["out"] / "trainer.pt").exists()
+        line = command(entry, args.processes, resume)
+        print(f"stage {entry['stage']}: OMP_NUM_THREADS=1 {shlex.join(line)}", flush=True)
+        if args.print:
+            continue
+        if subprocess.run(line, env=env).returncode or step_of(entry["out"]) < entry["stop"]:
+            print(f"stage {entry['stage']} stopped before step {entry['stop']}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
