@@ -23,9 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from glom_viz.checkpoints import read_checkpoint
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, read_checkpoint
+from glom_viz.train import MODEL_FILE, TRAINER_FILE, parse_args
 
-SHIPPED = Path(__file__).resolve().parent.parent / "glom_viz" / "assets" / "shipped.json"
+SHIPPED = SHIPPED_CHECKPOINT.with_name("shipped.json")  # its recipe, stage by stage
 MICRO_BATCH = 16  # scenes per micro-batch and process: benchmarks/train_step.py
 SET_HERE = ("--init", "--out", "--device", "--accumulate")  # the replay's own, not the recorded run's
 
@@ -48,10 +49,6 @@ def recorded_stages(shipped: dict) -> list[tuple[list[str], int]]:
     return flags
 
 
-def flag(flags: list[str], name: str, default: str | None = None) -> str | None:
-    return flags[flags.index(name) + 1] if name in flags else default
-
-
 def plan(runs: Path, processes: int, first_stage: int = 1, init: str | None = None) -> list[dict]:
     """One entry per stage from first_stage on: its number, output folder, stop step and trainer flags."""
     shipped = json.loads(SHIPPED.read_text())
@@ -60,19 +57,19 @@ def plan(runs: Path, processes: int, first_stage: int = 1, init: str | None = No
     for number, (flags, stop) in enumerate(recorded_stages(shipped), start=1):
         out = runs / f"s{number}"
         if number >= first_stage:
-            batch = int(flag(flags, "--batch-size", "64"))
+            batch = parse_args(flags)[0].batch_size
             accumulate = max(1, batch // (processes * MICRO_BATCH))
             own = ["--device", "cpu", "--accumulate", str(accumulate), "--out", str(out)]
             if previous is not None:
                 own = ["--init", previous] + own
             entries.append({"stage": number, "out": out, "stop": stop, "flags": flags + own})
-        previous = str(out / "model.safetensors")
+        previous = str(out / MODEL_FILE)
     return entries
 
 
 def step_of(run: Path) -> int:
     """The step of the run's last checkpoint, 0 where it has none."""
-    model = run / "model.safetensors"
+    model = run / MODEL_FILE
     return int(read_checkpoint(model).metadata.get("step", 0)) if model.exists() else 0
 
 
@@ -100,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if done >= entry["stop"]:
             print(f"stage {entry['stage']}: done (step {done})")
             continue
-        resume = (entry["out"] / "trainer.pt").exists()
+        resume = (entry["out"] / TRAINER_FILE).exists()
         line = command(entry, args.processes, resume)
         print(f"stage {entry['stage']}: OMP_NUM_THREADS=1 {shlex.join(line)}", flush=True)
         if args.print:
