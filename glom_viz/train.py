@@ -733,12 +733,23 @@ def log_record(trainer: Trainer) -> dict:
     return {"step": trainer.step, "elapsed": round(trainer.elapsed, 2), **trainer.losses}
 
 
+def _drop_steps_after(path: Path, step: int) -> None:
+    """Cut a log back to its checkpoint: a run killed between checkpoints logged steps that a resume redoes."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
 def _attach_cli_reporting(trainer: Trainer, quiet: bool) -> None:
     """A tqdm bar and a JSON-lines log of every step in the run's folder."""
     from tqdm import tqdm
 
     out = Path(trainer.config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _drop_steps_after(out / LOG_FILE, trainer.step)
     log = open(out / LOG_FILE, "a")
     bar = tqdm(total=trainer.config.steps, initial=trainer.step, disable=quiet, unit="step")
 

@@ -145,8 +145,12 @@ def test_command_line_trains_logs_and_reports_bad_configs(tmp_path, capsys):
     assert main(flags) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]
-    assert main(["--resume", "--out", str(out), "--steps", "3", "--quiet"]) == 0
-    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    with open(out / "log.jsonl", "a") as log:  # a run killed after logging step 3, before checkpointing it
+        log.write(json.dumps({"step": 3, "elapsed": 9.0}) + "\n")
+    assert main(["--resume", "--out", str(out), "--steps", "4", "--quiet"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]  # the lost step 3 is logged once, as redone
+    assert log[2]["elapsed"] != 9.0
     assert main(flags[:-2] + ["--out", str(tmp_path / "bad"), "--image-size", "30"]) == 2
     assert "not divisible" in capsys.readouterr().err
 
