@@ -737,9 +737,15 @@ def _drop_steps_after(path: Path, step: int) -> None:
     """Cut a log back to its checkpoint: a run killed between checkpoints logged steps that a resume redoes."""
     if not path.exists():
         return
+    def logged_step(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            return float("inf")
+
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
+    kept = [line if line.endswith("\n") else line + "\n" for line in lines if logged_step(line) <= step]
+    if kept != lines:
         path.write_text("".join(kept))
 
 

@@ -146,7 +146,7 @@ def test_command_line_trains_logs_and_reports_bad_configs(tmp_path, capsys):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]
     with open(out / "log.jsonl", "a") as log:  # a run killed after logging step 3, before checkpointing it
-        log.write(json.dumps({"step": 3, "elapsed": 9.0}) + "\n")
+        log.write(json.dumps({"step": 3, "elapsed": 9.0}) + "\n" + '{"step": 4, "ela')  # cut short mid-line
     assert main(["--resume", "--out", str(out), "--steps", "4", "--quiet"]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]  # the lost step 3 is logged once, as redone
