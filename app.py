@@ -86,6 +86,7 @@ STATES_DTYPE = np.float16  # the stored states; float32 where a value would over
 FLOAT16_SAFE = 6.0e4
 
 # island finding
+COUNT_LABELS = {"davies_bouldin": "Davies-Bouldin (separated islands)", "silhouette": "best silhouette"}
 METHOD_LABELS = {"kmeans": "k-means", "agglomerative": "agglomerative (Ward)", "hdbscan": "HDBSCAN",
                  "threshold": "threshold on neighbours' cosine"}
 MAX_FIXED_ISLANDS = 24
@@ -653,8 +654,13 @@ def islands_panel() -> IslandSettings:
     n_islands = None
     params: dict[str, object] = {}
     if method in islands.COUNT_METHODS:
-        automatic = st.sidebar.toggle("Automatic count (best silhouette)", value=True, key="islands_auto")
+        automatic = st.sidebar.toggle("Automatic count", value=True, key="islands_auto")
         if automatic:
+            params["count_by"] = st.sidebar.selectbox(
+                "Pick the count by", islands.COUNT_CRITERIA, format_func=COUNT_LABELS.get, key="islands_count_by",
+                help="Davies-Bouldin finds parts nested inside wholes (low levels), where the best silhouette "
+                     "keeps only the wholes; where no count gives separated islands it falls back to the "
+                     "silhouette.")
             params["max_islands"] = int(st.sidebar.slider("At most", 2, MAX_FIXED_ISLANDS, islands.MAX_ISLANDS,
                                                           key="islands_max"))
         else:

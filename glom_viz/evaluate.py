@@ -29,7 +29,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from glom_viz.errors import CheckpointError, ConfigError
-from glom_viz.islands import fg_ari, find_islands, patch_truth, pixel_patches
+from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, patch_truth, pixel_patches
 from glom_viz.model import Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.scenes import EVAL_SEEDS, make_batch
@@ -117,6 +117,32 @@ def score_columns(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarra
     # scenes differ a lot (one scene's FG-ARI ranges from below 0 to 1): at 64 scenes a mean is good
     # to about +-0.02, so two checkpoints closer than that are not told apart
     return {"levels": levels, "standard_errors": errors}
+
+
+def auto_count(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, parts: np.ndarray) -> dict:
+    """The islands the app shows by default, with no count given: columns (b, patches, levels, dim).
+
+    For each way of picking the count (``islands.COUNT_CRITERIA``) and each level: the three metrics, and
+    the mean number of islands found beside the truth's ("islands", "objects", "parts", background
+    counted as one segment).
+    """
+    truths = [(patch_truth(o, grid), patch_truth(p, grid)) for o, p in zip(objects, parts)]
+    result = {}
+    for count_by in COUNT_CRITERIA:
+        levels = []
+        for level in range(columns.shape[2]):
+            rows, found = [], []
+            for i, (object_truth, part_truth) in enumerate(truths):
+                labels = find_islands(columns[i, :, level], grid, "kmeans", count_by=count_by)
+                found.append(len(np.unique(labels)))
+                rows.append({"fg_ari_objects": _nan_if_none(fg_ari(object_truth, labels)),
+                             "fg_ari_parts": _nan_if_none(fg_ari(part_truth, labels)),
+                             "ari_objects": float(adjusted_rand_score(object_truth, labels))})
+            levels.append({"level": level, **_mean(rows), "islands": float(np.mean(found))})
+        result[count_by] = levels
+    result["truth"] = {name: float(np.mean([len(np.unique(t[index])) for t in truths]))
+                       for index, name in enumerate(("objects", "parts"))}
+    return result
 
 
 def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int) -> dict:
@@ -234,9 +260,10 @@ def load_model(path: str | Path) -> Glom:
 # argument checks (thousands of adjusted_rand_score calls) cost a tenth of the run
 @sklearn.config_context(skip_parameter_validation=True, assume_finite=True)
 def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: int = EVAL_SEEDS.start,
-        iters: int | None = None, baselines: bool = True, outlines: bool = False) -> dict:
+        iters: int | None = None, baselines: bool = True, outlines: bool = False, auto: bool = False) -> dict:
     """The full evaluation of a checkpoint on `scenes` held-out scenes from `seed` on, with baselines;
-    with `outlines`, also ``outline_errors`` at the best object level."""
+    with `outlines`, also ``outline_errors`` at the best object level; with `auto`, also the islands
+    found with no count given (``auto_count``)."""
     if scenes < 1:
         raise ConfigError(f"evaluate at least one scene, got --scenes {scenes}")
     model = load_model(checkpoint)
@@ -247,6 +274,8 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     if outlines:
         level = best_level(result["levels"], "fg_ari_objects")["level"]
         result["outlines"] = {"level": level, **outline_errors(columns[:, :, level], objects, model.grid)}
+    if auto:
+        result["auto_count"] = auto_count(columns, model.grid, objects, parts)
     if baselines:
         torch.manual_seed(UNTRAINED_SEED)
         untrained = Glom(**config.to_dict())
@@ -289,6 +318,16 @@ def table(result: dict) -> str:
         lines += [f"{row['bin']:>16} {row['patches']:>6} patches, {row['wrong']:.3f} wrong" for row in found["bins"]]
         lines.append(f"FG-ARI {found['fg_ari_objects']:.3f}; with every outline patch right "
                      f"{found['fg_ari_outlines_right']:.3f}")
+    if "auto_count" in result:
+        found = result["auto_count"]
+        lines.append(f"\nwith no count given (the app's default), islands found per level; the truth has "
+                     f"{found['truth']['objects']:.1f} objects and {found['truth']['parts']:.1f} parts "
+                     f"(background included):")
+        lines.append(f"{'':>16} {'count by':>15} {'islands':>8} {'FG-ARI objects':>15} {'FG-ARI parts':>15}")
+        for count_by in COUNT_CRITERIA:
+            for row in found[count_by]:
+                lines.append(f"{'level ' + str(row['level']):>16} {count_by:>15} {row['islands']:>8.1f} "
+                             f"{row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>15.3f}")
     return "\n".join(lines)
 
 
@@ -300,11 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=None, help="settling steps (default 2 * levels)")
     parser.add_argument("--outlines", action="store_true",
                         help="also report where the object islands go wrong: outline or interior patches")
+    parser.add_argument("--auto-count", action="store_true",
+                        help="also score the islands found with no count given, as the app shows them")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines)
+        result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines,
+                     auto=args.auto_count)
     except (ConfigError, CheckpointError) as error:
         print(f"evaluation stopped: {error}", file=sys.stderr)
         return 2

@@ -36,11 +36,20 @@ from glom_viz.project import one_blas_thread
 METHODS = ("kmeans", "agglomerative", "hdbscan", "threshold")
 SPACES = ("vectors", "umap")
 
-# n_islands=None: counts 2..MAX_ISLANDS are tried and the best silhouette (cosine) wins.
-MAX_ISLANDS = 8
-# ...unless even the best silhouette is below this: then there is no island structure worth
-# splitting and the step is one island (Kaufman & Rousseeuw read < 0.25 as "no substantial
-# structure"; we are more lenient so that weak early islands still show).
+# n_islands=None: counts 2..MAX_ISLANDS are tried and the lowest Davies-Bouldin index wins, where
+# that count's islands are separated (index <= SEPARATED: averaged over islands, the two scatters of
+# an island and its most crowding neighbour add up to no more than their centroids' distance). Not
+# the best silhouette alone:
+# where islands nest (parts inside wholes, GLOM's low levels) the silhouette prefers the few wholes
+# and hides the parts (`python -m glom_viz.evaluate --auto-count` measures both on the scenes). Where
+# no count gives separated islands (early steps, untrained models) the index just falls as the count
+# grows, so there the best silhouette picks. Scenes hold up to 15 parts, hence 16.
+MAX_ISLANDS = 16
+SEPARATED = 1.0
+PATCHES_PER_ISLAND = 8
+# ...unless even the best silhouette (cosine) of any count is below this: then there is no island
+# structure worth splitting and the step is one island (Kaufman & Rousseeuw read < 0.25 as "no
+# substantial structure"; we are more lenient so that weak early islands still show).
 MIN_SILHOUETTE = 0.1
 # A step whose vectors all lie within (about) this cosine distance of their mean direction is one
 # island (GLOM's step 0: every column holds the same vector). 1e-5 is about a quarter of a degree, well
@@ -55,8 +64,9 @@ UMAP_CLUSTER_MIN_DIST = 0.0
 
 # Parameters each method accepts, with their defaults; anything else is a typo we report.
 METHOD_PARAMS = {
-    "kmeans": {"max_islands": MAX_ISLANDS, "min_silhouette": MIN_SILHOUETTE},
-    "agglomerative": {"max_islands": MAX_ISLANDS, "min_silhouette": MIN_SILHOUETTE, "connectivity": False},
+    "kmeans": {"max_islands": MAX_ISLANDS, "min_silhouette": MIN_SILHOUETTE, "count_by": "davies_bouldin"},
+    "agglomerative": {"max_islands": MAX_ISLANDS, "min_silhouette": MIN_SILHOUETTE, "count_by": "davies_bouldin",
+                      "connectivity": False},
     "hdbscan": {
         "min_cluster_size": HDBSCAN_MIN_CLUSTER_SIZE,
         "min_samples": None,
@@ -66,6 +76,7 @@ METHOD_PARAMS = {
     "threshold": {"threshold": THRESHOLD, "min_size": 1},
 }
 COUNT_METHODS = ("kmeans", "agglomerative")  # the methods that take n_islands
+COUNT_CRITERIA = ("davies_bouldin", "silhouette")  # how they pick it when n_islands is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +164,8 @@ def _check_settings(method: str, n_islands, space: str, n_patches: int, params: 
             "use space='vectors' with threshold, or another method on space='umap'"
         )
     settings = {**accepted, **params}
+    if "count_by" in settings and settings["count_by"] not in COUNT_CRITERIA:
+        raise StatesError(f"count_by={settings['count_by']!r}: pick one of {', '.join(COUNT_CRITERIA)}")
     if "max_islands" in settings and int(settings["max_islands"]) < 2:
         raise StatesError(f"max_islands={settings['max_islands']}: pass 2 or more, the most islands to try")
     if method == "hdbscan" and int(settings["min_cluster_size"]) < 2:
@@ -230,6 +243,45 @@ def _silhouettes(dissimilarity: np.ndarray, candidates: np.ndarray) -> np.ndarra
     result = scores.mean(axis=0).astype(np.float64)
     islands = (sizes.reshape(count, width) > 0).sum(axis=1)
     result[(islands < 2) | (islands > n - 1)] = np.nan
+    return result
+
+
+def _davies_bouldin(step: "_Map", candidates: np.ndarray) -> np.ndarray:
+    """Davies-Bouldin index of each candidate labeling, as sklearn's davies_bouldin_score (lower is better).
+
+    Args:
+        step: the map; its Gram matrix gives every distance (Euclidean, on its points).
+        candidates: (B, N) labels, ids 0..K-1 (empty ids allowed).
+    Returns:
+        (B,) indices; NaN where a labeling has fewer than 2 islands.
+
+    Mean over islands of the worst (scatter_i + scatter_j) / |centroid_i - centroid_j|, scatter the mean
+    distance of an island's columns to its centroid; from (N, N) @ (N, B * K) like the silhouettes.
+    """
+    count, n = candidates.shape
+    width = int(candidates.max()) + 1
+    onehot, columns = _onehot(candidates, width, step.gram.dtype)  # (N, B * K), (B, N)
+    sizes = onehot.sum(axis=0)  # (B * K,)
+    safe = np.maximum(sizes, 1)
+    products = step.gram @ onehot  # (N, B * K): x_i . (sum of island j)
+    centroid_sq = (onehot * products).sum(axis=0) / safe**2  # |c_j|^2
+    own = columns.T  # (N, B)
+    to_centroid = np.sqrt(np.maximum(
+        step.sq[:, None] - 2 * np.take_along_axis(products, own, axis=1) / safe[own] + centroid_sq[own], 0.0))
+    scatter = (onehot * np.repeat(to_centroid, width, axis=1)).sum(axis=0) / safe  # (B * K,)
+    # c_j . c_k within each labeling: (B, K, K)
+    dots = np.einsum("nbj,nbk->bjk", onehot.reshape(n, count, width), products.reshape(n, count, width))
+    dots /= (safe.reshape(count, width, 1) * safe.reshape(count, 1, width))
+    squared = centroid_sq.reshape(count, width, 1) + centroid_sq.reshape(count, 1, width) - 2 * dots
+    separation = np.sqrt(np.maximum(squared, 0.0)).astype(np.float64)
+    present = (sizes > 0).reshape(count, width)
+    pair = present[:, :, None] & present[:, None, :] & ~np.eye(width, dtype=bool)
+    separation[~pair | (separation == 0)] = np.inf  # sklearn: coinciding centroids add nothing
+    scatter = scatter.reshape(count, width).astype(np.float64)
+    worst = ((scatter[:, :, None] + scatter[:, None, :]) / separation).max(axis=2)  # (B, K)
+    islands = present.sum(axis=1)
+    result = np.where(present, worst, 0.0).sum(axis=1) / np.maximum(islands, 1)
+    result[islands < 2] = np.nan
     return result
 
 
@@ -330,11 +382,14 @@ class _Map:
 def _counts(n_islands, max_islands: int, n_patches: int) -> list[int]:
     if n_islands is not None:
         return [int(n_islands)]
-    return list(range(2, min(int(max_islands), n_patches - 1) + 1))
+    # islands of a few columns each fit noise: random vectors split into 16 islands of 4 reach a
+    # silhouette of 0.1 and would pass the one-island gate, so a map is split into islands of
+    # PATCHES_PER_ISLAND columns on average at most
+    return list(range(2, min(int(max_islands), max(n_patches // PATCHES_PER_ISLAND, 2), n_patches - 1) + 1))
 
 
 def _islands_by_count(method: str, step: _Map, grid, n_islands, settings) -> np.ndarray:
-    """kmeans or agglomerative: candidates at every count, the best silhouette wins."""
+    """kmeans or agglomerative: candidates at every count, the lowest Davies-Bouldin index wins."""
     n = step.sq.size
     counts = _counts(n_islands, settings["max_islands"], n)
     if counts == [1] or not counts:
@@ -345,10 +400,14 @@ def _islands_by_count(method: str, step: _Map, grid, n_islands, settings) -> np.
         candidates = _lloyd(step, candidates)
     if n_islands is not None:
         return candidates[0]
-    scores = _silhouettes(step.dissimilarity, candidates)
-    if np.isnan(scores).all() or np.nanmax(scores) < float(settings["min_silhouette"]):
+    silhouettes = _silhouettes(step.dissimilarity, candidates)
+    if np.isnan(silhouettes).all() or np.nanmax(silhouettes) < float(settings["min_silhouette"]):
         return np.zeros(n, dtype=np.int64)  # no structure worth splitting: one island
-    return candidates[int(np.nanargmax(scores))]  # ties: the fewer islands
+    if settings["count_by"] == "davies_bouldin":
+        indices = _davies_bouldin(step, candidates)
+        if np.nanmin(indices) <= SEPARATED:
+            return candidates[int(np.nanargmin(indices))]  # ties: the fewer islands
+    return candidates[int(np.nanargmax(silhouettes))]
 
 
 def _islands_hdbscan(step: _Map, settings) -> np.ndarray:
@@ -420,14 +479,17 @@ def find_islands(
         method: "kmeans" (default; k-means on directions), "agglomerative" (Ward; pass
             connectivity=True for spatially contiguous islands), "hdbscan" (noise = -1) or
             "threshold" (connected grid regions whose neighbours have cosine >= threshold).
-        n_islands: number of islands for kmeans/agglomerative; None picks it per step by silhouette
-            (counts 2..max_islands), giving one island when the best silhouette is below
-            min_silhouette. hdbscan and threshold find the count themselves.
+        n_islands: number of islands for kmeans/agglomerative; None picks it per step among counts
+            2..max_islands (and at most one island per PATCHES_PER_ISLAND columns): by the lowest
+            Davies-Bouldin index where that count's islands are separated (index <= SEPARATED),
+            else by the best silhouette (count_by="silhouette": always by the silhouette); one
+            island when no count's silhouette reaches min_silhouette. hdbscan and threshold find the
+            count themselves.
         space: "vectors" clusters the unit vectors; "umap" clusters a UMAP embedding of them (one
             embedding shared by all steps, UMAP_CLUSTER_DIMS dims).
         seed: the UMAP embedding's seed (space="umap"); every method is deterministic.
         align: align ids across steps with align_islands (default), so an island keeps its id.
-        **params: method parameters, see METHOD_PARAMS (max_islands, min_silhouette, connectivity,
+        **params: method parameters, see METHOD_PARAMS (max_islands, min_silhouette, count_by, connectivity,
             min_cluster_size, min_samples, cluster_selection_epsilon, allow_single_cluster,
             threshold, min_size).
 

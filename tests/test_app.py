@@ -148,6 +148,14 @@ def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
     run(at)
     model = default_model()
     states = reference_run(model, scene_rgb(0, model.config.image_size))
+    run(at.button_group(key="level").set_value(1))
+    davies_bouldin = reference_labels(states, model.grid)[-1, 1]
+    assert legend(at) == expected_legend(davies_bouldin)
+    run(at.selectbox(key="islands_count_by").set_value("silhouette"))
+    silhouette = reference_labels(states, model.grid, count_by="silhouette")[-1, 1]
+    assert legend(at) == expected_legend(silhouette)
+    # the scene the app opens on: the silhouette keeps its wholes at level 1, Davies-Bouldin its parts
+    assert len(np.unique(davies_bouldin)) > len(np.unique(silhouette))
     run(at.button_group(key="level").set_value(0))
 
     run(at.toggle(key="islands_auto").set_value(False))

@@ -15,12 +15,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.cluster.hierarchy import fcluster, linkage
-from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.metrics import adjusted_rand_score, davies_bouldin_score, silhouette_score
 
 from glom_viz.errors import StatesError
 from glom_viz.islands import (
     METHODS,
+    SEPARATED,
     _cuts,
+    _davies_bouldin,
+    _Map,
     _silhouettes,
     align_islands,
     fg_ari,
@@ -318,6 +321,64 @@ def test_silhouettes_match_sklearn(seed, count):
     assert ours == pytest.approx(silhouette_score(distances, ids, metric="precomputed"), abs=1e-9)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 7))
+def test_davies_bouldin_matches_sklearn(seed, count):
+    """Several labelings at once, one with an empty id and a singleton, each as sklearn scores it alone."""
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((30, 4)).astype(np.float32)
+    labelings = rng.integers(0, count, size=(3, 30))
+    labelings[0, 0] = count  # a singleton island
+    labelings[1][labelings[1] == 0] = 1  # id 0 left empty
+    step = _Map(points, points @ points.T, cosine=False)
+    ours = _davies_bouldin(step, labelings)
+    for row, labels in zip(ours, labelings):
+        ids = np.unique(labels, return_inverse=True)[1]
+        if ids.max() == 0:
+            assert np.isnan(row), "one island: the index is undefined"
+        else:
+            assert row == pytest.approx(davies_bouldin_score(points.astype(np.float64), ids), rel=1e-4)
+
+
+def nested_islands(part_offset: float, noise: float, seed: int = 0) -> np.ndarray:
+    """(64, DIM): a background island of 24 columns and two wholes of two parts each (10 columns a part)."""
+    rng = np.random.default_rng(seed)
+    wholes = rng.standard_normal((3, DIM))
+    parts = np.concatenate([wholes[:1], np.repeat(wholes[1:], 2, axis=0) + part_offset * rng.standard_normal((4, DIM))])
+    return parts[NESTED] + noise * rng.standard_normal((64, DIM))
+
+
+NESTED = np.repeat(np.arange(5), [24, 10, 10, 10, 10])
+
+
+@pytest.mark.parametrize("part_offset, noise, seed, separated", [(0.3, 0.05, 0, True), (0.7, 0.9, 1, False),
+                                                                  (2.0, 2.0, 0, False)])
+def test_auto_count_follows_its_rule_by_sklearns_scores(part_offset, noise, seed, separated):
+    """The count picked is the one whose islands (as find_islands gives them at that count) have the
+    lowest sklearn davies_bouldin_score if that is <= SEPARATED, else the best silhouette_score; with
+    count_by="silhouette", always the best silhouette. The cases are ones where the two disagree."""
+    vectors = nested_islands(part_offset, noise, seed)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    counts = range(2, 9)  # 64 patches: at most 64 // PATCHES_PER_ISLAND islands
+    fixed = [find_islands(vectors, GRID, n_islands=k) for k in counts]
+    indices = [davies_bouldin_score(unit, labels) for labels in fixed]
+    silhouettes = [silhouette_score(unit, labels, metric="cosine") for labels in fixed]
+    assert np.argmin(indices) != np.argmax(silhouettes), "a case where the criteria agree tests nothing"
+    assert (min(indices) <= SEPARATED) == separated
+    by_silhouette = fixed[int(np.argmax(silhouettes))]
+    expected = fixed[int(np.argmin(indices))] if separated else by_silhouette
+    assert np.array_equal(find_islands(vectors, GRID), expected)
+    assert np.array_equal(find_islands(vectors, GRID, count_by="silhouette"), by_silhouette)
+    assert np.array_equal(find_islands(vectors, GRID, "agglomerative", count_by="silhouette"),
+                          fixed_pick(vectors, unit, counts))
+
+
+def fixed_pick(vectors, unit, counts):
+    """agglomerative's labelings at each count, the best silhouette's."""
+    fixed = [find_islands(vectors, GRID, "agglomerative", n_islands=k) for k in counts]
+    return fixed[int(np.argmax([silhouette_score(unit, labels, metric="cosine") for labels in fixed]))]
+
+
 def test_cuts_match_scipy_fcluster():
     points = np.random.default_rng(0).standard_normal((40, 5))
     tree = linkage(points, method="ward")
@@ -436,6 +497,7 @@ def test_parse_tree_with_noise_and_a_top_level():
         (lambda s: find_islands(s, GRID, "hdbscan", n_islands=3), "n_islands=None"),
         (lambda s: find_islands(s, GRID, "threshold", space="umap"), "space='vectors'"),
         (lambda s: find_islands(s, GRID, treshold=0.9), "max_islands"),
+        (lambda s: find_islands(s, GRID, count_by="gap"), "davies_bouldin, silhouette"),
         (lambda s: find_islands(s, GRID, "threshold", threshold=2), "[-1, 1]"),
         (lambda s: find_islands(s, GRID, "hdbscan", min_cluster_size=1), "2 or more"),
         (lambda s: find_islands(s[None, None], GRID), "(steps, patches, dim)"),
