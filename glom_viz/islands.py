@@ -15,9 +15,10 @@ smaller than `min_size`).
 
 The default method, "kmeans", is Lloyd's k-means on the unit vectors, started from the cuts of one
 Ward tree (deterministic, no random restarts) and run in kernel form on the (N, N) Gram matrix of
-the columns: with N = 256 patches and D = 512, every Lloyd step and every silhouette of every
-candidate count is one (N, N) @ (N, counts x islands) product. All 78 (step, level) maps of a 224 px
-image, island count picked automatically, take well under a second (benchmarks/islands.py).
+the columns: with N = 256 patches and D = 512, every Lloyd step, and the silhouettes and
+Davies-Bouldin indices of all candidate counts, are each one (N, N) @ (N, counts x islands) product.
+All 78 (step, level) maps of a 224 px image, island count picked automatically among 2..16, take
+about half a second (benchmarks/islands.py).
 """
 
 from __future__ import annotations
