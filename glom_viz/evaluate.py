@@ -63,6 +63,13 @@ def score(vectors: np.ndarray, objects: np.ndarray, parts: np.ndarray, grid: tup
     return scores
 
 
+def _scores_of(labels: np.ndarray, objects: np.ndarray, parts: np.ndarray) -> dict[str, float]:
+    """One labeling (patches,) against both truths (patches,) -> the three metrics."""
+    return {"fg_ari_objects": _nan_if_none(fg_ari(objects, labels)),
+            "fg_ari_parts": _nan_if_none(fg_ari(parts, labels)),
+            "ari_objects": float(adjusted_rand_score(objects, labels))}
+
+
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -135,9 +142,7 @@ def auto_count(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, 
             for i, (object_truth, part_truth) in enumerate(truths):
                 labels = find_islands(columns[i, :, level], grid, "kmeans", count_by=count_by)
                 found.append(len(np.unique(labels)))
-                rows.append({"fg_ari_objects": _nan_if_none(fg_ari(object_truth, labels)),
-                             "fg_ari_parts": _nan_if_none(fg_ari(part_truth, labels)),
-                             "ari_objects": float(adjusted_rand_score(object_truth, labels))})
+                rows.append(_scores_of(labels, object_truth, part_truth))
             levels.append({"level": level, **_mean(rows), "islands": float(np.mean(found))})
         result[count_by] = levels
     result["truth"] = {name: float(np.mean([len(np.unique(t[index])) for t in truths]))
@@ -169,10 +174,7 @@ def regions_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarra
     rows = []
     for image, object_mask, part_mask in zip(images.numpy(), objects, parts):
         labels = patch_truth(colour_regions(image.transpose(1, 2, 0), scale), grid)
-        truth = patch_truth(object_mask, grid)
-        rows.append({"fg_ari_objects": _nan_if_none(fg_ari(truth, labels)),
-                     "fg_ari_parts": _nan_if_none(fg_ari(patch_truth(part_mask, grid), labels)),
-                     "ari_objects": float(adjusted_rand_score(truth, labels))})
+        rows.append(_scores_of(labels, patch_truth(object_mask, grid), patch_truth(part_mask, grid)))
     return _mean(rows)
 
 

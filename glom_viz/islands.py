@@ -262,13 +262,9 @@ def _davies_bouldin(step: "_Map", candidates: np.ndarray) -> np.ndarray:
     count, n = candidates.shape
     width = int(candidates.max()) + 1
     onehot, columns = _onehot(candidates, width, step.gram.dtype)  # (N, B * K), (B, N)
-    sizes = onehot.sum(axis=0)  # (B * K,)
+    sizes, products, centroid_sq, squared_to_means = _means(step, onehot)
     safe = np.maximum(sizes, 1)
-    products = step.gram @ onehot  # (N, B * K): x_i . (sum of island j)
-    centroid_sq = (onehot * products).sum(axis=0) / safe**2  # |c_j|^2
-    own = columns.T  # (N, B)
-    to_centroid = np.sqrt(np.maximum(
-        step.sq[:, None] - 2 * np.take_along_axis(products, own, axis=1) / safe[own] + centroid_sq[own], 0.0))
+    to_centroid = np.sqrt(np.maximum(np.take_along_axis(squared_to_means, columns.T, axis=1), 0.0))  # (N, B)
     scatter = (onehot * np.repeat(to_centroid, width, axis=1)).sum(axis=0) / safe  # (B * K,)
     # c_j . c_k within each labeling: (B, K, K)
     dots = np.einsum("nbj,nbk->bjk", onehot.reshape(n, count, width), products.reshape(n, count, width))
@@ -333,11 +329,23 @@ def _cuts(children: np.ndarray, n_leaves: int, counts: list[int]) -> np.ndarray:
     return labels
 
 
-def _lloyd(step: "_Map", starts: np.ndarray) -> np.ndarray:
-    """k-means (Lloyd) from each start at once, on the Gram matrix only -> labels (B, N).
+def _means(step: "_Map", onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Islands' means from the Gram matrix alone: indicators (N, B * K) -> sizes (B * K,), products
+    G @ onehot (N, B * K), |mean_j|^2 (B * K,) and |x_i - mean_j|^2 (N, B * K).
 
-    |x_i - mean_j|^2 = G_ii - 2 (G m_j)_i / n_j + m_j' G m_j / n_j^2, m_j island j's indicator. A
-    start whose island empties is kept as it was, so every result has its start's count.
+    |x_i - mean_j|^2 = G_ii - 2 (G m_j)_i / n_j + m_j' G m_j / n_j^2, m_j island j's indicator.
+    """
+    sizes = onehot.sum(axis=0)
+    safe = np.maximum(sizes, 1)
+    products = step.gram @ onehot
+    mean_sq = (onehot * products).sum(axis=0) / safe**2
+    return sizes, products, mean_sq, step.sq[:, None] - 2 * products / safe + mean_sq
+
+
+def _lloyd(step: "_Map", starts: np.ndarray) -> np.ndarray:
+    """k-means (Lloyd) from each start at once, on the Gram matrix only (``_means``) -> labels (B, N).
+
+    A start whose island empties is kept as it was, so every result has its start's count.
     """
     count, n = starts.shape
     width = int(starts.max()) + 1
@@ -345,12 +353,8 @@ def _lloyd(step: "_Map", starts: np.ndarray) -> np.ndarray:
     labels = starts
     for _ in range(KMEANS_MAX_ITER):
         onehot, _ = _onehot(labels, width, step.gram.dtype)  # (N, B * K)
-        sizes = onehot.sum(axis=0)
-        safe = np.maximum(sizes, 1)
-        products = step.gram @ onehot  # (N, B * K)
-        mean_sq = (onehot * products).sum(axis=0) / safe**2
-        absent = np.where(sizes > 0, 0.0, np.inf).astype(step.gram.dtype)
-        distance = step.sq[:, None] - 2 * products / safe + (mean_sq + absent)
+        sizes, _, _, distance = _means(step, onehot)
+        distance = distance + np.where(sizes > 0, 0.0, np.inf).astype(step.gram.dtype)  # absent ids never win
         updated = distance.reshape(n, count, width).argmin(axis=2).T  # (B, N)
         if np.array_equal(updated, labels):
             break

@@ -358,25 +358,25 @@ def test_auto_count_follows_its_rule_by_sklearns_scores(part_offset, noise, seed
     lowest sklearn davies_bouldin_score if that is <= SEPARATED, else the best silhouette_score; with
     count_by="silhouette", always the best silhouette. The cases are ones where the two disagree."""
     vectors = nested_islands(part_offset, noise, seed)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    counts = range(2, 9)  # 64 patches: at most 64 // PATCHES_PER_ISLAND islands
-    fixed = [find_islands(vectors, GRID, n_islands=k) for k in counts]
-    indices = [davies_bouldin_score(unit, labels) for labels in fixed]
-    silhouettes = [silhouette_score(unit, labels, metric="cosine") for labels in fixed]
+    fixed, indices, silhouettes = scored_counts(vectors, "kmeans")
     assert np.argmin(indices) != np.argmax(silhouettes), "a case where the criteria agree tests nothing"
     assert (min(indices) <= SEPARATED) == separated
     by_silhouette = fixed[int(np.argmax(silhouettes))]
     expected = fixed[int(np.argmin(indices))] if separated else by_silhouette
     assert np.array_equal(find_islands(vectors, GRID), expected)
     assert np.array_equal(find_islands(vectors, GRID, count_by="silhouette"), by_silhouette)
+    fixed, _, silhouettes = scored_counts(vectors, "agglomerative")
     assert np.array_equal(find_islands(vectors, GRID, "agglomerative", count_by="silhouette"),
-                          fixed_pick(vectors, unit, counts))
+                          fixed[int(np.argmax(silhouettes))])
 
 
-def fixed_pick(vectors, unit, counts):
-    """agglomerative's labelings at each count, the best silhouette's."""
-    fixed = [find_islands(vectors, GRID, "agglomerative", n_islands=k) for k in counts]
-    return fixed[int(np.argmax([silhouette_score(unit, labels, metric="cosine") for labels in fixed]))]
+def scored_counts(vectors: np.ndarray, method: str) -> tuple[list[np.ndarray], list[float], list[float]]:
+    """The method's islands at each count an 8 x 8 grid tries (2..64 // PATCHES_PER_ISLAND), with
+    sklearn's davies_bouldin_score and silhouette_score (cosine) of each."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    fixed = [find_islands(vectors, GRID, method, n_islands=k) for k in range(2, 9)]
+    return (fixed, [davies_bouldin_score(unit, labels) for labels in fixed],
+            [silhouette_score(unit, labels, metric="cosine") for labels in fixed])
 
 
 def test_cuts_match_scipy_fcluster():
