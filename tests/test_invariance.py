@@ -1,7 +1,5 @@
 """The translation and sequence tests: islands that stay with the content score 1, a position code does not."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -111,20 +109,7 @@ def test_the_sequence_test_scores_every_frame_and_refuses_a_clip_of_one_frame():
         sequence_test(model, images[:, :1], objects[:, :1])
 
 
-def test_the_command_writes_both_tests_to_the_json_and_refuses_what_cannot_work(tmp_path, monkeypatch, capsys):
-    import glom_viz.images
-
-    # one small photograph keeps the command quick; the bundled five are the default
-    monkeypatch.setattr(glom_viz.images, "sample_images", lambda: {"blocks": (blocks(64, 96) * 255).astype(np.uint8)})
-    out = tmp_path / "eval.json"
-    assert main(["--scenes", "2", "--translation", "--sequences", "--clips", "1", "--frames", "2",
-                 "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["translation"]["shift"] == 2 and result["translation"]["scenes"]["pairs"] == 2
-    assert len(result["translation"]["photographs"]["levels"]) == 4
-    assert len(result["sequences"]["levels"]) == 4 and result["sequences"]["frames"] == 2
-    printed = capsys.readouterr().out
-    assert "shared patches" in printed and "carried" in printed
+def test_the_command_refuses_a_shift_that_shares_nothing_and_a_clip_of_one_frame(capsys):
     assert main(["--scenes", "2", "--translation", "--shift", "16"]) == 2
     assert "between 1 and 15 patches" in capsys.readouterr().err
     assert main(["--scenes", "2", "--sequences", "--frames", "1"]) == 2
