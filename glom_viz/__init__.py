@@ -34,8 +34,8 @@ _LAZY = {
     "Trainer": "glom_viz.train",
     "TrainConfig": "glom_viz.train",
     "make_scene": "glom_viz.scenes",
-    "open_run": "glom_viz.runs",
-    "find_runs": "glom_viz.runs",
+    "open_run": "glom_viz.training_runs",
+    "find_runs": "glom_viz.training_runs",
 }
 
 __all__ = [

@@ -527,7 +527,7 @@ def losses_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], c
     """A training run's losses over its steps, with its checkpoints marked and the one in view lit.
 
     Args:
-        curves: loss name -> (steps, values), e.g. ``glom_viz.runs.Run.losses()``; "total" is drawn
+        curves: loss name -> (steps, values), e.g. ``glom_viz.training_runs.TrainingRun.losses()``; "total" is drawn
             thickest, the other terms thin, on a log scale when every value is positive.
         checkpoints: the training steps that have a checkpoint (dotted lines).
         step: the checkpoint in view (a solid line).
@@ -536,7 +536,7 @@ def losses_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], c
         A figure with one Scatter line per loss.
     """
     if not curves:
-        raise StatesError("the run logged no losses yet: pass name -> (steps, values), e.g. Run.losses()")
+        raise StatesError("the run logged no losses yet: pass name -> (steps, values), e.g. TrainingRun.losses()")
     fig = go.Figure()
     positive = True
     for name, (steps, values) in curves.items():

@@ -157,7 +157,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     # also keep every checkpoint, the untrained start included, as checkpoints/step-NNNNNNN.safetensors
     # (the GLOM alone: 1 MB at the shipped size, 90 MB at glom-pytorch's default), so that the app can
-    # scrub the run over training time (glom_viz.runs)
+    # scrub the run over training time (glom_viz.training_runs)
     keep_checkpoints: bool = True
 
     def __post_init__(self):

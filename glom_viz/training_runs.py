@@ -49,7 +49,7 @@ class RunCheckpoint:
 
 
 @dataclass(frozen=True)
-class Run:
+class TrainingRun:
     """A training run: its checkpoints by step, its log, and what could not be read.
 
     checkpoints: every checkpoint found, ordered by step (readable and not; see ``readable``).
@@ -154,11 +154,11 @@ def run_path(name: str, root: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def open_run(name: str, root: str | os.PathLike | None = None) -> Run:
+def open_run(name: str, root: str | os.PathLike | None = None) -> TrainingRun:
     """A run under `root` (default ``runs_root()``) by name, its checkpoints listed and its log read.
 
     Nothing is loaded yet: each checkpoint's header is checked against its file size, so a checkpoint
-    still being written is listed with its problem; ``Run.checkpoint(step)`` loads one.
+    still being written is listed with its problem; ``TrainingRun.checkpoint(step)`` loads one.
 
     Raises:
         RunError: the name is not a run under the root (see ``run_path``).
@@ -172,7 +172,7 @@ def open_run(name: str, root: str | os.PathLike | None = None) -> Run:
     if skipped:
         problems.append(f"{skipped} of the lines of run {name}'s log could not be read (cut short: a run still "
                         "writing it, or killed) and are left out")
-    return Run(name, path, checkpoints, log, tuple(problems))
+    return TrainingRun(name, path, checkpoints, log, tuple(problems))
 
 
 def _checkpoints(path: Path, name: str) -> tuple[tuple[RunCheckpoint, ...], list[str]]:

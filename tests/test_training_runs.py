@@ -1,4 +1,4 @@
-"""Training runs as data: the trainer keeps a checkpoint every N steps, and glom_viz.runs opens the folder
+"""Training runs as data: the trainer keeps a checkpoint every N steps, and glom_viz.training_runs opens the folder
 it wrote, tolerates a run still writing (a checkpoint cut short, a log line cut short), and never leaves
 the runs folder the server names."""
 
@@ -14,7 +14,7 @@ import torch
 from glom_viz.checkpoints import read_checkpoint, save_checkpoint
 from glom_viz.errors import RunError
 from glom_viz.model import Glom, GlomConfig
-from glom_viz.runs import RUNS_ENV, find_runs, open_run, run_path, runs_root
+from glom_viz.training_runs import RUNS_ENV, find_runs, open_run, run_path, runs_root
 from glom_viz.train import KEPT_DIR, LOG_FILE, MODEL_FILE, Trainer, kept_checkpoint_name, main
 
 FLAGS = ["--dim", "16", "--levels", "4", "--image-size", "32", "--iters", "2", "--batch-size", "2", "--steps", "4",
