@@ -23,6 +23,7 @@ from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
 from explorer.views import VIEWS
 from explorer.views.common import patches_of
 from glom_viz import islands
+from glom_viz import model as glom_model
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
 
@@ -402,6 +403,20 @@ def test_fast_precision_runs_the_path_glom_viz_picks(at, glom_runs, monkeypatch,
         assert len(glom_runs) == before + (path != "fp32")
     finally:
         reduced_precision_is_fast.cache_clear()
+
+
+def test_every_precision_label_names_what_runs_for_this_models_dim(at, monkeypatch):
+    """Where bf16 is not native, "fast" on a model narrower than the int8 nets pay for runs fp32: the
+    radio, the header and the run's own line all say so."""
+    monkeypatch.delenv(REDUCED_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: False)
+    at.session_state["model_precision"] = "fast"
+    run(at)
+    dim = default_model().config.dim
+    path = "int8" if dim >= glom_model.INT8_MIN_DIM and glom_model.int8_is_available() else "fp32"
+    assert at.radio(key="model_precision").options[0] == f"fast ({'int8 nets' if path == 'int8' else path})"
+    assert any(c.value.endswith(f"iterations · {path}") for c in at.caption)
+    assert any(f"for this frame ({path})" in c.value for c in at.caption)
 
 
 def test_animation_frames_as_a_sequence(at, glom_runs):
