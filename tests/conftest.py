@@ -51,6 +51,49 @@ def reference_labels(states: np.ndarray, grid, **settings) -> np.ndarray:
     return islands.find_islands_all_levels(states, grid, **settings)
 
 
+def video_bytes(frames, container: str = "mp4", codec: str = "mpeg4", rate: int = 10, **options) -> bytes:
+    """(T, H, W, 3) uint8 frames -> a video file's bytes, encoded by PyAV (FFmpeg) in memory.
+
+    ``options`` are the muxer's, e.g. ``movflags="frag_keyframe+empty_moov"`` for an MP4 whose index
+    comes first, so that a cut file keeps the frames before the cut.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container, options=options) as output:
+        stream = output.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        output.mux(stream.encode())
+    return buffer.getvalue()
+
+
+INDEX_BITS = 7  # moving_square writes its frame index in binary, one 8 x 8 block per bit, along the bottom
+
+
+def moving_square(count: int, size: tuple[int, int] = (48, 64), step: int = 2) -> np.ndarray:
+    """(count, H, W, 3) uint8: a white square moving right by `step` px a frame on black, with the
+    frame's index written in blocks along the bottom (``frame_index`` reads it back through a codec)."""
+    height, width = size
+    frames = np.zeros((count, height, width, 3), np.uint8)
+    for index in range(count):
+        left = (index * step) % (width - 12)
+        frames[index, 8:20, left:left + 12] = 255
+        for bit in range(INDEX_BITS):
+            if index >> bit & 1:
+                frames[index, height - 8:, bit * 8:bit * 8 + 8] = 255
+    return frames
+
+
+def frame_index(rgb: np.ndarray) -> int:
+    """The index moving_square wrote into a frame."""
+    height = rgb.shape[0]
+    return sum(1 << bit for bit in range(INDEX_BITS) if rgb[height - 6:height - 2, bit * 8 + 2:bit * 8 + 6].mean() > 128)
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
