@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import re
 import statistics
@@ -42,7 +41,9 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-ROOT = Path(__file__).resolve().parents[1]
+from explorer import serve
+from explorer.settings import PHOTOS
+
 REPEATS = 5
 SCRUBS_PER_VISIT = 3
 WAIT_MS = 120_000
@@ -55,14 +56,6 @@ step = st.slider("Step", 0, 8, 8)
 picture = np.random.default_rng(step).integers(0, 256, (448, 448, 3), dtype=np.uint8)
 st.image(picture, caption=f"baseline · level 1 · step {step} of 8")
 """
-
-
-def test_helpers():
-    """tests/conftest.py, loaded by path: the same server fixture and Chromium settings as the tests."""
-    spec = importlib.util.spec_from_file_location("app_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def photo(index: int) -> bytes:
@@ -251,7 +244,7 @@ def photographs(url: str, folder: Path, chromium_path: str, chromium_args: list[
         overlay_shown(page, "scene 1 · level")
         page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="all levels").click()
         settle(page, "level 0 ·")
-        for name in test_helpers().app_module().PHOTOS:
+        for name in PHOTOS:
             page.locator("[data-testid='stSelectbox']").filter(has_text="Image").first.click()
             page.get_by_role("option", name=name, exact=True).click()
             page.get_by_text(f"{name} · all levels").first.wait_for(timeout=WAIT_MS)
@@ -272,21 +265,20 @@ def main() -> None:
     parser.add_argument("--photographs", type=Path,
                         help="take every bundled photograph at every level into this folder instead")
     args = parser.parse_args()
-    helpers = test_helpers()
-    server = contextlib.nullcontext(args.url) if args.url else helpers.serve_app()
+    server = contextlib.nullcontext(args.url) if args.url else serve.serve_app()
     with server as url:
         for folder, take in ((args.screenshots, screenshots), (args.photographs, photographs)):
             if folder:
-                for path in take(url, folder, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+                for path in take(url, folder, serve.CHROMIUM, serve.CHROMIUM_ARGS):
                     print(path)
                 return
-        for line in measure(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+        for line in measure(url, args.repeats, serve.CHROMIUM, serve.CHROMIUM_ARGS):
             print(line)
     with tempfile.TemporaryDirectory() as folder:
         page = Path(folder) / "baseline.py"
         page.write_text(BASELINE_PAGE)
-        with helpers.serve_app(script=page) as url:
-            for line in baseline(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+        with serve.serve_app(script=page) as url:
+            for line in baseline(url, args.repeats, serve.CHROMIUM, serve.CHROMIUM_ARGS):
                 print(line)
 
 

@@ -32,6 +32,7 @@ from sklearn.metrics import adjusted_rand_score
 from glom_viz.errors import ConfigError
 from glom_viz.islands import fg_ari, find_islands, patch_truth
 from glom_viz.model import Glom
+from glom_viz.runs import final_columns
 from glom_viz.scenes import CLIP_FRAMES, CLIP_SPEED, EVAL_SEEDS, make_clip, make_scene
 
 # the shift the test moves the second window by, in patches, and the islands each window is cut into
@@ -45,7 +46,6 @@ CLIPS = 32
 PHOTO_SCALES = (1.0, 1.5, 2.0)
 WINDOW_STRIDE = 24
 KMEANS_RESTARTS = 4  # restarts of the pixel baseline's k-means (sklearn)
-BATCH = 32
 
 
 def check_shift(shift: int, side: int) -> None:
@@ -105,18 +105,6 @@ def shift_agreement(labels: np.ndarray, grid: tuple[int, int], shift: int) -> fl
     return float(adjusted_rand_score(labels[0][left], labels[1][right]))
 
 
-@torch.no_grad()
-def run_frames(model: Glom, images: torch.Tensor, iters: int | None = None,
-               levels: torch.Tensor | None = None) -> torch.Tensor:
-    """(b, 3, s, s) -> final columns (b, patches, levels, dim), in batches, optionally continuing from `levels`."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [model(images[i:i + BATCH].to(device), iters=iters,
-                 levels=None if levels is None else levels[i:i + BATCH].to(device)).float().cpu()
-           for i in range(0, len(images), BATCH)]
-    return torch.cat(out)
-
-
 def pixel_vectors(images: np.ndarray, patch_size: int) -> np.ndarray:
     """(b, 3, s, s) -> (b, patches, p * p * 3) raw patch pixels, row-major."""
     return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
@@ -152,7 +140,7 @@ def translation_test(model: Glom, pairs: np.ndarray, shift: int, islands: int = 
         raise ConfigError(f"no pair of windows fits: the pictures must be at least {shift} patches wider than "
                           f"the model's {model.config.image_size} px")
     flat = torch.from_numpy(rearrange(pairs, "n two c h w -> (n two) c h w"))
-    columns = rearrange(run_frames(model, flat, iters).numpy(), "(n two) p l d -> n two l p d", two=2)
+    columns = rearrange(final_columns(model, flat, iters), "(n two) p l d -> n two l p d", two=2)
     per_level = [[shift_agreement(np.stack([find_islands(columns[i, view, level], grid, "kmeans", n_islands=islands,
                                                          seed=i) for view in range(2)]), grid, shift)
                   for i in range(len(pairs))] for level in range(columns.shape[2])]
@@ -189,14 +177,14 @@ def clip_batch(seeds, frames: int, size: int, max_speed: float = CLIP_SPEED) -> 
     return torch.from_numpy(rearrange(images, "n t h w c -> n t c h w").copy()), objects
 
 
-def carried_columns(model: Glom, images: torch.Tensor, iters: int | None = None) -> torch.Tensor:
+def carried_columns(model: Glom, images: torch.Tensor, iters: int | None = None) -> np.ndarray:
     """(clips, frames, 3, s, s) -> (clips, frames, patches, levels, dim): frame 0 fresh, every later
     frame continuing from the columns of the frame before it, `iters` steps each."""
     state, out = None, []
     for frame in range(images.shape[1]):
-        state = run_frames(model, images[:, frame], iters, state)
+        state = final_columns(model, images[:, frame], iters, start=state)
         out.append(state)
-    return torch.stack(out, 1)
+    return np.stack(out, 1)
 
 
 def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters: int | None = None) -> dict:
@@ -214,8 +202,9 @@ def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters:
     if frames < 2:
         raise ConfigError(f"a clip needs at least 2 frames to carry the state from one to the next, got {frames}")
     grid = model.grid
-    fresh = run_frames(model, images.flatten(0, 1), iters).unflatten(0, (clips, frames)).numpy()
-    carried = carried_columns(model, images, iters).numpy()
+    fresh = final_columns(model, images.flatten(0, 1), iters)
+    fresh = fresh.reshape(clips, frames, *fresh.shape[1:])
+    carried = carried_columns(model, images, iters)
     truths = [[patch_truth(objects[c, t], grid) for t in range(frames)] for c in range(clips)]
 
     def per_frame(columns: np.ndarray, level: int) -> list[float]:

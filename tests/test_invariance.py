@@ -85,7 +85,7 @@ def test_the_carried_state_continues_each_frame_from_the_one_before():
     model = tiny_model()
     images, objects = clip_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 2), 3, 32)
     assert images.shape == (2, 3, 3, 32, 32) and objects.shape == (2, 3, 32, 32)
-    carried = carried_columns(model, images, iters=2)
+    carried = torch.from_numpy(carried_columns(model, images, iters=2))
     with torch.no_grad():
         first = model(images[:, 0], iters=2)
         assert torch.allclose(carried[:, 0], first, atol=1e-6)
