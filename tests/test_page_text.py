@@ -160,16 +160,23 @@ def wait_for_text(page, text: str) -> None:
                            timeout=120_000)
 
 
-@pytest.mark.browser
-def test_a_name_with_an_image_link_fetches_nothing_in_a_browser(app_server, browser, trap):
-    name = f"x ![i](http://127.0.0.1:{trap}/name.png) **b**.png"
+def upload_pictures(browser, url: str, names: list[str]):
+    """A fresh page that has uploaded a small picture under each name; returns (context, page)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.goto(app_server)
+    page.goto(url)
     page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=120_000)
     picture = png_bytes(np.asarray(Image.new("RGB", (48, 40), (30, 120, 200))))
     uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
-    uploader.locator("input[type='file']").set_input_files({"name": name, "mimeType": "image/png", "buffer": picture})
+    uploader.locator("input[type='file']").set_input_files(
+        [{"name": name, "mimeType": "image/png", "buffer": picture} for name in names])
+    return context, page
+
+
+@pytest.mark.browser
+def test_a_name_with_an_image_link_fetches_nothing_in_a_browser(app_server, browser, trap):
+    name = f"x ![i](http://127.0.0.1:{trap}/name.png) **b**.png"
+    context, page = upload_pictures(browser, app_server, [name])
     wait_for_text(page, f"{name} · level")
     assert page.locator("strong", has_text=re.compile(r"^b$")).count() == 0  # "**b**" stayed two asterisks
     # a checkpoint whose tensor name carries the same image
@@ -195,15 +202,7 @@ def test_a_name_too_long_for_streamlits_upload_breaks_nothing_else(app_server, b
     """Streamlit's upload route refuses a file whose name is over ~2,090 bytes of UTF-8 (python-multipart's
     limit on a part's header, docs/LIMITS.md) with its own "AxiosError ... 400" in the uploader; the files
     beside it and the page keep working."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(app_server)
-    page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=120_000)
-    picture = png_bytes(np.asarray(Image.new("RGB", (48, 40), (200, 120, 30))))
-    uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
-    uploader.locator("input[type='file']").set_input_files([
-        {"name": "é" * 1500 + ".png", "mimeType": "image/png", "buffer": picture},  # 3,004 bytes of UTF-8
-        {"name": "beside.png", "mimeType": "image/png", "buffer": picture}])
+    context, page = upload_pictures(browser, app_server, ["é" * 1500 + ".png", "beside.png"])  # 3,004 bytes
     page.get_by_text(re.compile(r"beside\.png · level \d+ · step \d+ of")).first.wait_for(timeout=120_000)
     assert page.get_by_text(re.compile("status code 400")).count() >= 1  # Streamlit's own words, in the uploader
     context.close()
