@@ -17,8 +17,10 @@ must not freeze them. Its runs are timed from the key press to the end of its pr
 
 The server's resident memory is sampled every half second. Printed: per N, scrub and view-switch
 latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
-the peak RSS against the caches' configured bound, the pictures each session saw that were not its own
-(must be 0), and the machine's load average before and after. Speed is never asserted in tests.
+the peak RSS against the caches' configured bound, the overlays and thumbnails that were not the
+session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
+p50/p95), the server's CPU use (1 core = 100%) and the machine's load average. Speed is never asserted
+in tests.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import re
 import statistics
 import threading
 import time
+import tomllib
 
 import numpy as np
 from PIL import Image
@@ -55,7 +58,7 @@ HEAVY = {"dim": "512", "levels": "6", "image size": "224", "patch size": "14"}  
 # overlay against the session's own picture (caption and thumbnail colour).
 RECORDER = """
 ({name, colour, others, tolerance}) => {
-  const log = {events: [], shown: [], wrong: []};
+  const log = {events: [], shown: [], wrong: [], drawn: [], lastDrawn: ''};
   window.__glom = log;
   document.addEventListener('keydown', e => log.events.push({t: performance.now(), kind: 'key'}), true);
   document.addEventListener('click', e => log.events.push({t: performance.now(), kind: 'click'}), true);
@@ -101,6 +104,13 @@ RECORDER = """
       if (current) log.shown.push({t: now, step: current.step, level: current.level});
       last = current;
     }
+    for (const element of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
+      const drawn = element.innerText.match(/step (\\d+) · drawn in (\\d+) ms on the server/);
+      if (drawn && element.innerText !== log.lastDrawn) {
+        log.lastDrawn = element.innerText;
+        log.drawn.push({t: now, step: +drawn[1], ms: +drawn[2]});
+      }
+    }
   };
   new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true,
                                                       attributes: true, attributeFilter: ['src']});
@@ -127,6 +137,12 @@ def load_average() -> str:
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (/proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,7 +215,8 @@ def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
         shown = next((s["t"] for s in log["shown"] if s["t"] >= pressed and s["step"] == step), None)
         if shown is not None:
             out.append((shown - pressed) / 1000)
-    return {"scrub": scrub, "view": view, "wrong": log["wrong"], "thumbnails": log["thumbnails"]}
+    server = [d["ms"] / 1000 for d in log["drawn"] if keys and d["t"] >= keys[0]]
+    return {"scrub": scrub, "view": view, "wrong": log["wrong"], "thumbnails": log["thumbnails"], "server": server}
 
 
 async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.Event) -> list[float]:
@@ -257,13 +274,18 @@ async def one_load(url: str, sessions: int, rounds: int, heavy: bool) -> dict:
 
 
 def cache_bound_mb() -> float:
-    """What the caches may hold in all, by their configured byte bounds (the model cache counted by its bound)."""
+    """What the caches may hold in all: st.cache_data's functions by their byte bounds (at most the server's
+    server.maxCacheDataSize in all), and the model store's bound."""
     def mb(text: str) -> float:
-        number, unit = re.fullmatch(r"(\d+)\s*([KMG]B)", text).groups()
+        number, unit = re.fullmatch(r"(\d+)\s*([KMG]B)", text.upper()).groups()
         return float(number) * {"KB": 1 / 1024, "MB": 1, "GB": 1024}[unit]
-    caches = [limits.RUN_CACHE_BYTES, limits.DERIVED_CACHE_BYTES, limits.PICTURE_CACHE_BYTES, limits.PICTURE_CACHE_BYTES]
-    model_bytes = getattr(limits, "MODEL_CACHE_BYTES", None)
-    return sum(mb(c) for c in caches) + (model_bytes / 2**20 if model_bytes else 0.0)
+    data = sum(mb(c) for c in (limits.RUN_CACHE_BYTES, limits.DERIVED_CACHE_BYTES, limits.PICTURE_CACHE_BYTES,
+                               limits.PICTURE_CACHE_BYTES))
+    config = serve.ROOT / ".streamlit" / "config.toml"
+    if config.is_file():
+        server = tomllib.loads(config.read_text()).get("server", {}).get("maxCacheDataSize")
+        data = min(data, mb(server)) if server else data
+    return data + limits.MODEL_CACHE_BYTES / 2**20
 
 
 def main() -> None:
@@ -292,15 +314,17 @@ def main() -> None:
         single_p95 = None
         print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
         print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
-              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'load':>16}")
+              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'load':>16}")
         for n in args.sessions:
-            begun = time.monotonic()
+            begun, cpu_before = time.monotonic(), cpu_seconds(process.pid)
             result = asyncio.run(one_load(url, n, args.rounds, args.heavy))
+            server_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - begun)
             scrub = [s for v in result["visitors"] for s in v["scrub"]]
             view = [s for v in result["visitors"] for s in v["view"]]
             worst = max(percentile(v["scrub"], 95) for v in result["visitors"])
             wrong = sum(len(v["wrong"]) for v in result["visitors"])
             thumbnails = sum(v["thumbnails"] for v in result["visitors"])
+            drawn = [s for v in result["visitors"] for s in v["server"]]
             peak = max(mb for t, mb in samples if t >= begun)
             p95 = percentile(scrub, 95)
             single_p95 = p95 if single_p95 is None and n == 1 else single_p95
@@ -309,7 +333,8 @@ def main() -> None:
             heavy = f"{statistics.median(runs):.2f} s x{len(runs)}" if runs else "-"
             print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
                   f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
-                  f"{heavy:>12} {load_average():>16}", flush=True)
+                  f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
+                  f"{server_cpu:>5.0%} {load_average():>16}", flush=True)
             for visitor_result in result["visitors"]:
                 for wrong_one in visitor_result["wrong"][:3]:
                     print(f"   {visitor_result['name']} showed: {wrong_one}")
