@@ -609,6 +609,10 @@ def test_carried_scenes_are_seen_as_their_second_frame_continuing_from_the_first
     assert torch.equal(start[~shown], trainer.model.init_levels.detach().expand_as(start[~shown]))
     losses = trainer.compute_losses(0)
     assert torch.isfinite(losses["total"])
-    trainer = Trainer(tiny(**MOTION, carry_share=0.5, shift_weight=1.0, max_view_shift=2, steps=3))
+    # shift consistency enters the total at its weight, beside the other terms
+    trainer = Trainer(tiny(**MOTION, carry_share=0.5, shift_weight=2.0, max_view_shift=2, steps=3))
+    losses = trainer.compute_losses(0)
+    assert losses["shift"] > 0
+    torch.testing.assert_close(losses["total"], losses["reconstruction"] + 0.5 * losses["motion"] + 2.0 * losses["shift"])
     trainer.fit()
     assert all(math.isfinite(row["shift"]) for row in trainer.history)
