@@ -53,6 +53,11 @@ def shift_grid(max_shift: int) -> np.ndarray:
     return np.stack(np.meshgrid(span, span, indexing="ij"), -1).reshape(-1, 2)
 
 
+def still_shift(max_shift: int) -> int:
+    """The index of the zero shift in ``shift_grid(max_shift)``: the middle of its (2m + 1)^2 entries."""
+    return (2 * max_shift + 1) ** 2 // 2
+
+
 def shift_errors(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
     """(s, s, 3) x2 -> (shifts, s, s): squared RGB error of every pixel against the second frame moved by each shift.
 
@@ -71,7 +76,7 @@ def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still
     With still_prior, a region the still shift explains is still, and other regions are UNCLEAR.
     """
     shifts = shift_grid(max_shift)
-    still = len(shifts) // 2
+    still = still_shift(max_shift)
     count = regions.max() + 1
     sizes = np.bincount(regions.ravel(), minlength=count)
     # (shifts, regions): mean error of every region under every shift
@@ -97,7 +102,7 @@ def pixel_motion(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.nd
     coarse = felzenszwalb(first, scale=MOVING_SCALE, sigma=0.5, min_size=MOVING_MIN_SIZE)
     still = region_shifts(errors, fine, max_shift, still_prior=True)
     moving = region_shifts(errors, coarse, max_shift, still_prior=False)
-    still_index = len(shift_grid(max_shift)) // 2
+    still_index = still_shift(max_shift)
     # still where fine regions say so; a coarse "still" that fine regions did not confirm stays unclear
     return np.where(still == still_index, still_index, np.where(moving == still_index, UNCLEAR, moving))
 
@@ -130,9 +135,17 @@ def motion_groups(first: np.ndarray, second: np.ndarray, patch_size: int, max_sh
 
     Patches with the same group moved the same way between the frames.
     """
+    return common_fate(first, second, patch_size, max_shift, agreement)[0]
+
+
+def common_fate(first: np.ndarray, second: np.ndarray, patch_size: int, max_shift: int,
+                agreement: float = PATCH_AGREEMENT) -> tuple[np.ndarray, np.ndarray]:
+    """``motion_groups`` and the (s, s) bool pixels seen still, from one comparison of the two frames
+    (``similarity_groups`` joins the still regions into one group)."""
     if first.shape[0] % patch_size:
         raise ConfigError(f"image side {first.shape[0]} is not a multiple of the patch size {patch_size}")
-    return patch_groups(pixel_motion(first, second, max_shift), patch_size, agreement)
+    motion = pixel_motion(first, second, max_shift)
+    return patch_groups(motion, patch_size, agreement), motion == still_shift(max_shift)
 
 
 def similarity_groups(image: np.ndarray, patch_size: int, scale: float = SIMILARITY_SCALE,
