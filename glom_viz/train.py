@@ -163,6 +163,8 @@ class TrainConfig(ModelFields):
         for key in ("contribution_weights", "consensus_radii"):
             if getattr(self, key) is not None:
                 setattr(self, key, tuple(float(x) for x in getattr(self, key)))
+        if self.position_levels is not None:
+            self.position_levels = tuple(int(x) for x in self.position_levels)
         self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
         self.motion_levels = tuple(int(x) for x in self.motion_levels)
         self.similarity_levels = tuple(int(x) for x in self.similarity_levels)
