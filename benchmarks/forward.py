@@ -51,6 +51,19 @@ def forward_flops(dim: int, levels: int, image_size: int, patch_size: int, iters
     return embed + iters * (feedforward + consensus)
 
 
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> None:
+    """Rows of cells under a header, as markdown or as aligned plain text."""
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call: CPU time is less hurt by other processes' load."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -164,15 +177,7 @@ def main(argv=None):
                      f"{median['glom-pytorch autocast'] / median[name]:.2f}", f"{median_cpu[name]:.3f}",
                      f"{median_cpu['glom-pytorch fp32'] / median_cpu[name]:.2f}", f"{gflops:.0f}",
                      f"{gflops / peak:.0%}", f"{agreement[name]:.4f}"))
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-        for row in [header] + rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    print_table(header, rows, args.markdown)
     vs_fp32 = median["glom-pytorch fp32"] / median["glom_viz autocast"]
     vs_autocast = median["glom-pytorch autocast"] / median["glom_viz autocast"]
     cosine = agreement["glom_viz autocast"]

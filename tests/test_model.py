@@ -120,6 +120,45 @@ def test_gradients_are_finite_and_reach_every_parameter():
         assert p.grad.abs().sum() > 0, name
 
 
+FUSED_CONFIGS = [  # the consensus runs fused where the diagonal's replacement is a constant
+    dict(dim=16, levels=4, image_size=32, patch_size=4, consensus_cosine=True, attention_scale=8.0,
+         consensus_radii=(1.5, 2.0, 0.0, 3.0)),  # per-level bands, one level global
+    dict(dim=24, levels=3, image_size=30, patch_size=5, consensus_self=True, local_consensus_radius=1.5),
+    dict(dim=16, levels=3, image_size=16, patch_size=4, consensus_cosine=True),  # global, no mask
+]
+
+
+@pytest.mark.parametrize("config", FUSED_CONFIGS, ids=["radii", "self-local", "cosine-global"])
+def test_the_fused_consensus_gives_the_explicit_attentions_states_and_gradients(config):
+    """The fused, banded consensus (no attention weights kept) against the explicit n x n attention."""
+    torch.manual_seed(0)
+    model = Glom(**config)
+    b, n = 2, model.num_patches
+    levels = torch.randn(config["levels"], b, n, config["dim"], requires_grad=True)
+    fused, none = model._consensus(levels, torch.float32)
+    explicit, attention = model._consensus(levels, torch.float32, weights=True)
+    assert none is None and attention.shape == (config["levels"], b, n, n)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(fused)
+    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), levels)
+    (explicit_grad,) = torch.autograd.grad((explicit * weights).sum(), levels)
+    torch.testing.assert_close(fused_grad, explicit_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("radius, side", [(1.5, 6), (2.0, 16), (4.0, 16), (6.0, 16), (20.0, 8)])
+def test_consensus_bands_hold_every_key_a_query_may_attend(radius, side):
+    blocked = glom_model.patch_distances(side) > radius
+    bands = glom_model.consensus_bands(blocked, side)
+    covered = torch.zeros_like(blocked)
+    for q0, q1, k0, k1 in bands:
+        assert (q1 - q0) % side == 0 or q1 == side * side  # whole grid rows
+        covered[q0:q1, k0:k1] = True
+    assert [band[0] for band in bands] == sorted(band[0] for band in bands) and bands[-1][1] == side * side
+    assert not (~blocked & ~covered).any()  # every allowed pair is computed
+    if radius < side / 4:
+        assert covered.sum() < blocked.numel()  # and local radii skip work
+
+
 @pytest.fixture
 def reduced_precision(monkeypatch):
     """Force a precision path under autocast with the environment variable: True runs autocast's bf16 even
