@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import re
 import statistics
@@ -37,7 +36,8 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-ROOT = Path(__file__).resolve().parents[1]
+from explorer import serve
+
 REPEATS = 5
 SCRUBS_PER_VISIT = 3
 WAIT_MS = 120_000
@@ -50,14 +50,6 @@ step = st.slider("Step", 0, 8, 8)
 picture = np.random.default_rng(step).integers(0, 256, (448, 448, 3), dtype=np.uint8)
 st.image(picture, caption=f"baseline · level 1 · step {step} of 8")
 """
-
-
-def test_helpers():
-    """tests/conftest.py, loaded by path: the same server fixture and Chromium settings as the tests."""
-    spec = importlib.util.spec_from_file_location("app_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def photo(index: int) -> bytes:
@@ -239,20 +231,19 @@ def main() -> None:
     parser.add_argument("--url", help="a running app to measure (default: start one)")
     parser.add_argument("--screenshots", type=Path, help="take the README's screenshots into this folder instead")
     args = parser.parse_args()
-    helpers = test_helpers()
-    server = contextlib.nullcontext(args.url) if args.url else helpers.serve_app()
+    server = contextlib.nullcontext(args.url) if args.url else serve.serve_app()
     with server as url:
         if args.screenshots:
-            for path in screenshots(url, args.screenshots, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+            for path in screenshots(url, args.screenshots, serve.CHROMIUM, serve.CHROMIUM_ARGS):
                 print(path)
             return
-        for line in measure(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+        for line in measure(url, args.repeats, serve.CHROMIUM, serve.CHROMIUM_ARGS):
             print(line)
     with tempfile.TemporaryDirectory() as folder:
         page = Path(folder) / "baseline.py"
         page.write_text(BASELINE_PAGE)
-        with helpers.serve_app(script=page) as url:
-            for line in baseline(url, args.repeats, helpers.CHROMIUM, helpers.CHROMIUM_ARGS):
+        with serve.serve_app(script=page) as url:
+            for line in baseline(url, args.repeats, serve.CHROMIUM, serve.CHROMIUM_ARGS):
                 print(line)
 
 

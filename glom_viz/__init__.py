@@ -14,6 +14,7 @@ from glom_viz.errors import (
     ExportError,
     GlomInputError,
     ImageLoadError,
+    RunError,
     StatesError,
 )
 from glom_viz.model import Glom, GlomConfig, GlomStep, default_device
@@ -33,10 +34,12 @@ _LAZY = {
     "Trainer": "glom_viz.train",
     "TrainConfig": "glom_viz.train",
     "make_scene": "glom_viz.scenes",
+    "open_run": "glom_viz.training_runs",
+    "find_runs": "glom_viz.training_runs",
 }
 
 __all__ = [
-    "CheckpointError", "ConfigError", "ExportError", "GlomInputError", "ImageLoadError", "StatesError",
+    "CheckpointError", "ConfigError", "ExportError", "GlomInputError", "ImageLoadError", "RunError", "StatesError",
     "Glom", "GlomConfig", "GlomStep", "default_device", "__version__", *_LAZY,
 ]
 

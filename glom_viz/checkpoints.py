@@ -164,10 +164,15 @@ def load_checkpoint(path_or_bytes, **config) -> Glom:
     return read_checkpoint(path_or_bytes, **config).model
 
 
-def read_checkpoint(path_or_bytes, **config) -> Checkpoint:
-    """Like ``load_checkpoint``, returning the model with its config, metadata, sha256 and a note."""
+def read_checkpoint(path_or_bytes, *, assume: dict | None = None, **config) -> Checkpoint:
+    """Like ``load_checkpoint``, returning the model with its config, metadata, sha256 and a note.
+
+    assume: ``GlomConfig`` fields for a state dict, which cannot store them (``consensus_self``); our
+    format carries its whole config, so there they are ignored. The format is read from the bytes, never
+    from a file name.
+    """
     data, label = _read_bytes(path_or_bytes)
-    unknown = sorted(set(config) - {field.name for field in dataclasses.fields(GlomConfig)})
+    unknown = sorted((set(config) | set(assume or ())) - {field.name for field in dataclasses.fields(GlomConfig)})
     if unknown:
         raise CheckpointError(
             f"unknown GLOM config fields {unknown}: the fields are {[f.name for f in dataclasses.fields(GlomConfig)]}"
@@ -190,7 +195,7 @@ def read_checkpoint(path_or_bytes, **config) -> Checkpoint:
             "glom-pytorch state dict saved with torch.save(model.state_dict(), path)"
         )
     tensors, unwrapped = _strip_ddp_prefix(tensors)
-    model_config, inferred = _infer_config(tensors, config, label)
+    model_config, inferred = _infer_config(tensors, {**(assume or {}), **config}, label)
     model = _build(model_config, tensors, label)
     note = "; ".join(([unwrapped] if unwrapped else []) + inferred) or None
     return Checkpoint(model, model_config, {}, digest, source, note)

@@ -21,5 +21,9 @@ class CheckpointError(ValueError):
     """A checkpoint that is not data we can load, or does not fit the model."""
 
 
+class RunError(ValueError):
+    """A training-run name or folder that cannot be opened (not under the runs folder, or not a run)."""
+
+
 class ExportError(RuntimeError):
     """An export that cannot be written (for example: no browser for static images)."""

@@ -32,6 +32,7 @@ from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, patch_truth, pixel_patches
 from glom_viz.model import Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
+from glom_viz.runs import final_columns
 from glom_viz.scenes import EVAL_SEEDS, make_batch
 
 ASSETS = Path(__file__).parent / "assets"
@@ -42,7 +43,6 @@ DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
 # (43 s on this project's 2-core machine)
 DEFAULT_SCENES = 256
 KMEANS_RESTARTS = 4
-BATCH = 16
 UNTRAINED_SEED = 0
 METRICS = ("fg_ari_objects", "fg_ari_parts", "ari_objects")
 
@@ -86,15 +86,6 @@ def _standard_error(rows: list[dict]) -> dict[str, float]:
         values = values[~np.isnan(values)]
         errors[key] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
     return errors
-
-
-@torch.no_grad()
-def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None) -> np.ndarray:
-    """(b, 3, s, s) -> (b, patches, levels, dim) numpy, the columns at the final step."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [model(images[i:i + BATCH].to(device), iters=iters).float().cpu() for i in range(0, len(images), BATCH)]
-    return torch.cat(out).numpy()
 
 
 def evaluate(model: Glom, images: torch.Tensor, objects: np.ndarray, parts: np.ndarray,

@@ -408,3 +408,31 @@ def make_bundle(files: Mapping[str, bytes], manifest: Mapping) -> bytes:
         bundle.writestr(zipfile.ZipInfo(MANIFEST_NAME, ZIP_DATE_TIME), to_json(document),
                         compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
+
+
+def run_bundle(states, labels, grid, measures, *, image, overlay, step: int, level: int, provenance: Mapping,
+               truth: str | None = None) -> bytes:
+    """One picture's run as a zip, with a manifest saying how it was made.
+
+    Args:
+        states: (T, N, L, D) the run's states; labels: (T, L, N) its islands; grid: (h, w) patches.
+        measures: level -> per-step measures (``islands.island_measures``).
+        image: (S, S, 3) uint8, the model's input; overlay: (H, W, 3) uint8, the islands at (step, level).
+        step, level: what the overlay shows; provenance: ``provenance(...)``'s record of the run;
+        truth: the ground truth the measures were scored against, if any.
+
+    Returns:
+        The zip's bytes: input.png, the overlay, labels.csv, measures.csv, measures.json, states.npz and
+        manifest.json.
+    """
+    files = {
+        "input.png": image_to_png(image),
+        f"islands-level{level}-step{step}.png": image_to_png(overlay),
+        "labels.csv": labels_to_csv(labels, grid),
+        "measures.csv": measures_to_csv(measures),
+        "measures.json": measures_to_json(measures, truth=truth),
+        "states.npz": states_to_npz(states, labels=labels, image=image),
+    }
+    manifest = {**provenance, "step": int(step), "level": int(level), "truth": truth,
+                "states_dtype": str(np.asarray(states).dtype)}
+    return make_bundle(files, manifest)

@@ -16,6 +16,14 @@ Odd but valid pictures come out as plain RGB: 16-bit, CMYK, palette, greyscale, 
 (composited on white), EXIF orientation applied, the first frame of an animation (``load_frames``
 gives them all). Images smaller than ``LIMITS.small_side`` are accepted with a note that the model
 will see them upscaled.
+
+Videos (MP4, MOV, WebM) go through the same gate with FFmpeg's libraries (PyAV) in place of Pillow:
+the container is sniffed from its bytes and opened with that demuxer only; a file with no video
+stream, a header claiming a picture above the limits or more than ``LIMITS.max_video_seconds`` /
+``LIMITS.max_video_frames`` is refused before a frame is decoded; frames are counted from the
+packets, then decoded and evenly sampled (``load_frames``) or taken as consecutive pairs
+(``load_frame_pairs``), each checked like an image. A truncated file keeps the frames before the cut,
+with a note.
 """
 
 from __future__ import annotations
@@ -56,6 +64,16 @@ RASTER_MAGIC = (
     (b"BM", "BMP"),
 )
 FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+# the video containers we read, by FFmpeg's demuxer name, and what to call them in messages
+VIDEO_CONTAINERS = {"mov": "an MP4/QuickTime video", "matroska": "a WebM/Matroska video"}
+VIDEO_NAMES = "MP4, MOV or WebM"
+# ISO base media brands of still pictures: an "ftyp" box with one of these is not a video
+STILL_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+QUICKTIME_ATOMS = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+MATROSKA_MAGIC = b"\x1a\x45\xdf\xa3"
+PROBED_STREAMS = 16  # streams of a video given the probe's pixel limit (a clip has one to a few)
+# a video whose frames end this share of its claimed length early (and two frames at least) was cut
+CUT_SHARE = 0.02
 OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 SNIFF_BYTES = 512  # enough of the head of a file to tell what it is
 
@@ -86,8 +104,12 @@ class ImageLimits:
     max_aspect: float = 20.0  # long side / short side
     min_side: int = 1  # a header claiming 0 pixels is refused
     small_side: int = 32  # below this, accepted with a note that the model sees it upscaled
-    max_frames: int = 64  # frames read from one animation; later ones are dropped with a note
+    max_frames: int = 64  # frames read from one animation or sampled from one video
     max_sequence_pixels: int = 40_000_000  # all frames of a sequence together
+    # a video's header may claim at most this long a clip, or this many frames (10 min at 30 fps):
+    # every frame is decoded to sample a few, so these bound the work one upload can ask for
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 18_000
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -146,8 +168,13 @@ def load_image(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> Loa
 
     Raises:
         ImageLoadError: with a sentence saying what is wrong with the file and what to do.
+
+    A video (MP4, MOV, WebM) gives its first frame, with a note; ``load_frames`` samples it.
     """
     label = _label(name)
+    if _video_container(data) is not None:
+        first = _video_frames(data, label, limits, first_only=True)[0]
+        return dataclasses.replace(first, name=name)
     image, fmt = _open_checked(data, label, limits)
     n_frames = _frame_count(image, label)
     rgb, notes = _decode_frame(image, label, upright=True)
@@ -158,11 +185,14 @@ def load_image(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> Loa
 
 
 def load_frames(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> list[LoadedImage]:
-    """All frames of an animated GIF, WebP, PNG or multi-page TIFF, each checked like an upload.
+    """All frames of an animated GIF, WebP, PNG or multi-page TIFF, or frames sampled from a video
+    (MP4, MOV, WebM), each checked like an upload.
 
-    A still image gives one frame. At most ``limits.max_frames`` frames and
+    A still image gives one frame. Of an animation, at most ``limits.max_frames`` frames and
     ``limits.max_sequence_pixels`` pixels in all are read; the rest are dropped with a note on the
-    last frame kept.
+    last frame kept. Of a video, as many frames as both limits allow are taken evenly spaced over the
+    whole clip (first and last included), with a note saying so; a truncated video gives the frames
+    before the cut, with a note.
 
     Returns:
         list of ``LoadedImage`` (``frame`` = index in the file), all with the file's sha256.
@@ -171,6 +201,8 @@ def load_frames(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> li
         ImageLoadError: the file, or any frame of it, cannot be used.
     """
     label = _label(name)
+    if _video_container(data) is not None:
+        return [dataclasses.replace(frame, name=name) for frame in _video_frames(data, label, limits)]
     image, fmt = _open_checked(data, label, limits)
     n_frames = _frame_count(image, label)
     digest = _sha256(data)
@@ -202,6 +234,28 @@ def load_frames(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> li
         frames[-1] = LoadedImage(rgb=last.rgb, name=name, note=_join([n for n in (last.note, dropped) if n]),
                                  sha256=digest, format=fmt, frame=last.frame)
     return frames
+
+
+def load_frame_pairs(data: bytes, name: str = "", limits: ImageLimits = LIMITS) -> list[tuple[LoadedImage, LoadedImage]]:
+    """Pairs of consecutive frames of a video or an animation: the scene, and the same scene a moment
+    later, as common fate needs them.
+
+    Of a video, the pairs start at evenly spaced frames over the whole clip, as many as
+    ``limits.max_frames`` (two frames per pair) and ``limits.max_sequence_pixels`` allow; of an
+    animation, its first frames two by two in a row (frames 0-1, 1-2, ...). A still image has no pair.
+
+    Raises:
+        ImageLoadError: the file cannot be used, or holds fewer than two frames.
+    """
+    label = _label(name)
+    if _video_container(data) is not None:
+        frames = [dataclasses.replace(f, name=name) for f in _video_frames(data, label, limits, pairs=True)]
+        return [(a, b) for a, b in zip(frames[::2], frames[1::2])]
+    frames = load_frames(data, name, limits)
+    if len(frames) < 2:
+        raise ImageLoadError(f"{label} holds a single frame: a pair needs a video or an animation of two "
+                             "frames or more (or put the second frame in next/)")
+    return list(zip(frames[:-1], frames[1:]))
 
 
 def to_model_input(rgb: np.ndarray, image_size: int, fit: str = "crop") -> tuple[torch.Tensor, np.ndarray, str]:
@@ -318,6 +372,15 @@ def sample_images() -> dict[str, np.ndarray]:
     }
 
 
+def sniff_video(head: bytes) -> str | None:
+    """FFmpeg's demuxer name ("mov" or "matroska") for a video container we read, from its first bytes; None otherwise."""
+    if head.startswith(MATROSKA_MAGIC):
+        return "matroska"
+    if head[4:8] in QUICKTIME_ATOMS and not (head[4:8] == b"ftyp" and head[8:12] in STILL_BRANDS):
+        return "mov"
+    return None
+
+
 def sniff_format(head: bytes) -> str | None:
     """Pillow's format name for a raster file we decode, from its first bytes; None otherwise."""
     for magic, fmt in RASTER_MAGIC:
@@ -339,6 +402,8 @@ def describe_content(head: bytes) -> str:
         if brand in (b"avif", b"avis"):
             return "an AVIF image"
         return "an MP4/QuickTime video"
+    if head.startswith(MATROSKA_MAGIC):
+        return "a WebM/Matroska video"
     binary = {
         b"%PDF": "a PDF document",
         b"PK\x03\x04": "a ZIP archive (or an Office document)",
@@ -385,8 +450,8 @@ def _open_checked(data: bytes, label: str, limits: ImageLimits) -> tuple[Image.I
     fmt = sniff_format(head)
     if fmt is None:
         raise ImageLoadError(
-            f"{label} is {describe_content(head)}: upload a {FORMAT_NAMES} file "
-            "(export or screenshot it as PNG)"
+            f"{label} is {describe_content(head)}: upload a {FORMAT_NAMES} picture (export or "
+            f"screenshot it as PNG), or a video as {VIDEO_NAMES}"
         )
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
@@ -403,6 +468,234 @@ def _open_checked(data: bytes, label: str, limits: ImageLimits) -> tuple[Image.I
         ) from error
     _check_dimensions(width, height, label, limits)
     return image, fmt
+
+
+def _video_container(data) -> str | None:
+    """The demuxer of a video upload, None for anything else (images and unknown bytes go to Pillow's gate)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None
+    return sniff_video(bytes(data[:SNIFF_BYTES]))
+
+
+def _video_frames(data: bytes, label: str, limits: ImageLimits, pairs: bool = False,
+                  first_only: bool = False) -> list[LoadedImage]:
+    """Decode the frames of a video that ``load_frames`` (evenly spaced), ``load_frame_pairs`` (``pairs``:
+    index i and i + 1, flattened) or ``load_image`` (``first_only``) take.
+
+    Nothing is decoded before the header has passed the checks: a video stream, its picture size, the
+    clip's claimed length and frame count. Frames are then counted from the packets (no decoding), the
+    frames to keep chosen, and the stream decoded up to the last of them.
+    """
+    import av
+
+    data = bytes(data)
+    if len(data) > limits.max_upload_bytes:
+        raise ImageLoadError(
+            f"{label} is {_megabytes(len(data))}, above the {_megabytes(limits.max_upload_bytes)} "
+            "upload limit: cut the clip shorter, or export it at a lower resolution or bitrate"
+        )
+    demuxer = sniff_video(data[:SNIFF_BYTES])
+    kind = VIDEO_CONTAINERS[demuxer]
+    digest = _sha256(data)
+    count, width, height, cut = _count_video_frames(data, demuxer, kind, label, limits)
+    if count == 0:
+        raise ImageLoadError(f"{label} is {kind} whose video stream holds no frames{cut or ''}: "
+                             "export the clip again")
+    budget = max(1, limits.max_sequence_pixels // max(1, width * height))
+    if first_only:
+        wanted = [0]
+    elif pairs:
+        if count < 2:
+            raise ImageLoadError(f"{label} holds a single frame: a pair of frames needs a video of two frames or more")
+        starts = _evenly(count - 1, max(1, min(limits.max_frames, budget) // 2))
+        wanted = sorted({i for start in starts for i in (start, start + 1)})
+    else:
+        wanted = _evenly(count, min(limits.max_frames, budget))
+    frames: list[LoadedImage] = []
+    try:
+        with _open_video(data, demuxer, kind, label, limits) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            # the decoder refuses frames above the pixel limit itself, before allocating them
+            stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+            targets = iter(wanted)
+            target = next(targets)
+            for index, frame in enumerate(_decoded(container, stream)):
+                if index < target:
+                    continue
+                _check_dimensions(frame.width, frame.height, f"{label} (frame {index + 1})", limits)
+                rgb = frame.to_ndarray(format="rgb24")
+                notes = _size_notes(rgb, limits)
+                rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+                if rotation:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
+                    notes.append(f"turned {rotation} degrees as the video's display matrix says")
+                frames.append(LoadedImage(rgb=rgb, name="", note=_join(notes), sha256=digest, format=kind,
+                                          frame=index))
+                target = next(targets, None)
+                if target is None:
+                    break
+    except av.FFmpegError as error:
+        if not frames and isinstance(error, av.ArgumentError):
+            raise ImageLoadError(
+                f"{label} is {kind} whose frames FFmpeg refuses to decode ({_video_reason(error)}): "
+                f"larger than {limits.max_pixels:,} pixels, or in a form its decoder cannot take; "
+                f"export it again at a few megapixels at most"
+            ) from error
+        cut = cut or f" (decoding stopped at frame {len(frames) + 1}: {_video_reason(error)})"
+    if pairs:  # a cut can leave the last pair with one frame
+        by_index = {f.frame: f for f in frames}
+        frames = [f for start in wanted[::2] if start in by_index and start + 1 in by_index
+                  for f in (by_index[start], by_index[start + 1])]
+    if not frames:
+        raise ImageLoadError(f"{label} is {kind}, but none of its frames could be decoded{cut or ''}: "
+                             "the file is damaged; export it again")
+    notes = []
+    sampled = not first_only and len(frames) < count
+    of = f"the {count} frames before the cut" if cut else f"its {count} frames"
+    if sampled:
+        notes.append(f"{len(frames)} of {of}, evenly spaced" if not pairs else
+                     f"{len(frames) // 2} pairs of consecutive frames, evenly spaced over {of}")
+    if cut:
+        notes.insert(0, f"the file ends early{cut}" + ("" if sampled else f": the {len(frames)} frames before the cut were used"))
+    if first_only and count > 1:
+        notes.append(f"first of {count} frames shown (load the video as a sequence to see more)")
+    if notes:
+        last = -1 if not first_only else 0
+        frames[last] = dataclasses.replace(frames[last], note=_join([n for n in (frames[last].note, *notes) if n]))
+    return frames
+
+
+def _count_video_frames(data: bytes, demuxer: str, kind: str, label: str,
+                        limits: ImageLimits) -> tuple[int, int, int, str | None]:
+    """(frames, width, height, how it was cut or None) from the container and its packets, nothing decoded."""
+    import av
+
+    with _open_video(data, demuxer, kind, label, limits) as container:
+        if not container.streams.video:
+            others = ", ".join(sorted({s.type for s in container.streams})) or "no streams at all"
+            raise ImageLoadError(f"{label} is {kind} with no video stream ({others}): upload a clip with "
+                                 "pictures in it")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ImageLoadError(f"{label} is {kind} whose video is in a codec FFmpeg cannot decode: export it "
+                                 "again as H.264 (MP4) or VP9 (WebM)")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width or height:
+            _check_dimensions(width, height, label, limits)
+        seconds = [float(stream.duration * stream.time_base)] if stream.duration and stream.time_base else []
+        if container.duration:
+            seconds.append(container.duration / 1e6)
+        if seconds and max(seconds) > limits.max_video_seconds:
+            raise ImageLoadError(
+                f"{label} claims to last {_duration(max(seconds))}, above the limit of "
+                f"{_duration(limits.max_video_seconds)}: cut the part you want to look at"
+            )
+        if stream.frames > limits.max_video_frames:
+            raise ImageLoadError(
+                f"{label} claims {stream.frames:,} frames, above the limit of {limits.max_video_frames:,}: "
+                "cut the part you want to look at"
+            )
+        count, cut, end, frame_seconds = 0, None, 0.0, 0.0
+        try:
+            for packet in container.demux(stream):
+                if packet.is_corrupt:  # the demuxer's sign of a cut: the packet runs past the end of the file
+                    cut = f" (frame {count + 1} is cut short)"
+                    break
+                if packet.size:
+                    count += 1
+                    if count > limits.max_video_frames:
+                        raise ImageLoadError(
+                            f"{label} holds more than {limits.max_video_frames:,} frames (the limit): cut the "
+                            "part you want to look at"
+                        )
+                    if packet.pts is not None and packet.time_base:
+                        frame_seconds = float((packet.duration or 0) * packet.time_base)
+                        end = max(end, float(packet.pts * packet.time_base) + frame_seconds)
+        except av.FFmpegError as error:
+            cut = f" ({_video_reason(error)} after {count} frames)"
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        if cut is None and demuxer == "mov" and _boxes_cut(data):
+            cut = " (its last box runs past the end of the file)"
+        elif cut is None and stream.frames and count < stream.frames:
+            cut = f" (its header counts {stream.frames} frames, {count} are there)"
+        elif cut is None and seconds and end and max(seconds) - (end - start) > max(2 * frame_seconds,
+                                                                                    CUT_SHARE * max(seconds)):
+            cut = f" (its header says {_duration(max(seconds))}, its frames end at {_duration(end - start)})"
+    return count, width, height, cut
+
+
+def _open_video(data: bytes, demuxer: str, kind: str, label: str, limits: ImageLimits):
+    """The container, opened with the demuxer its bytes name and no other; FFmpeg's probing decodes no
+    frame above the pixel limit."""
+    import av
+
+    hint = " (an MP4 keeps its index at the end, so a cut file cannot be opened)" if demuxer == "mov" else ""
+    try:
+        return av.open(io.BytesIO(data), format=demuxer,
+                       stream_options=[{"max_pixels": str(limits.max_pixels)}] * PROBED_STREAMS)
+    except av.FFmpegError as error:
+        reason = _video_reason(error)
+    except ValueError:  # PyAV's word for a container whose header lists no streams
+        reason = "its header lists no streams"
+    raise ImageLoadError(f"{label} starts like {kind} but FFmpeg cannot read it ({reason}): the file is damaged "
+                         f"or truncated{hint}; export it again as {VIDEO_NAMES}")
+
+
+def _boxes_cut(data: bytes) -> bool:
+    """Whether the last top-level box of an MP4/QuickTime file claims more bytes than the file has.
+
+    An MP4 is a sequence of boxes (32-bit size, 4-byte type; size 1: a 64-bit size follows; size 0:
+    to the end), so a file cut anywhere but between two boxes ends inside one. A fragmented MP4 (one
+    box pair per few frames, as cameras and streams write) loses its last fragment silently otherwise.
+    """
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        if size == 1:
+            if offset + 16 > len(data):
+                return True
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        elif size == 0:
+            return False
+        if size < 8:
+            return False  # not a box at all: FFmpeg's own reading decides
+        offset += size
+    return offset != len(data)
+
+
+def _decoded(container, stream):
+    """The stream's frames in order, up to a cut: a packet the demuxer marks corrupt ends it, and the
+    decoder is flushed of the frames it still holds."""
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            break
+        yield from packet.decode()  # the last, empty packet flushes the decoder
+    else:
+        return
+    yield from stream.codec_context.decode(None)
+
+
+def _video_reason(error: BaseException) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without its error number and file name."""
+    return (getattr(error, "strerror", None) or _reason(error)).rstrip(".")
+
+
+def _evenly(count: int, wanted: int) -> list[int]:
+    """`wanted` (at most `count`) indices into range(count), evenly spaced, first and last included."""
+    if wanted >= count:
+        return list(range(count))
+    if wanted == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} minutes"
+    return f"{seconds:.1f} s"
 
 
 def _check_dimensions(width: int, height: int, label: str, limits: ImageLimits) -> None:

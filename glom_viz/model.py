@@ -323,6 +323,31 @@ def precision_path(device_type: str, dim: int | None = None) -> str:
     return "fp32"
 
 
+# what a user may ask for: "fast" (torch.autocast; the forward picks the path) or exact "fp32"
+PRECISIONS = ("fast", "fp32")
+
+
+def precision_context(precision: str, device_type: str = "cpu"):
+    """The context a forward runs in for ``precision``: autocast for any request but "fp32", else none.
+
+    Under it ``precision_path`` picks what runs; a path name ("bf16", "int8") asks for speed like "fast".
+    """
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision != "fp32")
+
+
+def run_path(dim: int, precision: str = "fast", device_type: str = "cpu") -> str:
+    """What an inference forward of a model of ``dim`` runs as here when asked for ``precision``.
+
+    "fp32", "bf16", "fp16" or "int8": ``precision_path`` under ``precision_context``, with gradients off,
+    without its warning (the caller shows the answer). Every label that names a precision asks this.
+    """
+    if precision == "fp32":
+        return "fp32"
+    with torch.inference_mode(), precision_context(precision, device_type), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return precision_path(device_type, dim)
+
+
 def patch_distances(side: int) -> torch.Tensor:
     """(n, n) Euclidean distances between patch centres on a side x side grid, row-major."""
     coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).float()

@@ -4,6 +4,11 @@ Everything here builds and returns; nothing is shown. An island's colour is a pu
 (`id mod len(PALETTE)`, noise grey), so an island keeps its colour while the user scrubs through steps
 and is the same colour in every figure: the overlay, the sheet, the projection and the parse tree.
 
+Overlays lay the island colours over the picture in grey (its luminance, kept within GREY_RANGE), not
+over its colours: a tint over colour changes what the picture shows (a yellow flower under a purple
+island reads pink) and hides light island colours on similar photographs; over grey every colour on
+the map is an island's and reads the same on any picture.
+
 Shapes: images are `(H, W, 3)` uint8 at their own resolution; labels are `(patches,)` ints in the
 row-major patch order of a `grid = (h, w)`; `-1` is noise.
 """
@@ -34,6 +39,12 @@ NOISE_COLOR = "#808080"
 PALETTE_RGB = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in PALETTE], dtype=np.uint8)
 NOISE_RGB = np.array([128, 128, 128], dtype=np.uint8)
 
+# the overlay's base: the picture's luminance (ITU-R BT.601 weights) mapped into this share of white, so
+# that dark and light island colours both stay visible on it
+LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+GREY_RANGE = (0.2, 0.9)
+OVERLAY_ALPHA = 0.55
+
 # island borders: a dark line on the low side of a label change and a light one on the high side, so
 # the border reads on dark and bright images alike
 BORDER_DARK_RGB = np.array([24, 24, 24], dtype=np.uint8)
@@ -44,7 +55,9 @@ HIGHLIGHT_WIDTH_PX = 2
 HIGHLIGHT_DIM = 0.45
 
 SHEET_TILE_PX = 96
+ROW_TILE_PX = 256  # the tiles of a row of overlays (all levels at one step, two models side by side)
 SHEET_GAP_PX = 4
+TITLE_CHAR_PX = 9  # about the width of a title character at plotly's default 17 px title font
 SHEET_BACKGROUND_RGB = (255, 255, 255)
 SHEET_JPEG_QUALITY = 92  # the sheet is large: JPEG encodes it ~7x faster than PNG at the same size
 
@@ -162,7 +175,7 @@ def _overlays(image: np.ndarray, labels: np.ndarray, grid: tuple[int, int], alph
     # np.take along an axis is ~3x faster here than fancy indexing
     blended = np.take(island_colors(labels).astype(np.float32), patch_map, axis=-2)
     blended *= alpha
-    blended += image.astype(np.float32) * (1.0 - alpha)
+    blended += grey_base(image)[..., None] * (1.0 - alpha)
     out = np.rint(blended).astype(np.uint8)
     if borders:
         low, high = _change_masks(np.take(labels, patch_map, axis=-1))
@@ -171,15 +184,21 @@ def _overlays(image: np.ndarray, labels: np.ndarray, grid: tuple[int, int], alph
     return out
 
 
-def draw_islands(image, labels, grid, alpha: float = 0.45, borders: bool = True,
+def grey_base(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) float32: the picture's luminance, within GREY_RANGE of white (0-255)."""
+    low, high = GREY_RANGE
+    return (image.astype(np.float32) @ LUMINANCE) * (high - low) + 255.0 * low
+
+
+def draw_islands(image, labels, grid, alpha: float = OVERLAY_ALPHA, borders: bool = True,
                  highlight=None) -> np.ndarray:
-    """The islands of one (step, level) laid over an image, at the image's own resolution.
+    """The islands of one (step, level) laid over an image in grey, at the image's own resolution.
 
     Args:
         image: (H, W, 3) uint8 RGB; any size, the patch grid is stretched over it (nearest).
-        labels: (patches,) island ids in row-major patch order, -1 for noise.
+        labels: (patches,) island ids in row-major patch order, -1 for noise (left grey).
         grid: (h, w) patch grid, h * w == patches.
-        alpha: weight of the island colour against the image.
+        alpha: weight of the island colour against the grey picture (``grey_base``).
         borders: draw island borders (a dark and a light pixel on either side of each label change).
         highlight: patch indices to outline (e.g. selected in the projection); other patches are dimmed.
 
@@ -252,7 +271,7 @@ def _patch_cell_geometry(height: int, width: int, grid: tuple[int, int]) -> dict
 
 
 def island_map_figure(image, labels, grid, similarity=None, title: str | None = "islands",
-                      alpha: float = 0.45, highlight=None) -> go.Figure:
+                      alpha: float = OVERLAY_ALPHA, highlight=None) -> go.Figure:
     """The island overlay with hover per patch: patch index, row, column, island, similarity.
 
     Args:
@@ -304,7 +323,7 @@ def _thumbnail(image: np.ndarray, tile_px: int) -> np.ndarray:
 
 
 def sheet_figure(image, labels, grid, steps: Sequence[int] | None = None, tile_px: int = SHEET_TILE_PX,
-                 alpha: float = 0.45, title: str | None = "islands: levels x steps") -> go.Figure:
+                 alpha: float = OVERLAY_ALPHA, title: str | None = "islands: levels x steps") -> go.Figure:
     """Small multiples of island overlays: levels in rows (top level at the top), steps in columns.
 
     The tiles are composed into one image, which stays fast at 6 levels x 13 steps (78 subplots do not).
@@ -342,9 +361,59 @@ def sheet_figure(image, labels, grid, steps: Sequence[int] | None = None, tile_p
                    tickvals=[c * pitch_w + tile_w / 2 for c in range(len(steps))]),
         yaxis=dict(showticklabels=True, ticks="", ticktext=[f"level {level}" for level in reversed(range(n_levels))],
                    tickvals=[r * pitch_h + tile_h / 2 for r in range(n_levels)]),
-        margin=dict(l=70, r=10, t=70, b=10), width=width + 80, height=height + 80, hovermode=False,
+        margin=dict(l=70, r=10, t=70, b=10), width=_fitting_width(width + 80, title), height=height + 80,
+        hovermode=False,
     )
     return fig
+
+
+def islands_row_figure(image, labels, grid, captions: Sequence[str] | None = None, tile_px: int = ROW_TILE_PX,
+                       alpha: float = OVERLAY_ALPHA, title: str | None = None) -> go.Figure:
+    """Island overlays of one picture side by side, each captioned: all levels at one step (top level
+    first, as the page shows them), or one level under two models.
+
+    Args:
+        image: (H, W, 3) uint8.
+        labels: (K, patches) island ids, one row per tile, left to right.
+        grid: (h, w).
+        captions: K strings under the tiles (default "1", "2", ...).
+        tile_px: longer side of each tile in pixels.
+
+    Returns:
+        A figure whose one layout image is the row, sized to show every tile and the whole title.
+    """
+    image = _check_image(image)
+    labels = _check_labels(labels, grid, ndim=2)
+    count = labels.shape[0]
+    captions = [str(k + 1) for k in range(count)] if captions is None else [str(c) for c in captions]
+    if len(captions) != count:
+        raise StatesError(f"give one caption per row of labels: {count} rows, {len(captions)} captions")
+    tile = _thumbnail(image, tile_px) if max(image.shape[:2]) > tile_px else np.asarray(
+        Image.fromarray(image).resize((tile_px, round(tile_px * image.shape[0] / image.shape[1])),
+                                      Image.Resampling.NEAREST))
+    tile_h, tile_w = tile.shape[:2]
+    pitch = tile_w + SHEET_GAP_PX
+    tiles = np.empty((count, tile_h, pitch, 3), dtype=np.uint8)
+    tiles[:] = SHEET_BACKGROUND_RGB
+    tiles[:, :, :tile_w] = _overlays(tile, labels, _check_grid(grid), alpha, borders=True)
+    canvas = tiles.transpose(1, 0, 2, 3).reshape(tile_h, count * pitch, 3)[:, :-SHEET_GAP_PX]
+    fig = _image_figure(canvas, title)
+    fig.update_layout(
+        xaxis=dict(showticklabels=True, ticks="", ticktext=captions,
+                   tickvals=[k * pitch + tile_w / 2 for k in range(count)]),
+        margin=dict(l=10, r=10, t=60 if title else 10, b=40),
+        width=_fitting_width(canvas.shape[1] + 20, title, captions, count), height=tile_h + (100 if title else 50),
+        hovermode=False,
+    )
+    return fig
+
+
+def _fitting_width(width: int, title: str | None, captions: Sequence[str] = (), tiles: int = 1) -> int:
+    """A figure width at least `width` that shows its whole title and every tile's caption."""
+    needed = [width, TITLE_CHAR_PX * len(title or "") + 40]
+    if captions:
+        needed.append(tiles * (TITLE_CHAR_PX * 0.8 * max(len(c) for c in captions) + SHEET_GAP_PX) + 20)
+    return int(math.ceil(max(needed)))
 
 
 def projection_figure(coords, labels, hover: Sequence[str] | None = None, frame=None,
@@ -450,6 +519,39 @@ def measures_figure(measures, title: str | None = "island measures over steps") 
         fig.update_xaxes(title_text="step" if row == rows else None, row=row, col=col)
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=60, b=10), height=260 * rows + 60,
                       hovermode="x unified")
+    return fig
+
+
+def losses_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], checkpoints: Sequence[int] = (),
+                  step: int | None = None, title: str | None = "training losses") -> go.Figure:
+    """A training run's losses over its steps, with its checkpoints marked and the one in view lit.
+
+    Args:
+        curves: loss name -> (steps, values), e.g. ``glom_viz.training_runs.TrainingRun.losses()``; "total" is drawn
+            thickest, the other terms thin, on a log scale when every value is positive.
+        checkpoints: the training steps that have a checkpoint (dotted lines).
+        step: the checkpoint in view (a solid line).
+
+    Returns:
+        A figure with one Scatter line per loss.
+    """
+    if not curves:
+        raise StatesError("the run logged no losses yet: pass name -> (steps, values), e.g. TrainingRun.losses()")
+    fig = go.Figure()
+    positive = True
+    for name, (steps, values) in curves.items():
+        total = name == "total"
+        positive &= all(v > 0 for v in values)
+        fig.add_trace(go.Scatter(x=list(steps), y=list(values), mode="lines", name=name,
+                                 line=dict(width=3 if total else 1.5, color="#222" if total else None)))
+    for kept in checkpoints:
+        fig.add_vline(x=kept, line_width=1, line_dash="dot", line_color="#BBB")
+    if step is not None:
+        fig.add_vline(x=step, line_width=2, line_color="#D62728",
+                      annotation_text=f"step {step}", annotation_position="top")
+    fig.update_layout(title=title, margin=dict(l=10, r=10, t=60, b=10), hovermode="x unified",
+                      xaxis=dict(title="training step"), yaxis=dict(type="log" if positive else "linear"),
+                      legend=dict(orientation="h", y=-0.2))
     return fig
 
 

@@ -65,6 +65,13 @@ EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 LOG_FILE = "log.jsonl"
+KEPT_DIR = "checkpoints"  # a run's kept checkpoints, one per checkpoint_every steps
+
+
+def kept_checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint kept at a training step (zero-padded, so names sort by step)."""
+    return f"step-{step:07d}.safetensors"
+
 GRAY = 0.5  # masked patches are noise around mid-gray
 MASKED_LOGIT = -1e4  # a finite "minus infinity": rows with nothing to compare stay finite through logsumexp
 # the GlomConfig fields a TrainConfig carries
@@ -164,6 +171,10 @@ class TrainConfig:
     # a folder that keeps the scenes' motion and similarity groups between runs (GroupsStore): the stages of
     # a recipe with the same group settings find each scene's groups once. None: this run's memory only
     groups_cache: str | None = None
+    # also keep every checkpoint, the untrained start included, as checkpoints/step-NNNNNNN.safetensors
+    # (the GLOM alone: 1 MB at the shipped size, 90 MB at glom-pytorch's default), so that the app can
+    # scrub the run over training time (glom_viz.training_runs)
+    keep_checkpoints: bool = True
 
     def __post_init__(self):
         for key in ("contribution_weights", "consensus_radii"):
@@ -768,6 +779,8 @@ class Trainer:
         """Train up to `steps` (default config.steps), checkpointing every checkpoint_every steps."""
         c = self.config
         last = c.steps if steps is None else min(c.steps, steps)
+        if c.checkpoint_every and c.keep_checkpoints and self.step == 0:
+            self.keep()  # the untrained start, where the run's islands over training time begin
         try:
             while self.step < last:
                 self.timed_step()
@@ -800,6 +813,8 @@ class Trainer:
         directory.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.model, directory / MODEL_FILE, train_config=json.dumps(self.config.to_dict()),
                         step=str(self.step))
+        if self.config.keep_checkpoints:
+            self.keep(directory)
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
@@ -813,6 +828,15 @@ class Trainer:
         partial.replace(directory / TRAINER_FILE)
         self._fire("on_checkpoint", directory)
         return directory
+
+    def keep(self, directory: str | Path | None = None) -> Path:
+        """Write the GLOM at this step to the run's checkpoints/ folder (rank 0), beside the others."""
+        from glom_viz.checkpoints import save_checkpoint
+
+        path = Path(directory or self.config.out) / KEPT_DIR / kept_checkpoint_name(self.step)
+        if self.rank == 0:
+            save_checkpoint(self.model, path, train_config=json.dumps(self.config.to_dict()), step=str(self.step))
+        return path
 
     @classmethod
     def resume(cls, directory: str | Path, **overrides) -> "Trainer":

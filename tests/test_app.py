@@ -17,12 +17,16 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, app_module, default_model, png_bytes, reference_labels, reference_run, scene_rgb
+from conftest import APP, default_model, png_bytes, reference_labels, reference_run, scene_rgb
+from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
+from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
+from explorer.views import VIEWS
+from explorer.views.common import patches_of
 from glom_viz import islands
+from glom_viz import model as glom_model
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
 
-app = app_module()
 
 TIMEOUT_S = 120
 TINY = GlomConfig(dim=16, levels=2, image_size=32, patch_size=4)
@@ -104,12 +108,12 @@ def test_opens_with_the_default_models_islands_drawn(at, glom_runs):
     run(at)
     model = default_model()
     levels = model.config.levels
-    labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)), model.grid)
+    labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)).states, model.grid)
 
     assert len(glom_runs) == 1
     assert at.slider(key="step").value == 2 * levels  # the last step, iterations = 2 x levels
     level = at.button_group(key="level").value
-    assert level == min(app.DEFAULT_LEVEL, levels - 1)
+    assert level == min(DEFAULT_LEVEL, levels - 1)
     assert legend(at) == expected_legend(labels[-1, level])
     assert len(main_images(at)) >= 2  # the overlay and the model's input
     if not SHIPPED_CHECKPOINT.is_file():
@@ -120,7 +124,7 @@ def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
     set_fp32(at)
     run(at)
     model = default_model()
-    labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)), model.grid)
+    labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)).states, model.grid)
 
     run(at.slider(key="step").set_value(0))
     # step 0: every column holds the model's initial levels, so a level is one island of all patches
@@ -131,7 +135,7 @@ def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
             run(at.slider(key="step").set_value(step))
             run(at.button_group(key="level").set_value(level))
             assert legend(at) == expected_legend(labels[step, level])
-    for view in app.VIEWS:
+    for view in VIEWS:
         run(at.button_group(key="view").set_value(view))
     run(at.button_group(key="view").set_value("Islands"))
     for method in islands.METHODS:
@@ -147,7 +151,7 @@ def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
     set_fp32(at)
     run(at)
     model = default_model()
-    states = reference_run(model, scene_rgb(0, model.config.image_size))
+    states = reference_run(model, scene_rgb(0, model.config.image_size)).states
     run(at.button_group(key="level").set_value(1))
     davies_bouldin = reference_labels(states, model.grid)[-1, 1]
     assert legend(at) == expected_legend(davies_bouldin)
@@ -177,7 +181,7 @@ def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
 def test_all_levels_and_play(at):
     run(at)
     levels = default_model().config.levels
-    run(at.button_group(key="level").set_value(app.ALL_LEVELS))
+    run(at.button_group(key="level").set_value(ALL_LEVELS))
     captions = [c for image in at.main.image for c in image.captions if c.startswith("level ")]
     assert len(captions) == levels
 
@@ -244,7 +248,7 @@ def test_uploaded_photo_and_its_mask(at, photo_rgb, photo_png):
     model = default_model()
     size = model.config.image_size
     assert any(f"cropped 160x120 to 120x120, resized to {size}x{size}" in c.value for c in at.caption)
-    labels = reference_labels(reference_run(model, photo_rgb), model.grid)
+    labels = reference_labels(reference_run(model, photo_rgb).states, model.grid)
     run(at.button_group(key="level").set_value(model.config.levels - 1))
     assert legend(at) == expected_legend(labels[-1, model.config.levels - 1])
 
@@ -252,7 +256,7 @@ def test_uploaded_photo_and_its_mask(at, photo_rgb, photo_png):
     mask[:, 80:] = (255, 0, 0)  # the right half is the object
     run(mask_uploader(at).set_value(("mask.png", png_bytes(mask), "image/png")))
     truth = islands.patch_truth(np.where(mask[:, 20:140, 0] > 0, 1, 0), model.grid)  # the centre crop
-    states = reference_run(model, photo_rgb).astype(app.STATES_DTYPE)
+    states = reference_run(model, photo_rgb).states
     measures = islands.island_measures(states[:, :, -1], labels[:, -1], model.grid, truth=truth)
     ari = next(m for m in at.metric if m.label == "ARI")
     assert float(ari.value) == pytest.approx(measures[-1]["ari"], abs=1e-3)
@@ -281,12 +285,12 @@ def test_bad_uploads_are_refused_and_the_rest_keeps_working(at, photo_png):
 
 def test_too_many_uploads_are_cut_with_a_message(at):
     pictures = [(f"p{i}.png", png_bytes(np.full((8, 8, 3), i, np.uint8)), "image/png")
-                for i in range(app.MAX_UPLOADS + 2)]
+                for i in range(MAX_UPLOADS + 2)]
     run(at)
     bundled = len(at.selectbox(key="picture").options)
     run(at.file_uploader(key="images_upload").set_value(pictures))
-    assert any(f"only the first {app.MAX_UPLOADS}" in e.value for e in at.error)
-    assert len(at.selectbox(key="picture").options) == bundled + app.MAX_UPLOADS
+    assert any(f"only the first {MAX_UPLOADS}" in e.value for e in at.error)
+    assert len(at.selectbox(key="picture").options) == bundled + MAX_UPLOADS
 
 
 def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
@@ -299,9 +303,9 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     first = reference_run(model, scene_rgb(0, model.config.image_size))
     sequence_calls = glom_runs[-2:]
     assert sequence_calls[0]["levels"] is None
-    np.testing.assert_allclose(sequence_calls[1]["levels"][0].numpy(), first[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sequence_calls[1]["levels"][0].numpy(), first.final, rtol=1e-5, atol=1e-6)
 
-    second = reference_run(model, scene_rgb(1, model.config.image_size), levels=torch.from_numpy(first[-1])[None])
+    second = reference_run(model, scene_rgb(1, model.config.image_size), start=first).states
     run(at.slider(key="frame").set_value(1))
     level = at.button_group(key="level").value
     assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, level])
@@ -309,8 +313,8 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
 
 def test_patch_selection_helper():
     event = {"selection": {"points": [{"customdata": 5}, {"customdata": [2, "x"]}, {"customdata": 5}, {}]}}
-    assert app.patches_of(event) == [2, 5]
-    assert app.patches_of(None) == []
+    assert patches_of(event) == [2, 5]
+    assert patches_of(None) == []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,7 +352,7 @@ def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
     run(at.file_uploader(key="model_checkpoint").set_value(("tiny.safetensors", checkpoint_bytes(ours, tmp_path),
                                                             "application/octet-stream")))
     assert any("checkpoint tiny.safetensors" in c.value for c in at.caption)
-    labels = reference_labels(reference_run(ours, scene_rgb(0, TINY.image_size)), ours.grid)
+    labels = reference_labels(reference_run(ours, scene_rgb(0, TINY.image_size)).states, ours.grid)
     assert legend(at) == expected_legend(labels[-1, at.button_group(key="level").value])
 
     glom_pytorch = pytest.importorskip("glom_pytorch")
@@ -401,6 +405,20 @@ def test_fast_precision_runs_the_path_glom_viz_picks(at, glom_runs, monkeypatch,
         reduced_precision_is_fast.cache_clear()
 
 
+def test_every_precision_label_names_what_runs_for_this_models_dim(at, monkeypatch):
+    """Where bf16 is not native, "fast" on a model narrower than the int8 nets pay for runs fp32: the
+    radio, the header and the run's own line all say so."""
+    monkeypatch.delenv(REDUCED_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: False)
+    at.session_state["model_precision"] = "fast"
+    run(at)
+    dim = default_model().config.dim
+    path = "int8" if dim >= glom_model.INT8_MIN_DIM and glom_model.int8_is_available() else "fp32"
+    assert at.radio(key="model_precision").options[0] == f"fast ({'int8 nets' if path == 'int8' else path})"
+    assert any(c.value.endswith(f"iterations · {path}") for c in at.caption)
+    assert any(f"for this frame ({path})" in c.value for c in at.caption)
+
+
 def test_animation_frames_as_a_sequence(at, glom_runs):
     at.session_state["images_bundled"] = []
     run(at)
@@ -423,7 +441,7 @@ def test_animation_frames_as_a_sequence(at, glom_runs):
 
 def test_run_size_limits():
     glom_pytorch_default = GlomConfig()  # 224 px, 14 px patches, dim 512, 6 levels: ~20 MB for 12 iterations
-    assert app.run_size_problem(glom_pytorch_default, 12) is None
+    assert run_size_problem(glom_pytorch_default, 12) is None
     huge = GlomConfig(dim=1024, levels=8, image_size=448, patch_size=14)
-    assert "MB of states per image" in app.run_size_problem(huge, app.MAX_ITERATIONS)
-    assert "patches" in app.run_size_problem(GlomConfig(dim=8, levels=2, image_size=132, patch_size=4), 1)
+    assert "MB of states per image" in run_size_problem(huge, MAX_ITERATIONS)
+    assert "patches" in run_size_problem(GlomConfig(dim=8, levels=2, image_size=132, patch_size=4), 1)

@@ -20,14 +20,15 @@ from PIL import Image
 from glom_viz import render
 from glom_viz.images import sample_images
 
-from conftest import app_module, default_model, reference_labels, reference_run, scene_rgb
+from conftest import default_model, reference_labels, reference_run, scene_rgb
+from explorer.context import DEFAULT_LEVEL
+from explorer.pictures import DISPLAY_PX
 
 pytestmark = pytest.mark.browser
 PlaywrightError = pytest.importorskip("playwright.sync_api").Error
 
 VIEWPORT = {"width": 1400, "height": 1000}
 WAIT_MS = 120_000  # a cold server loads the model and runs the first picture
-app = app_module()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,22 +106,22 @@ def labels_from_csv(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
 
 def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, photo_png):
     model = default_model()
-    level = min(app.DEFAULT_LEVEL, model.config.levels - 1)
+    level = min(DEFAULT_LEVEL, model.config.levels - 1)
     last = 2 * model.config.levels
     page = browser.new_page(viewport=VIEWPORT)
     try:
         page.goto(app_server)
         wait_for_islands(page, "scene 1", step=last, level=level)
-        scene = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)), model.grid)
+        scene = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)).states, model.grid)
         assert legend(page) == expected_legend(scene[last, level])
         overlay = page.locator("[data-testid='stImage'] img").first
-        assert overlay.evaluate("img => img.complete && img.naturalWidth") >= app.DISPLAY_PX
+        assert overlay.evaluate("img => img.complete && img.naturalWidth") >= DISPLAY_PX
 
         upload_photo(page, "astronaut.png", photo_png)  # a new upload is shown at once
         size = model.config.image_size
         wait_for_islands(page, "astronaut.png", step=last, level=level)
         page.get_by_text(f"cropped 160x120 to 120x120, resized to {size}x{size}").wait_for(timeout=WAIT_MS)
-        photo = reference_labels(reference_run(model, photo_rgb), model.grid)
+        photo = reference_labels(reference_run(model, photo_rgb).states, model.grid)
         assert legend(page) == expected_legend(photo[last, level])
 
         slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
@@ -174,12 +175,12 @@ def test_sessions_at_once_each_get_what_they_would_alone(app_server, browser, ph
     """Three pages on one server, different pictures, working at the same time; each result equals a
     single run of glom_viz on that picture, and nothing of one session shows in another."""
     model = default_model()
-    level = min(app.DEFAULT_LEVEL, model.config.levels - 1)
+    level = min(DEFAULT_LEVEL, model.config.levels - 1)
     last = 2 * model.config.levels
     expected = {
-        "scene 2": reference_labels(reference_run(model, scene_rgb(1, model.config.image_size)), model.grid),
-        "china": reference_labels(reference_run(model, sample_images()["china"]), model.grid),
-        "astronaut.png": reference_labels(reference_run(model, photo_rgb), model.grid),
+        "scene 2": reference_labels(reference_run(model, scene_rgb(1, model.config.image_size)).states, model.grid),
+        "china": reference_labels(reference_run(model, sample_images()["china"]).states, model.grid),
+        "astronaut.png": reference_labels(reference_run(model, photo_rgb).states, model.grid),
     }
     contexts = [browser.new_context(viewport=VIEWPORT) for _ in expected]
     pages = [context.new_page() for context in contexts]

@@ -167,6 +167,22 @@ def test_caller_config_completes_a_state_dict():
     assert "image_size" not in loaded.note  # given, not read
 
 
+def test_assumed_fields_complete_a_state_dict_and_leave_our_format_alone(tmp_path):
+    """The format is read from the bytes: a state dict takes what is assumed, ours keeps its own config,
+    whatever the file is called."""
+    state = glom_pytorch_state(consensus_self=True)
+    for data in (torch_bytes(state), safetensors_save({k: v.contiguous() for k, v in state.items()})):
+        loaded = read_checkpoint(data, assume={"consensus_self": True})
+        assert loaded.source.startswith("state dict") and loaded.config.consensus_self
+        assert "consensus_self" not in loaded.note
+    ours = Glom(**TINY, consensus_self=False)
+    save_checkpoint(ours, tmp_path / "named-like-a.pt")
+    loaded = read_checkpoint((tmp_path / "named-like-a.pt").read_bytes(), assume={"consensus_self": True})
+    assert loaded.source == "glom-viz" and not loaded.config.consensus_self
+    with pytest.raises(CheckpointError, match="unknown GLOM config fields"):
+        read_checkpoint(torch_bytes(state), assume={"self_attention": True})
+
+
 def test_nested_and_ddp_state_dicts_load():
     state = glom_pytorch_state()
     nested = torch_bytes({"state_dict": state, "step": 7})

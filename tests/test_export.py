@@ -133,6 +133,29 @@ def test_bundle_manifest_lists_every_file_with_its_hash(labels, measures):
     assert export.make_bundle(files, manifest) == bundle  # same inputs, same bytes
 
 
+def test_run_bundle_holds_the_run_and_says_how_it_was_made(labels, measures):
+    states = np.random.default_rng(1).normal(size=(3, 12, 2, 4)).astype(np.float16)
+    image = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    overlay = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    provenance = export.provenance({"dim": 4, "levels": 2}, "c" * 64, "i" * 64, seed=0, iters=2,
+                                   method="kmeans", params={"n_islands": None})
+    bundle = export.run_bundle(states, labels, (3, 4), measures, image=image, overlay=overlay, step=2, level=1,
+                               provenance=provenance, truth="objects")
+    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+        document = json.loads(archive.read("manifest.json"))
+        assert {entry["name"] for entry in document["files"]} == set(archive.namelist()) - {"manifest.json"}
+        assert document["step"] == 2 and document["level"] == 1 and document["truth"] == "objects"
+        assert document["states_dtype"] == "float16" and document["image_sha256"] == "i" * 64
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(archive.read("islands-level1-step2.png")))),
+                                      overlay)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(archive.read("input.png")))), image)
+        with np.load(io.BytesIO(archive.read("states.npz")), allow_pickle=False) as stored:
+            np.testing.assert_array_equal(stored["states"], states)
+            np.testing.assert_array_equal(stored["labels"], labels)
+        assert archive.read("labels.csv") == export.labels_to_csv(labels, (3, 4))
+        assert json.loads(archive.read("measures.json"))["truth"] == "objects"
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "manifest.json", "a//b"])
 def test_bundle_refuses_unsafe_names(name):
     with pytest.raises(ExportError, match="relative path"):

@@ -20,18 +20,25 @@ from sklearn.metrics import adjusted_rand_score, davies_bouldin_score, silhouett
 from glom_viz.errors import StatesError
 from glom_viz.islands import (
     METHODS,
+    ONE_ISLAND_COSINE,
     SEPARATED,
+    TINY_SHARE,
     _cuts,
     _davies_bouldin,
     _Map,
     _silhouettes,
+    align_checkpoints,
     align_islands,
+    compare_islands,
     fg_ari,
     find_islands,
     find_islands_all_levels,
     island_measures,
+    islands_hint,
+    match_islands,
     parse_tree,
     patch_truth,
+    same_grid,
 )
 
 GRID = (8, 8)
@@ -139,10 +146,25 @@ def test_all_equal_vectors_are_one_island_for_every_method():
     assert (find_islands(same, GRID, n_islands=4) == 0).all(), "nothing to split, whatever the count asked"
 
 
-def test_no_structure_is_one_island():
-    """Isotropic noise has no islands: the auto count must not invent some."""
+def test_columns_that_disagree_without_structure_are_in_no_island():
+    """Isotropic noise has no islands: the auto count must not invent some, nor call it one island."""
     noise = np.random.default_rng(0).standard_normal((64, DIM)).astype(np.float32)
-    assert (find_islands(noise, GRID) == 0).all()
+    for method in ("kmeans", "agglomerative"):
+        assert (find_islands(noise, GRID, method) == -1).all(), method
+    measures = island_measures(noise, find_islands(noise, GRID), GRID)[0]
+    assert measures["n_islands"] == 0 and measures["neighbour_agreement"] < 0.5
+
+
+def test_columns_that_agree_without_structure_are_one_island():
+    """A shared direction with small isotropic noise: no split is justified, and the columns agree."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal(DIM) + 0.06 * rng.standard_normal((64, DIM))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert np.linalg.norm(unit.mean(0)) > ONE_ISLAND_COSINE
+    assert (find_islands(vectors, GRID) == 0).all()
+    spread = rng.standard_normal(DIM) + rng.standard_normal((64, DIM))  # cosine to the mean ~0.7
+    assert np.linalg.norm((spread / np.linalg.norm(spread, axis=1, keepdims=True)).mean(0)) < ONE_ISLAND_COSINE
+    assert (find_islands(spread, GRID) == -1).all()
 
 
 def test_single_step_gives_one_row_and_torch_equals_numpy(states):
@@ -203,11 +225,35 @@ def test_umap_space_recovers_planted_islands(states):
 
 def test_all_levels_stack_per_level_results(states):
     by_level = np.stack([states, planted(seed=7), np.repeat(states[:, :1], 64, axis=1)], axis=2)  # (T, N, L, D)
+    unmatched = find_islands_all_levels(by_level, GRID, match_levels=False)
     labels = find_islands_all_levels(by_level, GRID)
-    assert labels.shape == (STEPS, 3, 64)
+    assert labels.shape == unmatched.shape == (STEPS, 3, 64)
     for level in range(3):
-        assert np.array_equal(labels[:, level], find_islands(by_level[:, :, level], GRID))
-    assert (labels[:, 2] == 0).all()
+        alone = find_islands(by_level[:, :, level], GRID)
+        assert np.array_equal(unmatched[:, level], alone)
+        # matching the levels only renames: one id for one id, over every step
+        pairs = np.unique(np.stack([alone.ravel(), labels[:, level].ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    assert (labels[:, 2] == labels[0, 2, 0]).all()
+
+
+def test_an_island_spanning_levels_keeps_one_id_and_parts_take_new_ones():
+    """Level 2 holds the four regions, level 1 the same four, level 0 splits region 3 into two parts."""
+    parts = REGIONS.copy()
+    parts[(REGIONS == 3) & (np.arange(64) % 8 >= 6)] = 4  # the right two columns of region 3
+    wholes = planted()
+    by_level = np.stack([planted(regions=parts, seed=3), planted(seed=5), wholes], axis=2)
+    labels = find_islands_all_levels(by_level, GRID, n_islands=None)
+    final = labels[-1]
+    for region in range(4):
+        ids = {level: np.unique(final[level][REGIONS == region]) for level in (1, 2)}
+        assert len(ids[1]) == len(ids[2]) == 1 and ids[1][0] == ids[2][0], region
+    split = final[0][REGIONS == 3]
+    big, small = final[0][(REGIONS == 3) & (parts == 3)], final[0][parts == 4]
+    assert len(np.unique(big)) == len(np.unique(small)) == 1 and big[0] != small[0]
+    assert big[0] == final[2][REGIONS == 3][0], "the larger part takes its whole's id"
+    assert small[0] not in labels[:, 1:].ravel(), "a part of its own takes an id no level above uses"
+    assert len(np.unique(split)) == 2
 
 
 def test_random_glom_states_step_zero_is_one_island():
@@ -285,6 +331,83 @@ def test_noise_stays_noise_and_is_not_matched():
     aligned = align_islands(labels)
     assert aligned[0].tolist() == [-1, -1, 0, 0, 1, 1]
     assert aligned[1].tolist() == [-1, 0, 0, 0, -1, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# ids across checkpoints and models
+
+
+def test_match_islands_takes_the_ids_of_the_islands_overlapped_most(states):
+    """The same planted islands found twice, numbered apart: matching gives back the reference's ids."""
+    reference = find_islands(states, GRID)
+    rng = np.random.default_rng(0)
+    renumbered = rng.permutation(50)[reference] + 7  # any ids, one renaming over all steps
+    assert np.array_equal(match_islands(renumbered, reference), reference)
+    other = planted(seed=4)  # the same regions, other vectors: another model
+    assert np.array_equal(match_islands(find_islands(other, GRID), reference)[1:], reference[1:])
+
+
+def test_unmatched_islands_take_fresh_ids_largest_first_and_noise_stays():
+    reference = np.array([0, 0, 0, 0, 1, 1, 1, 1, -1, -1])
+    labels = np.array([4, 4, 4, 4, 9, 9, 3, 3, 3, -1])  # 4 ~ 0; 3 and 9 both touch 1, 3 the more
+    matched = match_islands(labels, reference)
+    assert matched.tolist() == [0, 0, 0, 0, 2, 2, 1, 1, 1, -1]
+    assert match_islands(labels, reference, fresh_from=10)[4] == 10
+    with pytest.raises(StatesError, match="same patch grid"):
+        match_islands(labels, reference[:8])
+
+
+def test_checkpoints_keep_their_islands_ids_from_one_to_the_next(states):
+    """Three checkpoints: the same islands numbered apart, then a part of one region splits off."""
+    first = find_islands_all_levels(states[:, :, None], GRID)
+    second = (first + 3) % 5  # renumbered
+    third = second.copy()
+    split = (REGIONS == 3) & (np.arange(64) % 8 >= 6)  # 8 of region 3's 20 patches
+    third[1:, :, split] = 17
+    aligned = align_checkpoints([first, second, third])
+    assert np.array_equal(aligned[0], first) and np.array_equal(aligned[1], first)
+    assert np.array_equal(aligned[2][:, :, ~split], first[:, :, ~split])
+    assert aligned[2][-1, 0, split][0] not in first, "a new island takes an id no checkpoint used"
+
+
+def test_two_models_islands_compared_after_matching(states):
+    a = find_islands(states[-1], GRID)
+    b = (a + 1) % 4
+    comparison = compare_islands(a, b)
+    assert comparison == {"ari": 1.0, "same_island": 1.0, "matched": 4}
+    half = a.copy()
+    half[REGIONS == 3] = a[REGIONS == 0][0]  # regions 0 and 3 merged
+    merged = compare_islands(a, half)
+    assert merged["matched"] == 3 and merged["ari"] < 1
+    # the merged island matches region 3 (20 patches) over region 0 (16): region 0's patches differ
+    assert merged["same_island"] == pytest.approx(1 - (REGIONS == 0).mean())
+    assert same_grid((8, 8), [8, 8]) == (8, 8)
+    with pytest.raises(StatesError, match="16x16 patch grid .* 8x8 .* same image size and patch size"):
+        same_grid((16, 16), (8, 8))
+
+
+def test_threshold_picked_per_map_leaves_no_confetti():
+    """Neighbours agree by a cosine that differs by level: one fixed threshold gives confetti at one
+    level and a single island at the other; the picked one finds the planted islands at both."""
+    tight, loose = planted(noise=0.05)[-1], planted(noise=0.9)[-1]
+    for vectors in (tight, loose):
+        picked = find_islands(vectors, GRID, "threshold")
+        kept = picked >= 0
+        assert kept.mean() >= 1 - TINY_SHARE and adjusted_rand_score(REGIONS[kept], picked[kept]) > 0.99
+        assert islands_hint(picked, "threshold") is None
+    confetti = find_islands(loose, GRID, "threshold", threshold=0.99, min_size=1)
+    assert "confetti" in islands_hint(confetti, "threshold", threshold=0.99, min_size=1)
+    grey = find_islands(loose, GRID, "threshold", threshold=0.99)
+    assert "lower the cosine threshold (now 0.990)" in islands_hint(grey, "threshold", threshold=0.99)
+
+
+def test_hdbscan_hint_when_most_patches_are_noise():
+    labels = np.full(64, -1)
+    labels[:20] = 0
+    hint = islands_hint(labels, "hdbscan")
+    assert hint.startswith("44 of 64 patches are in no island") and "min_cluster_size, now 5" in hint
+    assert islands_hint(np.zeros(64, dtype=int), "hdbscan") is None
+    assert islands_hint(labels, "kmeans") is None
 
 
 @settings(max_examples=60, deadline=None)

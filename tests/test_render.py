@@ -11,7 +11,7 @@ from PIL import Image
 from glom_viz import render
 from glom_viz.errors import GlomInputError, StatesError
 
-ALPHA = 0.45
+ALPHA = render.OVERLAY_ALPHA
 
 
 def reference_label_map(labels, grid, height, width):
@@ -25,9 +25,13 @@ def reference_label_map(labels, grid, height, width):
 
 
 def expected_blend(image, label_map, alpha=ALPHA):
+    """The island colour over the picture's luminance (BT.601), mapped into GREY_RANGE of white."""
     colors = np.array([render.PALETTE_RGB[i % len(render.PALETTE)] if i >= 0 else render.NOISE_RGB
                        for i in label_map.ravel()]).reshape(*label_map.shape, 3)
-    return np.rint(image * (1 - alpha) + colors * alpha)
+    low, high = render.GREY_RANGE
+    luminance = 0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]
+    grey = (255 * low + (high - low) * luminance)[..., None]
+    return np.rint(grey * (1 - alpha) + colors * alpha)
 
 
 def decode_layout_image(fig):
@@ -72,6 +76,26 @@ def test_draw_islands_matches_nearest_neighbour_blend(size, grid):
     assert out.shape == (*size, 3) and out.dtype == np.uint8
     expected = expected_blend(image.astype(np.float64), reference_label_map(labels, grid, *size))
     assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_an_island_reads_as_its_own_colour_on_any_picture():
+    """Under an island's colour a yellow picture must not read pink nor a blue one beige: over the grey
+    base the overlay's hue is the island's whatever the picture's; a light island stays visible on a
+    light picture."""
+    import colorsys
+
+    def hue(rgb):
+        return colorsys.rgb_to_hsv(*(np.asarray(rgb, dtype=float) / 255))[0]
+
+    purple, light_blue = 1, 3  # PALETTE[1] "#875692", PALETTE[3] "#A1CAF1"
+    for picture in ((243, 195, 0), (0, 103, 165), (250, 250, 250), (20, 20, 20)):
+        image = np.full((16, 16, 3), picture, dtype=np.uint8)
+        out = render.draw_islands(image, np.full(16, purple), (4, 4), borders=False)[8, 8]
+        assert abs(hue(out) - hue(render.PALETTE_RGB[purple])) < 0.01, picture
+    white = np.full((16, 16, 3), 255, dtype=np.uint8)
+    island = render.draw_islands(white, np.full(16, light_blue), (4, 4), borders=False)[8, 8].astype(int)
+    noise = render.draw_islands(white, np.full(16, -1), (4, 4), borders=False)[8, 8].astype(int)
+    assert np.abs(island - noise).max() >= 30
 
 
 def test_borders_lie_exactly_on_label_changes():
@@ -167,6 +191,42 @@ def test_sheet_figure_puts_the_top_level_at_the_top():
     assert list(fig.layout.xaxis.ticktext) == ["step 0", "step 2", "step 4"]
     with pytest.raises(StatesError, match="steps"):
         render.sheet_figure(image, stacked, (4, 4), steps=[5])
+
+
+def test_islands_row_shows_every_level_side_by_side_with_its_whole_title():
+    """All levels at one step: one tile per level in a row at a readable size, not a 96 px strip whose
+    title is cut."""
+    image = np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8)
+    labels = np.stack([np.full(16, 2), np.arange(16) % 3, np.full(16, -1), np.zeros(16, dtype=int)])
+    title = "scene 1: all levels at step 8, trained GLOM (shipped), k-means"
+    captions = ["level 3 (top) · 1 island", "level 2 · 0 islands", "level 1 · 3 islands", "level 0 · 1 island"]
+    fig = render.islands_row_figure(image, labels, (4, 4), captions, title=title)
+    row = decode_layout_image(fig).astype(int)
+    tile = render.ROW_TILE_PX
+    assert row.shape == (tile, 4 * tile + 3 * render.SHEET_GAP_PX, 3)
+    for k in range(4):
+        expected = render.draw_islands(render._thumbnail(image, tile), labels[k], (4, 4)).astype(int)
+        start = k * (tile + render.SHEET_GAP_PX)
+        assert np.abs(row[:, start:start + tile] - expected).mean() < 3, k
+    assert fig.layout.width >= 4 * tile and fig.layout.width >= render.TITLE_CHAR_PX * len(title)
+    assert list(fig.layout.xaxis.ticktext) == captions and fig.layout.title.text == title
+    narrow = render.sheet_figure(image, labels[None], (4, 4), title=title)  # one step of the sheet
+    assert narrow.layout.width >= render.TITLE_CHAR_PX * len(title)
+    with pytest.raises(StatesError, match="one caption per row"):
+        render.islands_row_figure(image, labels, (4, 4), captions[:2])
+
+
+def test_losses_figure_draws_each_loss_and_marks_the_checkpoints():
+    curves = {"total": ([1, 2, 3], [1.0, 0.5, 0.25]), "reconstruction": ([1, 2, 3], [0.8, 0.4, 0.2])}
+    fig = render.losses_figure(curves, checkpoints=[0, 2], step=2)
+    assert [trace.name for trace in fig.data] == ["total", "reconstruction"]
+    assert list(fig.data[0].y) == [1.0, 0.5, 0.25] and fig.layout.yaxis.type == "log"
+    lines = [shape.x0 for shape in fig.layout.shapes]
+    assert sorted(lines) == [0, 2, 2]
+    signed = render.losses_figure({"contrast": ([1, 2], [0.3, -0.1])})
+    assert signed.layout.yaxis.type == "linear"
+    with pytest.raises(StatesError, match="no losses"):
+        render.losses_figure({})
 
 
 def test_projection_figure_colours_by_island_and_keeps_patch_indices():

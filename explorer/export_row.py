@@ -1,0 +1,74 @@
+"""The export row under every view: the figure in view (PNG, SVG, HTML), the islands (CSV), the measures
+(CSV, JSON) and a zip bundle of the whole run with a manifest of how it was made (glom_viz.export).
+
+Every file is made on the click, in a thread of the server: nothing here reads st.cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from explorer import cache, state
+from explorer.context import ViewContext
+from explorer.derived import level_measures
+from glom_viz import export, render
+
+
+def stem_of(name: str) -> str:
+    """A file name's stem from a picture's name: letters and digits, dashes between."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-") or "image"
+
+
+def all_measures(context: ViewContext) -> dict[int, list[dict]]:
+    """level -> per-step measures, against the first ground truth."""
+    run, labels = context.run, context.labels
+    return {level: level_measures(context.frame, run.states, labels, context.grid, level, context.truth_name)
+            for level in range(labels.shape[1])}
+
+
+def bundle(context: ViewContext) -> bytes:
+    """Everything about this picture's run, with a manifest saying how it was made."""
+    frame, page, level, step = context.frame, context.page, context.level_index, context.step
+    settings = page.island_settings
+    provenance = export.provenance(
+        page.model.model.config.to_dict(), page.model.checkpoint_sha, frame.picture.key, seed=0,
+        iters=page.iterations, method=settings.method, params=settings.keywords(),
+        model=page.model.title, picture=frame.picture.name, fit=page.fit, input=frame.info,
+        precision=page.run_settings.path, sequence=page.sequence)
+    return export.run_bundle(context.run.states, context.labels, context.grid, all_measures(context),
+                             image=frame.shown, overlay=render.draw_islands(frame.display, context.labels[step, level],
+                                                                            context.grid),
+                             step=step, level=level, provenance=provenance, truth=context.truth_name)
+
+
+def export_row(context: ViewContext, figure: Callable[[], object] | None, view: str) -> None:
+    """Download buttons: the figure in view, labels, measures, and the zip bundle with provenance."""
+    stem = stem_of(context.frame.picture.name)
+    kind = view.lower().replace(" × ", "-").replace(" ", "-")
+    truth_name = context.truth_name
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.markdown("**Export**")
+    if figure is not None:  # figures are made only when a download asks for them
+        no_browser = cache.static_export_browser() is None
+        why = export.NO_BROWSER if no_browser else "The figure in view"
+        row.download_button("Figure PNG", lambda: export.figure_to_png(figure()), f"{stem}-{kind}.png",
+                            "image/png", key=state.EXPORT_PNG, on_click="ignore", icon=":material/image:",
+                            disabled=no_browser, help=why)
+        row.download_button("SVG", lambda: export.figure_to_svg(figure()), f"{stem}-{kind}.svg",
+                            "image/svg+xml", key=state.EXPORT_SVG, on_click="ignore", disabled=no_browser, help=why)
+        row.download_button("HTML", lambda: export.figure_to_html(figure()), f"{stem}-{kind}.html",
+                            "text/html", key=state.EXPORT_HTML, on_click="ignore",
+                            help="The figure in view, interactive")
+    row.download_button("Labels CSV", lambda: export.labels_to_csv(context.labels, context.grid),
+                        f"{stem}-labels.csv", "text/csv", key=state.EXPORT_LABELS, on_click="ignore",
+                        icon=":material/table:", help="The island of every patch at every step and level")
+    row.download_button("Measures CSV", lambda: export.measures_to_csv(all_measures(context)),
+                        f"{stem}-measures.csv", "text/csv", key=state.EXPORT_MEASURES_CSV, on_click="ignore")
+    row.download_button("JSON", lambda: export.measures_to_json(all_measures(context), truth=truth_name),
+                        f"{stem}-measures.json", "application/json", key=state.EXPORT_MEASURES_JSON,
+                        on_click="ignore")
+    row.download_button("Bundle (zip)", lambda: bundle(context), f"{stem}-glom-viz.zip", "application/zip",
+                        key=state.EXPORT_BUNDLE, on_click="ignore", icon=":material/folder_zip:", type="primary",
+                        help="Input, overlay, labels, measures and states, with a manifest of how they were made")

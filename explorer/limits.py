@@ -1,0 +1,60 @@
+"""What one run of the page may hold, and how much the caches keep.
+
+Raise them for a private server. The server's own limits are in .streamlit/config.toml, the upload
+gate's in ``glom_viz.images.LIMITS``; docs/LIMITS.md lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from glom_viz.images import LIMITS
+from glom_viz.model import GlomConfig
+from glom_viz.runs import STATES_DTYPE
+
+MAX_UPLOADS = 12  # pictures uploaded at once; more are left out, with a message
+MAX_FRAMES = 16  # frames of one sequence (an animation's frames, or the pictures in order)
+MAX_ITERATIONS = 48
+# consensus attention is (patches x patches) per level: 1024 patches (448 px in 14 px patches) is ~4 MB a
+# level; a model asking for more (a checkpoint's grid, a tiny patch size) is refused before it runs
+MAX_PATCHES = 1024
+MAX_RUN_BYTES = 256 * 2**20  # the states one frame keeps: (iterations + 1) x patches x levels x dim in float16
+IMAGE_UPLOAD_MB = LIMITS.max_upload_bytes // 2**20
+CHECKPOINT_UPLOAD_MB = 100  # the default GLOM (dim 512, 6 levels) is ~92 MB in fp32
+
+# caches: bounded in entries and in bytes (st.cache_data pickles; the server's total is
+# server.maxCacheDataSize). A run of the default GLOM (224 px, dim 512, 6 levels, 12 iterations) is
+# ~20 MB in float16, so the run cache holds a few dozen of them at most, across all visitors.
+MODEL_CACHE_ENTRIES = 4
+RUN_CACHE_ENTRIES = 48
+RUN_CACHE_BYTES = "600MB"
+DERIVED_CACHE_ENTRIES = 256
+DERIVED_CACHE_BYTES = "200MB"
+PICTURE_CACHE_ENTRIES = 64
+PICTURE_CACHE_BYTES = "300MB"
+# what one visitor's page remembers (uploads seen, probes asked for): the oldest go first
+REMEMBERED_KEYS = 256
+
+# Visitors' pages run side by side in threads of one process. GLOM's products here are small (256
+# columns), so one intra-op thread per run is fastest: on two busy cores, two threads made a run of the
+# shipped model 4-20x slower (0.11 s vs 0.5-2 s, OpenMP threads waiting on each other). Raise it for big
+# models on an otherwise idle machine.
+TORCH_THREADS = int(os.environ.get("GLOM_VIZ_TORCH_THREADS", "1"))
+# after the first page, UMAP's numba code is compiled (~20 s of CPU) and the browser behind PNG/SVG export
+# is started (a few s), both in the background; GLOM_VIZ_WARM_UP=0 skips them (tests, tiny servers)
+WARM_UP = os.environ.get("GLOM_VIZ_WARM_UP", "1") != "0"
+
+
+def run_size_problem(config: GlomConfig, iterations: int) -> str | None:
+    """What is wrong with running this model for this many iterations here, or None when it fits the limits."""
+    patches = config.num_patches
+    if patches > MAX_PATCHES:
+        return (f"This model looks at {patches:,} patches ({config.image_size} px in {config.patch_size} px patches); "
+                f"this server runs at most {MAX_PATCHES:,}: pick a larger patch size or a smaller image size.")
+    states_bytes = (iterations + 1) * patches * config.levels * config.dim * np.dtype(STATES_DTYPE).itemsize
+    if states_bytes > MAX_RUN_BYTES:
+        return (f"{iterations} iterations of this model keep {states_bytes / 2**20:,.0f} MB of states per image, "
+                f"above this server's {MAX_RUN_BYTES / 2**20:,.0f} MB: use fewer iterations or a smaller model.")
+    return None

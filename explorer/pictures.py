@@ -1,0 +1,156 @@
+"""The pictures of a page: bundled scenes and photographs, uploads (checked by ``glom_viz.images``), and
+each one made to fit the model as a ``Frame`` with its ground truth per patch."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from explorer import cache, state
+from explorer.limits import MAX_UPLOADS
+from explorer.models import LoadedModel
+from explorer.settings import PHOTOS, SCENE_NAMES, SCENE_SEEDS, ImageSettings
+from glom_viz import islands
+from glom_viz.errors import ImageLoadError
+from glom_viz.images import fit_mask, load_frames, load_image, sample_images, to_model_input
+from glom_viz.scenes import EVAL_SEEDS, make_scene
+
+DISPLAY_PX = 448  # overlays are drawn at this size: the model's 64 px input is tiny on a screen
+
+
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """A picture as loaded: (H, W, 3) uint8 and, for the bundled scenes, its ground truth."""
+
+    name: str
+    key: str  # sha256 of the file (and frame), or of the scene's seed and size
+    rgb: np.ndarray
+    note: str | None = None
+    masks: tuple[tuple[str, np.ndarray], ...] = ()  # name -> (H, W) int labels, 0 = background
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInput:
+    """A picture made to fit the model's square input."""
+
+    tensor: torch.Tensor  # (1, 3, S, S) in [0, 1]
+    shown: np.ndarray  # (S, S, 3) uint8: exactly the model's input
+    display: np.ndarray  # (DISPLAY_PX, DISPLAY_PX, 3) uint8: the same crop, for drawing on
+    info: str  # how the picture was cropped and resized
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One picture as the model sees it, its ground truth per patch, and the key of its run."""
+
+    picture: Picture
+    input: ModelInput
+    truth: tuple[tuple[str, np.ndarray], ...]  # name -> (N,) label per patch
+    run_key: str
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return self.input.tensor
+
+    @property
+    def shown(self) -> np.ndarray:
+        return self.input.shown
+
+    @property
+    def display(self) -> np.ndarray:
+        return self.input.display
+
+    @property
+    def info(self) -> str:
+        return self.input.info
+
+
+def _photos() -> dict[str, Picture]:
+    return {name: Picture(name, hashlib.sha256(rgb.tobytes()).hexdigest(), rgb, note=None)
+            for name, rgb in sample_images().items() if name in PHOTOS}
+
+
+def scene(seed: int, image_size: int) -> Picture:
+    """A held-out synthetic scene, with its objects and parts as ground truth."""
+    def make() -> Picture:
+        made = make_scene(seed, image_size)
+        rgb = np.rint(made.image * 255).astype(np.uint8)
+        return Picture(f"scene {seed - EVAL_SEEDS[0] + 1}", cache.content_key("scene", seed, image_size), rgb,
+                       note=f"synthetic scene ({', '.join(made.kinds)}) with ground-truth objects and parts",
+                       masks=(("objects", made.objects), ("parts", made.parts)))
+    return cache.pictures(cache.content_key("scene", seed, image_size), make)
+
+
+def upload(data: bytes, name: str, as_frames: bool) -> list[Picture]:
+    """Check and decode an upload (glom_viz.images); raises ImageLoadError saying what to do."""
+    def load() -> list[Picture]:
+        if as_frames:
+            loaded = load_frames(data, name)
+            many = len(loaded) > 1
+            return [Picture(f"{name} · frame {image.frame + 1}" if many else name, f"{image.sha256}:{image.frame}",
+                            image.rgb, note=image.note) for image in loaded]
+        image = load_image(data, name)
+        return [Picture(name, image.sha256, image.rgb, note=image.note)]
+    return cache.pictures(cache.content_key("upload", hashlib.sha256(data).hexdigest(), name, as_frames), load)
+
+
+def gather(settings: ImageSettings, image_size: int) -> tuple[list[Picture], list[str]]:
+    """The pictures of this run, and a message for every upload that could not be used."""
+    pictures: list[Picture] = []
+    problems: list[str] = []
+    photos = cache.shared("photos", _photos)
+    for name in settings.bundled:
+        if name in SCENE_NAMES:
+            pictures.append(scene(SCENE_SEEDS[SCENE_NAMES.index(name)], image_size))
+        elif name in photos:
+            pictures.append(photos[name])
+    uploads = settings.uploads
+    if len(uploads) > MAX_UPLOADS:
+        problems.append(f"{len(uploads)} images were uploaded; only the first {MAX_UPLOADS} are used. "
+                        "Remove some, or raise MAX_UPLOADS in explorer/limits.py on a private server.")
+        uploads = uploads[:MAX_UPLOADS]
+    for name, data in uploads:
+        try:
+            pictures.extend(upload(data, name, settings.animations_as_frames))
+        except ImageLoadError as error:
+            problems.append(str(error))
+    return pictures, problems
+
+
+def show_new_upload(pictures: list[Picture], bundled: int) -> None:
+    """Switch the image selector to a picture the user has just uploaded (the first of them)."""
+    seen = state.remembered(state.SEEN_UPLOADS)
+    new = [index for index, picture in enumerate(pictures[bundled:], bundled) if picture.key not in seen]
+    seen.update(picture.key for picture in pictures[bundled:])
+    if new:
+        state.show_picture(new[0])
+
+
+def model_input(picture: Picture, image_size: int, fit: str) -> ModelInput:
+    """The picture cropped, padded or stretched to the model's input, and the same at display size."""
+    def make() -> ModelInput:
+        rgb = picture.rgb
+        tensor, shown, info = to_model_input(rgb, image_size, fit)
+        if max(rgb.shape[:2]) > image_size:
+            _, display, _ = to_model_input(rgb, max(DISPLAY_PX, image_size), fit)
+        else:  # small pictures (the scenes): show the pixels the model sees, enlarged without blur
+            factor = max(1, DISPLAY_PX // image_size)
+            display = shown.repeat(factor, axis=0).repeat(factor, axis=1)
+        return ModelInput(tensor, shown, display, info)
+    return cache.model_input(cache.content_key(picture.key, image_size, fit), make)
+
+
+def frame_of(picture: Picture, model: LoadedModel, fit: str, previous_run: str, settings_key: str,
+             mask: np.ndarray | None) -> Frame:
+    """The frame of a picture: its model input, its truth per patch (the scenes' own and the user's mask)."""
+    image_size = model.model.config.image_size
+    fitted = model_input(picture, image_size, fit)
+    grid = model.model.grid
+    truth = [(name, islands.patch_truth(fit_mask(m, fit), grid)) for name, m in picture.masks]
+    if mask is not None:
+        truth.append(("your mask", islands.patch_truth(fit_mask(mask, fit), grid)))
+    run_key = cache.content_key(model.key, picture.key, image_size, fit, settings_key, previous_run)
+    return Frame(picture, fitted, tuple(truth), run_key)

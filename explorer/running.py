@@ -1,0 +1,46 @@
+"""GLOM's runs for the page's frames: one ``glom_viz.runs.run`` per frame, cached, with a progress bar.
+
+Each frame's run is a lookup (``explorer.cache.run``) that computes what is missing; in a sequence a
+frame starts from the previous frame's final columns, so asking for frame 3 runs frames 1 and 2 first
+if they were evicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from explorer import cache
+from explorer.models import LoadedModel
+from explorer.pictures import Frame
+from explorer.settings import RunSettings
+from glom_viz import runs
+from glom_viz.runs import Run
+
+RunLookup = Callable[[], Run]
+
+
+def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, settings: RunSettings,
+            label: str) -> Run:
+    """Run GLOM on one frame with a progress bar (the previous frame's run first, in a sequence)."""
+    start = previous() if previous is not None else None
+    bar = st.progress(0.0, text=f"{label}: step 0 of {settings.iterations}")
+    try:
+        return runs.run(loaded.model, frame.tensor, settings.iterations, start=start, precision=settings.precision,
+                        progress=lambda step, total: bar.progress(step / total, text=f"{label}: step {step} of {total}"))
+    finally:
+        bar.empty()
+
+
+def runs_for(loaded: LoadedModel, frames: list[Frame], sequence: bool, settings: RunSettings) -> tuple[RunLookup, ...]:
+    """One cache lookup per frame; in a sequence each frame starts from the previous one's final state."""
+    lookups: list[RunLookup] = []
+    for index, frame in enumerate(frames):
+        previous = lookups[index - 1] if sequence and index > 0 else None
+        label = f"frame {index + 1} of {len(frames)} · {frame.picture.name}" if sequence else frame.picture.name
+
+        def lookup(frame=frame, previous=previous, label=label) -> Run:
+            return cache.run(frame.run_key, lambda: compute(loaded, frame, previous, settings, label))
+        lookups.append(lookup)
+    return tuple(lookups)

@@ -1,0 +1,90 @@
+"""What the sidebar's panels return: one small frozen dataclass per panel, and the choices they offer.
+
+Computation takes these settings; it never reads widgets. Frozen and hashable, so they key the caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glom_viz import islands
+from glom_viz.model import GlomConfig
+from glom_viz.scenes import EVAL_SEEDS
+
+# the model panel
+SOURCES = {"shipped": "Trained (shipped)", "random": "Random weights (seeded)", "upload": "Upload a checkpoint"}
+# the shipped model's shape: a random model of the same shape stands in for it when the file is missing
+RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
+RANDOM_SEED = 0
+PRECISION_LABELS = {"fast": "fast", "fp32": "exact fp32"}
+# what "fast" runs as (glom_viz.model.run_path): bf16 where the CPU has it, else int8 nets, else fp32
+PATH_NAMES = {"bf16": "bf16", "fp16": "fp16", "int8": "int8 nets", "fp32": "fp32"}
+
+# the images panel
+SCENE_SEEDS = tuple(EVAL_SEEDS[i] for i in (0, 1, 2))  # held-out scenes, never seen in training
+SCENE_NAMES = tuple(f"scene {i + 1}" for i in range(len(SCENE_SEEDS)))
+PHOTOS = ("china", "flower", "astronaut", "coffee", "chelsea")
+IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
+MASK_TYPES = ("png", "bmp", "gif", "tif", "tiff", "webp")
+FIT_LABELS = {"crop": "crop the centre", "pad": "pad with white", "stretch": "stretch"}
+
+# the islands panel
+COUNT_LABELS = {"davies_bouldin": "Davies-Bouldin (separated islands)", "silhouette": "best silhouette"}
+METHOD_LABELS = {"kmeans": "k-means", "agglomerative": "agglomerative (Ward)", "hdbscan": "HDBSCAN",
+                 "threshold": "threshold on neighbours' cosine"}
+MAX_FIXED_ISLANDS = 24
+DEFAULT_FIXED_ISLANDS = 4
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to explore."""
+
+    source: str  # a key of SOURCES
+    seed: int
+    config: GlomConfig  # for random weights
+    checkpoint_name: str | None = None
+    checkpoint: bytes | None = field(default=None, repr=False)
+    consensus_self: bool = False  # asked for glom-pytorch state dicts, which cannot say
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Which pictures, and how they become the model's square input."""
+
+    bundled: tuple[str, ...]
+    uploads: tuple[tuple[str, bytes], ...]  # (file name, bytes) in upload order
+    fit: str
+    animations_as_frames: bool
+    sequence: bool  # carry each frame's final state into the next
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How GLOM runs: for how many iterations, and on which precision path (glom_viz.model.run_path)."""
+
+    iterations: int
+    path: str = "fp32"
+
+    @property
+    def precision(self) -> str:
+        """What glom_viz.runs.run is asked for: "fast" unless the path is exact fp32."""
+        return "fp32" if self.path == "fp32" else "fast"
+
+
+@dataclass(frozen=True)
+class IslandSettings:
+    """How islands are found: glom_viz.islands.find_islands's method, count and parameters."""
+
+    method: str
+    n_islands: int | None
+    params: tuple[tuple[str, object], ...] = ()
+
+    def keywords(self) -> dict:
+        return {"method": self.method, "n_islands": self.n_islands, **dict(self.params)}
+
+    def describe(self) -> str:
+        count = "automatic count" if self.n_islands is None else f"{self.n_islands} islands"
+        extra = ", ".join(f"{k}={v}" for k, v in self.params)
+        return ", ".join(x for x in (METHOD_LABELS[self.method], count if self.method in islands.COUNT_METHODS
+                                     else "", extra) if x)

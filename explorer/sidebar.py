@@ -1,0 +1,177 @@
+"""The sidebar's panels. Each draws its widgets and returns a small settings dataclass (explorer.settings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from explorer import state
+from explorer.limits import CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_UPLOADS
+from explorer.models import LoadedModel
+from explorer.pictures import Picture
+from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
+                               MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
+                               RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, ImageSettings, IslandSettings,
+                               ModelSettings, RunSettings)
+from glom_viz import islands
+from glom_viz.errors import ConfigError, ImageLoadError
+from glom_viz.images import FITS, read_mask
+from glom_viz.model import PRECISIONS, GlomConfig, run_path
+
+
+def model_panel() -> ModelSettings:
+    """Which model: shipped, random (with its config) or an uploaded checkpoint."""
+    st.sidebar.header("Model")
+    source = st.sidebar.radio("Weights", list(SOURCES), format_func=SOURCES.get, key=state.MODEL_SOURCE,
+                              label_visibility="collapsed")
+    seed, config = RANDOM_SEED, RANDOM_CONFIG
+    checkpoint_name = checkpoint = None
+    consensus_self = False
+    if source == "random":
+        with st.sidebar.expander("Random model", expanded=True):
+            seed = int(st.number_input("Seed", 0, 2**31 - 1, RANDOM_SEED, key=state.MODEL_SEED))
+            left, right = st.columns(2)
+            dim = int(left.number_input("dim", 8, 1024, RANDOM_CONFIG.dim, step=8, key=state.MODEL_DIM))
+            levels = int(right.number_input("levels", 2, 8, RANDOM_CONFIG.levels, key=state.MODEL_LEVELS))
+            image_size = int(left.number_input("image size", 16, 448, RANDOM_CONFIG.image_size, step=8,
+                                               key=state.MODEL_IMAGE_SIZE))
+            patch_size = int(right.number_input("patch size", 2, 32, RANDOM_CONFIG.patch_size,
+                                                key=state.MODEL_PATCH_SIZE))
+            consensus_self = st.checkbox("columns attend to themselves (consensus_self)", key=state.MODEL_SELF)
+            radius = float(st.number_input("local consensus radius (0 = global)", 0.0, 64.0, 0.0, step=1.0,
+                                           key=state.MODEL_RADIUS))
+        try:
+            config = GlomConfig(dim=dim, levels=levels, image_size=image_size, patch_size=patch_size,
+                                consensus_self=consensus_self, local_consensus_radius=radius)
+        except ConfigError as error:
+            st.sidebar.error(f"{error}. Using the default random model meanwhile.")
+            config = RANDOM_CONFIG
+    elif source == "upload":
+        upload = st.sidebar.file_uploader(
+            "Checkpoint (.safetensors from glom-viz, or a glom-pytorch .pt state dict)",
+            type=["safetensors", "pt", "pth"], key=state.MODEL_CHECKPOINT, max_upload_size=CHECKPOINT_UPLOAD_MB)
+        consensus_self = st.sidebar.checkbox(
+            "consensus_self (glom-pytorch .pt files do not store it)", key=state.MODEL_CHECKPOINT_SELF,
+            help="dim, levels, patch size, image size and the local radius are read from the tensor shapes; "
+                 "whether columns attended to themselves is not, so say it here.")
+        if upload is not None:
+            checkpoint_name, checkpoint = upload.name, upload.getvalue()
+    return ModelSettings(source, seed, config, checkpoint_name, checkpoint, consensus_self)
+
+
+def model_summary(loaded: LoadedModel) -> None:
+    """The model's config and what it expects."""
+    config = loaded.model.config
+    h, w = config.grid
+    st.sidebar.caption(
+        f"**{loaded.title}** · expects **{config.image_size}×{config.image_size} px** images in "
+        f"**{config.patch_size} px** patches ({h}×{w} = {h * w} columns) · {config.levels} levels of "
+        f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
+    with st.sidebar.expander("Full config"):
+        st.json(config.to_dict(), expanded=True)
+        st.caption(f"hash `{loaded.key[:16]}`")
+
+
+def precision_panel(dim: int) -> str:
+    """Fast or exact, named by what fast runs as for this model here; returns the path that will run."""
+    fast = run_path(dim, "fast")
+    choice = st.sidebar.radio(
+        "Precision", PRECISIONS, key=state.MODEL_PRECISION, horizontal=True,
+        index=0 if fast in ("bf16", "fp16") else 1,  # fast by default where the CPU has native bf16
+        format_func=lambda p: f"fast ({PATH_NAMES[fast]})" if p == "fast" else PRECISION_LABELS[p],
+        help="Fast runs GLOM's matrix products in bf16 where the CPU has bf16 units (states stay fp32 between "
+             "steps); on CPUs without them glom_viz runs the bottom-up and top-down nets in int8 instead, for "
+             "models of dim 128 and more. Exact runs everything in fp32.")
+    if choice == "fast" and fast == "fp32":
+        st.sidebar.caption(f"On this CPU neither bf16 nor int8 nets run a model of dim {dim} faster than fp32, "
+                           "so fast runs fp32 here.")
+    elif choice == "fast" and fast not in ("bf16", "fp16"):
+        st.sidebar.caption(f"On this CPU bf16 runs no faster than fp32 (it has no native bf16 units), so the fast "
+                           f"path here is {PATH_NAMES[fast]}.")
+    return fast if choice == "fast" else "fp32"
+
+
+def images_panel() -> ImageSettings:
+    """Bundled pictures, uploads, how they fit the model, and sequences."""
+    st.sidebar.header("Images")
+    bundled = st.sidebar.multiselect("Bundled", [*SCENE_NAMES, *PHOTOS], default=[*SCENE_NAMES, *PHOTOS],
+                                     key=state.IMAGES_BUNDLED,
+                                     help="Synthetic scenes with ground-truth objects and parts, and photographs "
+                                          "that scikit-learn and scikit-image ship.")
+    files = st.sidebar.file_uploader(
+        f"Your images ({', '.join(t.upper() for t in IMAGE_TYPES[:5])}, TIFF, GIF; up to {MAX_UPLOADS})",
+        type=list(IMAGE_TYPES), accept_multiple_files=True, key=state.IMAGES_UPLOAD, max_upload_size=IMAGE_UPLOAD_MB)
+    fit = st.sidebar.selectbox("Fit to the model's square input", FITS, key=state.IMAGES_FIT,
+                               format_func=FIT_LABELS.get)
+    animations = st.sidebar.toggle("Animated files: all frames", key=state.IMAGES_FRAMES,
+                                   help="Read every frame of an animated GIF, WebP, PNG or multi-page TIFF "
+                                        "(else the first frame only).")
+    sequence = st.sidebar.toggle("Sequence: carry state from frame to frame", key=state.IMAGES_SEQUENCE,
+                                 help="Process the images in order, each starting from the previous one's final "
+                                      "columns (GLOM's slow video: `levels=` of the last frame).")
+    uploads = tuple((f.name, f.getvalue()) for f in (files or []))
+    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence)
+
+
+def mask_upload(picture: Picture) -> np.ndarray | None:
+    """A ground-truth mask for a picture without its own: (H, W) labels, or None (an error shown if unusable)."""
+    if picture.masks:  # the scenes bring their own truth
+        return None
+    upload = st.sidebar.file_uploader(
+        f"Ground-truth mask for {picture.name} (optional)", type=list(MASK_TYPES), key=state.mask_key(picture.key),
+        max_upload_size=IMAGE_UPLOAD_MB,
+        help="A label image of the picture's size: one flat colour per object or part, black background. "
+             "The islands are then scored against it (ARI).")
+    if upload is None:
+        return None
+    try:
+        return read_mask(upload.getvalue(), upload.name, picture.rgb.shape[:2], picture.name)
+    except ImageLoadError as error:
+        st.error(f"{error}. The islands are shown without a score.")
+        return None
+
+
+def run_panel(levels: int, path: str) -> RunSettings:
+    """How many iterations GLOM runs (on the precision path chosen above)."""
+    st.sidebar.header("Run")
+    iterations = st.sidebar.slider("Iterations", 1, MAX_ITERATIONS, min(2 * levels, MAX_ITERATIONS),
+                                   key=state.iterations_key(levels),
+                                   help="GLOM's seed: twice the number of levels, so information can travel "
+                                        "up to the top and back down.")
+    return RunSettings(int(iterations), path)
+
+
+def islands_panel() -> IslandSettings:
+    """How islands are found."""
+    st.sidebar.header("Islands")
+    method = st.sidebar.selectbox("Method", islands.METHODS, format_func=METHOD_LABELS.get, key=state.ISLANDS_METHOD)
+    n_islands = None
+    params: dict[str, object] = {}
+    if method in islands.COUNT_METHODS:
+        automatic = st.sidebar.toggle("Automatic count", value=True, key=state.ISLANDS_AUTO)
+        if automatic:
+            params["count_by"] = st.sidebar.selectbox(
+                "Pick the count by", islands.COUNT_CRITERIA, format_func=COUNT_LABELS.get, key=state.ISLANDS_COUNT_BY,
+                help="Davies-Bouldin finds parts nested inside wholes (low levels), where the best silhouette "
+                     "keeps only the wholes; where no count gives separated islands it falls back to the "
+                     "silhouette.")
+            params["max_islands"] = int(st.sidebar.slider("At most", 2, MAX_FIXED_ISLANDS, islands.MAX_ISLANDS,
+                                                          key=state.ISLANDS_MAX))
+        else:
+            n_islands = int(st.sidebar.number_input("Islands", 1, MAX_FIXED_ISLANDS, DEFAULT_FIXED_ISLANDS,
+                                                    key=state.ISLANDS_COUNT))
+    if method == "agglomerative":
+        params["connectivity"] = st.sidebar.checkbox("Only neighbouring patches join (grid connectivity)",
+                                                     value=True, key=state.ISLANDS_CONNECTIVITY)
+    if method == "threshold":
+        params["threshold"] = float(st.sidebar.slider("Cosine threshold", 0.5, 0.999, islands.THRESHOLD, 0.001,
+                                                      format="%.3f", key=state.ISLANDS_THRESHOLD,
+                                                      help="Neighbouring columns whose vectors have at least "
+                                                           "this cosine are in the same island."))
+        params["min_size"] = int(st.sidebar.number_input("Smallest island (patches; smaller = noise)", 1, 64, 1,
+                                                         key=state.ISLANDS_MIN_SIZE))
+    if method == "hdbscan":
+        params["min_cluster_size"] = int(st.sidebar.number_input("Smallest island (patches)", 2, 256,
+                                                                 islands.HDBSCAN_MIN_CLUSTER_SIZE,
+                                                                 key=state.ISLANDS_MIN_CLUSTER))
+    return IslandSettings(method, n_islands, tuple(sorted(params.items())))

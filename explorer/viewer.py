@@ -1,0 +1,80 @@
+"""The viewer: a fragment under the header, so scrubbing steps, switching level or view only redraws it.
+
+It draws the controls (frame, step, play, level), finds the islands of the frame's run (cached), hands a
+``ViewContext`` to the chosen view (explorer.views), then the export row and a last line saying what is
+shown. Play runs on the fragment's own timer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from explorer import derived, state
+from explorer.context import ALL_LEVELS, DEFAULT_LEVEL, Page, ViewContext, level_name
+from explorer.export_row import export_row
+from explorer.views import VIEWS
+from glom_viz.errors import StatesError
+
+PLAY_INTERVAL_S = 0.7
+
+
+def show(page: Page) -> None:
+    """Run the viewer as a fragment, on play's timer while playing."""
+    st.fragment(viewer, run_every=PLAY_INTERVAL_S if page.playing else None)(page)
+
+
+def viewer(page: Page) -> None:
+    started = time.perf_counter()
+    grid = page.model.model.grid
+    levels = page.model.model.config.levels
+    last_step = page.iterations
+    if state.playing() != page.playing:  # play or pause was pressed in here: set the timer up (or down) again
+        st.rerun(scope="app")
+    playing = state.playing()
+    state.tick(last_step)
+
+    # the level control needs ~320 px for its five choices at 1400 px; narrower, its last choice fades out
+    controls = st.columns([2, 4.5, 1.1, 4.5] if page.sequence else [5.5, 1.1, 4.5], vertical_alignment="bottom")
+    index = 0
+    if page.sequence:
+        state.clamp(state.FRAME, 0, len(page.frames) - 1, 0)
+        index = controls[0].slider("Frame", 0, len(page.frames) - 1, key=state.FRAME,
+                                   help="Each frame starts from the previous frame's final columns.")
+        controls = controls[1:]
+    state.clamp(state.STEP, 0, last_step, last_step)
+    step = controls[0].slider("Step", 0, last_step, key=state.STEP,
+                              help="Step 0 is the initial state; each step is one GLOM iteration. "
+                                   "Focus the slider and use the arrow keys to scrub.")
+    controls[1].button("⏸ Pause" if playing else "▶ Play", key=state.PLAY, on_click=state.toggle_play,
+                       args=(last_step,), width="stretch", help="Play the steps (shortcut: p)", shortcut="p")
+    level_options = [*range(levels), ALL_LEVELS]
+    state.keep_choice(state.LEVEL, level_options, min(DEFAULT_LEVEL, levels - 1))
+    level = controls[2].segmented_control("Level", level_options, key=state.LEVEL, required=True,
+                                          format_func=lambda l: level_name(l, levels))
+
+    frame = page.frames[index]
+    run = page.runs[index]()
+    if not run.finite:
+        bad_step, bad_level = run.first_nonfinite
+        st.error(f"GLOM's columns for **{frame.picture.name}** became NaN or Inf at step {bad_step}, level "
+                 f"{bad_level}, so no islands are drawn. This comes from the weights or an extreme input: try fp32 "
+                 "precision, fewer iterations, or another checkpoint.")
+        return
+    try:
+        labels = derived.labels_of(frame, run, page.island_settings, grid)
+    except StatesError as error:
+        st.error(f"Islands could not be found with these settings: {error}")
+        return
+
+    view = st.segmented_control("View", list(VIEWS), key=state.VIEW, required=True, default=next(iter(VIEWS)),
+                                label_visibility="collapsed")
+    context = ViewContext(page, frame, run, labels, step, level, grid, [name for name, _ in frame.truth])
+    figure = VIEWS[view](context)
+    export_row(context, figure, view)
+    # last on the page: when it shows this step, everything above it (the export buttons too) is current
+    where = f"{frame.picture.name} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")
+    st.caption(f"{where} · step {step} · drawn in {(time.perf_counter() - started) * 1000:.0f} ms on the server · "
+               f"GLOM ran {run.seconds:.2f} s for this frame ({run.path}) · islands: "
+               f"{page.island_settings.describe()}")

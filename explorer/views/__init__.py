@@ -1,0 +1,21 @@
+"""The viewer's views, one module each. A view takes the ``ViewContext`` (explorer.context), draws itself,
+and returns a function that builds the figure in view for the exports (or None when it has none)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from explorer.context import ViewContext
+from explorer.views import column, islands, measures, parse_tree, projection, sheet
+
+View = Callable[[ViewContext], Callable[[], object] | None]
+
+# name on the view switcher -> the view, in the switcher's order
+VIEWS: dict[str, View] = {
+    "Islands": islands.view,
+    "Levels × steps": sheet.view,
+    "Projection": projection.view,
+    "Measures": measures.view,
+    "Parse tree": parse_tree.view,
+    "Column": column.view,
+}

@@ -1,0 +1,101 @@
+"""The Islands view: the islands of the chosen level (or all levels) at the chosen step, over the picture,
+with a legend, the island measures of this step and what the model sees.
+
+The overlay is a plain image (drawn once per (step, level) and cached), so a scrub only swaps an image;
+the interactive plotly version with per-patch hover is what the figure exports hold.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import streamlit as st
+
+from explorer import derived, state
+from explorer.context import ALL_LEVELS, ViewContext
+from explorer.views.common import fmt, truth_choice
+from glom_viz import render
+
+# the overlay goes to the browser as JPEG: ~1 ms to encode a 448 px photograph against ~75 ms for PNG
+# (zlib), which was most of a scrub's server time; the exports stay lossless PNG
+OVERLAY_FORMAT = "JPEG"
+LEGEND_CHIP_PX = 14
+MODEL_INPUT_PX = 96  # the model's input beside the legend
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def legend_html(ids: np.ndarray, counts: np.ndarray) -> str:
+    """Colour chips for the islands of one map: id and how many patches."""
+    chips = []
+    for island, count, colour in zip(ids.tolist(), counts.tolist(), render.island_hex(ids)):
+        name = "noise" if island < 0 else f"island {island}"
+        chips.append(f'<span style="display:inline-flex;align-items:center;margin:0 10px 4px 0;white-space:nowrap">'
+                     f'<span style="width:{LEGEND_CHIP_PX}px;height:{LEGEND_CHIP_PX}px;background:{colour};'
+                     f'border:1px solid #333;border-radius:3px;margin-right:5px"></span>'
+                     f'{html.escape(name)} · {count}</span>')
+    return '<div style="line-height:1.9">' + "".join(chips) + "</div>"
+
+
+def all_levels(context: ViewContext):
+    """Every level's islands side by side, the top level first."""
+    frame, labels, step, grid = context.frame, context.labels, context.step, context.grid
+    n_levels = labels.shape[1]
+    for level, column in zip(reversed(range(n_levels)), st.columns(n_levels)):
+        level_labels = labels[step, level]
+        count = np.unique(level_labels[level_labels >= 0]).size
+        column.image(derived.overlay(frame, labels, context.page.island_settings, grid, step, level),
+                     width="stretch", output_format=OVERLAY_FORMAT,
+                     caption=f"level {level}{' (top)' if level == n_levels - 1 else ''} · {plural(count, 'island')}")
+    return lambda: render.sheet_figure(frame.display, labels, grid, steps=[step],
+                                       title=f"{frame.picture.name}: all levels at step {step}")
+
+
+def view(context: ViewContext):
+    """The islands over the picture, and beside them their legend, measures and the model's input."""
+    if context.level == ALL_LEVELS:
+        return all_levels(context)
+    frame, labels, step, grid = context.frame, context.labels, context.step, context.grid
+    settings = context.page.island_settings
+    level = int(context.level)
+    level_labels = labels[step, level]
+    left, right = st.columns([3, 2], gap="large")
+    left.image(derived.overlay(frame, labels, settings, grid, step, level), width="stretch",
+               output_format=OVERLAY_FORMAT,
+               caption=f"{frame.picture.name} · level {level} · step {step} of {labels.shape[0] - 1}")
+    with right:
+        ids, counts = np.unique(level_labels, return_counts=True)
+        st.markdown(f"**{plural(np.count_nonzero(ids >= 0), 'island')}** at level {level}, step {step} "
+                    "(patches per island)")
+        st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
+        truth_name = truth_choice(context, state.TRUTH_ISLANDS)
+        now = derived.measures_of(frame, context.run, labels, settings, grid, truth_name, levels=[level])[level][step]
+        metrics = st.columns(3)
+        metrics[0].metric("in-island cos", fmt(now.get("within_cosine")),
+                          help="Mean cosine of each column to its island's mean direction")
+        metrics[1].metric("neighbours", fmt(now.get("neighbour_agreement")),
+                          help="Mean cosine between neighbouring columns")
+        metrics[2].metric("change", fmt(now.get("change")), help="Mean 1 - cosine to the previous step")
+        if truth_name is not None:
+            scores = st.columns(3)
+            scores[0].metric("ARI", fmt(now.get("ari")), help=f"Adjusted Rand index against {truth_name}")
+            scores[1].metric("FG-ARI", fmt(now.get("fg_ari")),
+                             help=f"ARI against {truth_name} over the patches that are not background")
+        st.divider()
+        model_input(context)
+    return lambda: render.island_map_figure(frame.display, level_labels, grid,
+                                            title=f"{frame.picture.name} · level {level} · step {step}")
+
+
+def model_input(context: ViewContext) -> None:
+    """What the model sees, and how the picture was made to fit."""
+    frame = context.frame
+    inner = st.columns([1, 2])
+    size = frame.shown.shape[0]
+    inner[0].image(frame.shown, caption=f"model input {size}×{size}", width=MODEL_INPUT_PX)
+    height, width = frame.picture.rgb.shape[:2]
+    inner[1].caption(f"**{frame.picture.name}** · {width}×{height} px · {frame.info}"
+                     + (f" · {frame.picture.note}" if frame.picture.note else ""))

@@ -1,0 +1,190 @@
+"""Running GLOM over a picture or a sequence, step by step, into states that can be kept and looked at.
+
+``run`` steps a model over one picture and returns a ``Run``: every step's columns, stored compactly
+(float16, float32 where a value would overflow float16), the final columns at full precision (where the
+next frame of a sequence starts), where NaN or Inf first appeared, how long it took and which precision
+path ran. ``run_sequence`` carries each frame's final columns into the next, as GLOM's slow video does.
+``final_columns`` runs many pictures in batches and keeps only their last step. ``probe_column`` reruns
+to one step keeping the consensus attention and how far each contribution pulled every column.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from glom_viz.errors import GlomInputError
+from glom_viz.model import CONTRIBUTIONS, Glom, precision_context, run_path
+
+# the stored states: float16 halves a run's memory, and float32 serves where a value would overflow it
+STATES_DTYPE = np.float16
+FLOAT16_SAFE = 6.0e4  # float16's largest finite value is 65504
+BATCH = 16  # pictures per forward in final_columns
+NET_MOVE = "net move"  # probe_column's pull of the whole step, beside the contributions'
+
+Progress = Callable[[int, int], None]  # (steps done, steps in all), called after every step
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """GLOM's states for one picture: every step, every column, every level.
+
+    states: (T, N, L, D), T = iterations + 1 (step 0 is the initial state), STATES_DTYPE unless a value
+        would overflow it (then float32).
+    final: (N, L, D) float32, the last step at full precision.
+    first_nonfinite: (step, level) where NaN or Inf first appeared, or None.
+    seconds: the time GLOM took.
+    path: the precision path that ran ("fp32", "bf16", "fp16", "int8"; see ``glom_viz.model.run_path``).
+    """
+
+    states: np.ndarray
+    final: np.ndarray
+    first_nonfinite: tuple[int, int] | None
+    seconds: float
+    path: str = "fp32"
+
+    @property
+    def finite(self) -> bool:
+        return self.first_nonfinite is None
+
+    @property
+    def iterations(self) -> int:
+        return self.states.shape[0] - 1
+
+
+@dataclass(frozen=True, eq=False)
+class ColumnProbe:
+    """What made one step: consensus attention (L, N, N), and pulls: name -> (N, L), how far each
+    contribution (bottom_up, top_down, consensus) moved each column, and NET_MOVE, the whole step's length."""
+
+    attention: np.ndarray
+    pulls: dict[str, np.ndarray]
+
+
+def _device_of(model: Glom) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batched(image: torch.Tensor) -> torch.Tensor:
+    """(3, S, S) or (1, 3, S, S) -> (1, 3, S, S)."""
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise GlomInputError(f"run takes one picture, (3, S, S) or (1, 3, S, S); got shape {tuple(image.shape)}: "
+                             "use final_columns for a batch")
+    return image
+
+
+def _start_levels(start, model: Glom) -> torch.Tensor | None:
+    """(1, N, L, D) float32 columns to continue from: a Run's final columns or an array; None starts fresh."""
+    if start is None:
+        return None
+    if isinstance(start, Run):
+        if not start.finite:
+            raise GlomInputError("the previous frame's columns hold NaN or Inf, so this frame cannot start from "
+                                 "them: turn the sequence off, use fp32, or fewer iterations")
+        start = start.final
+    levels = torch.as_tensor(np.asarray(start, dtype=np.float32) if not torch.is_tensor(start) else start).float()
+    if levels.ndim == 3:
+        levels = levels[None]
+    if not torch.isfinite(levels).all():
+        raise GlomInputError("the columns to start from hold NaN or Inf: start fresh instead")
+    return levels.to(_device_of(model))
+
+
+def compact(states: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """(T, N, L, D) float32 -> (the states as stored, (step, level) of the first NaN or Inf or None)."""
+    finite = np.isfinite(states).all(axis=(1, 3))  # (T, L)
+    first_nonfinite = None
+    if not finite.all():
+        step, level = np.argwhere(~finite)[0]
+        first_nonfinite = (int(step), int(level))
+    safe = np.abs(np.nan_to_num(states, nan=0.0, posinf=0.0, neginf=0.0)).max() < FLOAT16_SAFE
+    return (states.astype(STATES_DTYPE) if safe else states), first_nonfinite
+
+
+def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=None, precision: str = "fp32",
+        progress: Progress | None = None) -> Run:
+    """Step ``model`` over one picture and keep every step.
+
+    Args:
+        model: a ``Glom`` (run as it is: put it in eval mode first).
+        image: (3, S, S) or (1, 3, S, S) in [0, 1], S the model's image_size.
+        iters: GLOM iterations; default the model's 2 * levels.
+        start: columns to continue from, (N, L, D) or a previous frame's ``Run``; None starts fresh.
+        precision: "fp32" (exact) or "fast" (see ``glom_viz.model.run_path`` for what runs).
+        progress: called as progress(step, iters) after every step.
+
+    Returns:
+        A ``Run``. Raises GlomInputError for a picture the model cannot take or a start that is not finite.
+    """
+    device = _device_of(model)
+    image = _batched(image).to(device)
+    levels = _start_levels(start, model)
+    iters = model.config.levels * 2 if iters is None else int(iters)
+    path = run_path(model.config.dim, precision, device.type)
+    steps = []
+    begun = time.perf_counter()
+    with torch.inference_mode(), precision_context(precision, device.type):
+        for step in model.iterate(image, iters, levels):
+            steps.append(step.levels[0].float().cpu().numpy())  # (N, L, D)
+            if progress is not None:
+                progress(step.step, iters)
+    seconds = time.perf_counter() - begun
+    states = np.stack(steps)
+    stored, first_nonfinite = compact(states)
+    return Run(stored, states[-1].copy(), first_nonfinite, seconds, path)
+
+
+def run_sequence(model: Glom, images: Sequence[torch.Tensor], iters: int | None = None, *,
+                 precision: str = "fp32", progress: Callable[[int, int, int], None] | None = None) -> list[Run]:
+    """``run`` over frames in order, each starting from the previous frame's final columns.
+
+    progress, if given, is called as progress(frame, step, iters). Raises GlomInputError where a frame's
+    columns became NaN or Inf before the last frame (the next cannot start from them).
+    """
+    runs: list[Run] = []
+    for index, image in enumerate(images):
+        report = None if progress is None else (lambda step, total, index=index: progress(index, step, total))
+        runs.append(run(model, image, iters, start=runs[-1] if runs else None, precision=precision,
+                        progress=report))
+    return runs
+
+
+def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None, *, precision: str = "fp32",
+                  batch: int = BATCH) -> np.ndarray:
+    """(b, 3, S, S) -> (b, N, L, D) float32: the columns at the final step, ``batch`` pictures per forward."""
+    model.eval()
+    device = _device_of(model)
+    out = []
+    # no_grad, not inference_mode: a training run that scores its model goes on training the same weights
+    with torch.no_grad(), precision_context(precision, device.type):
+        for first in range(0, len(images), batch):
+            out.append(model(images[first:first + batch].to(device), iters=iters).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def probe_column(model: Glom, image: torch.Tensor, step: int, *, start=None, precision: str = "fp32") -> ColumnProbe:
+    """Rerun GLOM to ``step`` (>= 1) keeping that step's attention and each contribution's pull.
+
+    The update is new = sum_c w_c c with the weights w_c summing to one per level, so
+    new - previous = sum_c w_c (c - previous): a contribution's pull is w_c |c - previous|.
+    """
+    if step < 1:
+        raise GlomInputError(f"step {step} has no contributions: step 0 is the initial state; pick 1 or more")
+    device = _device_of(model)
+    with torch.inference_mode(), precision_context(precision, device.type):
+        for last in model.iterate(_batched(image).to(device), step, _start_levels(start, model),
+                                  contributions=True, attention=True):
+            pass
+    parts = {name: value[0].float().cpu() for name, value in last.contributions.items()}  # (N, L, D)
+    weights = model.update_weights.float().cpu()  # (4, L), in CONTRIBUTIONS' order
+    previous = parts[CONTRIBUTIONS[0]]
+    pulls = {name: (weight[None, :] * (parts[name] - previous).norm(dim=-1)).numpy()
+             for name, weight in zip(CONTRIBUTIONS, weights) if name != CONTRIBUTIONS[0]}
+    pulls[NET_MOVE] = (last.levels[0].float().cpu() - previous).norm(dim=-1).numpy()
+    return ColumnProbe(last.attention[0].float().cpu().numpy(), pulls)
