@@ -560,6 +560,12 @@ class ConsensusBlock:
     keys: slice
     bias: torch.Tensor | None
 
+    def of_levels(self, first: int, count: int) -> "ConsensusBlock":
+        """This block for the levels first..first + count - 1 alone, counted from first."""
+        start, stop = max(self.levels.start, first), min(self.levels.stop, first + count)
+        bias = None if self.bias is None else self.bias[start - self.levels.start:stop - self.levels.start]
+        return ConsensusBlock(slice(start - first, stop - first), self.queries, self.keys, bias)
+
 
 class BandedAttention(torch.autograd.Function):
     """Attention in pieces (``ConsensusBlock``), each a fused flash-attention call on a band of the queries and
@@ -724,9 +730,10 @@ class Glom(nn.Module):
             cached = self._prepared_cache[path] = (key, (self.bottom_up.prepare(path), self.top_down.prepare(path)))
         return cached[1]
 
-    def _consensus(self, levels: torch.Tensor, dtype: torch.dtype,
-                   weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """levels (L, b, n, d) fp32 -> consensus (L, b, n, d) fp32, attention (L, b, n, n) fp32 or None.
+    def _consensus(self, levels: torch.Tensor, dtype: torch.dtype, weights: bool = False,
+                   first_level: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """levels (l, b, n, d) fp32, levels first_level.. of the model -> consensus (l, b, n, d) fp32,
+        attention (l, b, n, n) fp32 or None.
 
         The attention weights are made only when asked for (``weights``). Otherwise, where the diagonal's
         replacement is a constant (cosine queries, or columns attending to themselves), the consensus runs
@@ -739,21 +746,26 @@ class Glom(nn.Module):
         queries = keys if config.consensus_cosine else levels
         scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
         if not weights and (config.consensus_cosine or config.consensus_self):
-            return self._fused_consensus(queries.to(dtype), keys.to(dtype), levels.to(dtype), scale), None
+            return self._fused_consensus(queries.to(dtype), keys.to(dtype), levels.to(dtype), scale, first_level), None
         sim = torch.matmul(queries.to(dtype), keys.to(dtype).transpose(-1, -2)).float() * scale
         if not config.consensus_self:
             sim.diagonal(dim1=-2, dim2=-1).fill_(TOKEN_ATTEND_SELF_VALUE)
         mask = self.attention.mask()
         if mask is not None:
+            if len(mask) > 1:  # one mask per level
+                mask = mask[first_level:first_level + len(levels)]
             sim = sim.masked_fill(rearrange(mask, "l i j -> l () i j"), -torch.finfo(sim.dtype).max)
         attention = sim.softmax(dim=-1)
         consensus = torch.matmul(attention.to(dtype), levels.to(dtype)).float()
         return consensus, attention
 
     def _fused_consensus(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                         scale: float) -> torch.Tensor:
-        """(L, b, n, d) each, in the products' dtype -> consensus (L, b, n, d) fp32."""
+                         scale: float, first_level: int = 0) -> torch.Tensor:
+        """(l, b, n, d) each, levels first_level.. in the products' dtype -> consensus (l, b, n, d) fp32."""
         blocks = self.attention.blocks(self.config.levels, self.config.grid[0], scale, queries.dtype, queries.device)
+        if first_level or len(queries) < self.config.levels:
+            blocks = [block.of_levels(first_level, len(queries)) for block in blocks
+                      if block.levels.start < first_level + len(queries) and block.levels.stop > first_level]
         if len(blocks) == 1:
             block = blocks[0]
             return F.scaled_dot_product_attention(queries, keys, values, attn_mask=block.bias, scale=scale).float()
@@ -819,8 +831,10 @@ class Glom(nn.Module):
             with torch.autocast(device.type, enabled=False):
                 previous = state
                 uniform = step == 1 and levels is None  # every column still holds init_levels
+                # from init_levels, the image has reached levels [0, step - 1) of the previous state
+                shared_from = None if levels is not None else min(step - 1, L)
                 state, parts, attention_weights = self._update(previous, from_image, pos, nets, dtype, uniform,
-                                                               weights=attention)
+                                                               weights=attention, shared_from=shared_from)
             step_contributions = step_attention = None
             if contributions:
                 step_contributions = {
@@ -832,40 +846,61 @@ class Glom(nn.Module):
             yield GlomStep(step, rearrange(state, "l b n d -> b n l d"), step_contributions, step_attention)
 
     def _update(self, state: torch.Tensor, from_image: torch.Tensor, pos: torch.Tensor, nets, dtype: torch.dtype,
-                uniform: bool = False, weights: bool = True):
+                uniform: bool = False, weights: bool = True, shared_from: int | None = None):
         """One GLOM step.
 
         state (L, b, n, d) fp32, contiguous; from_image (1, b n, d): the bottom-up into level 0; pos (n, d);
         nets: the prepared bottom-up and top-down nets; dtype: the consensus's; uniform: all columns hold the
-        same state, so the bottom-up nets run on one column, the top-down nets on one image's columns, and
-        the consensus of equal columns is their state; weights: make the attention weights.
+        same state, so the bottom-up nets run on one column and the consensus of equal columns is their
+        state; weights: make the attention weights; shared_from: the levels from this one up hold the same
+        columns in every image (the image reaches level l after l + 1 steps), so the nets fed by them and
+        their consensus run on the first image only and are shared (default: none are).
         Returns the new state, (bottom_up, top_down, consensus) each (L, b, n, d), attention (L, b, n, n)
         or None.
         """
         L, b, n, d = state.shape
         bottom_up_nets, top_down_nets = nets
+        shared = L if shared_from is None or b == 1 else shared_from  # levels [shared, L) alike in all images
         columns = state.view(L, b * n, d)
+
+        def on_first_image(values: torch.Tensor) -> torch.Tensor:  # (g, n, d) -> (g, b n, d)
+            return values[:, None].expand(-1, b, n, d).reshape(-1, b * n, d)
+
         # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
-        below = columns[:-1, :1] if uniform else columns[:-1]
-        from_below = bottom_up_nets(below, slice(1, L)).expand(L - 1, b * n, d)
-        bottom_up = torch.cat((from_image, from_below))
-        # top-down into level l from level l + 1, with position; the top level gets none
+        # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
+        pieces = [from_image]
         if uniform:
-            from_above = top_down_nets((state[1:, 0] + pos).contiguous(), slice(0, L - 1))  # (L - 1, n, d)
-            from_above = from_above[:, None].expand(L - 1, b, n, d).reshape(L - 1, b * n, d)
+            pieces.append(bottom_up_nets(columns[:-1, :1], slice(1, L)).expand(L - 1, b * n, d))
         else:
-            from_above = top_down_nets((state[1:] + pos).view(L - 1, b * n, d), slice(0, L - 1))
-        top_down = torch.cat((from_above, from_above.new_zeros(1, b * n, d)))
+            own = min(shared, L - 1)  # inputs [0, own) differ between images
+            if own > 0:
+                pieces.append(bottom_up_nets(columns[:own], slice(1, 1 + own)))
+            if own < L - 1:
+                pieces.append(on_first_image(bottom_up_nets(state[own:L - 1, 0], slice(1 + own, L))))
+        bottom_up = torch.cat(pieces)
+        # top-down into level l from level l + 1, with position; the top level gets none
+        own = max(shared, 1)  # inputs [1, own) differ between images
+        pieces = []
+        if own > 1:
+            pieces.append(top_down_nets((state[1:own] + pos).view(own - 1, b * n, d), slice(0, own - 1)))
+        if own < L:
+            pieces.append(on_first_image(top_down_nets((state[own:, 0] + pos).contiguous(), slice(own - 1, L - 1))))
+        top_down = torch.cat((*pieces, columns.new_zeros(1, b * n, d)))
+        attention_weights = None
         if uniform and not weights:
-            consensus, attention_weights = state, None  # attention among equal columns returns their state
-        else:
+            consensus = state  # attention among equal columns returns their state
+        elif weights or shared == L:
             consensus, attention_weights = self._consensus(state, dtype, weights)
+        else:
+            pieces = [self._consensus(state[:shared], dtype)[0]] if shared else []
+            pieces.append(self._consensus(state[shared:, :1], dtype, first_level=shared)[0].expand(-1, b, n, d))
+            consensus = torch.cat(pieces)
         # the weighted mean of (previous, bottom_up, top_down, consensus), one weight per level
         weights = rearrange(self.update_weights, "c l -> c l () ()")
         new_state = torch.mul(columns, weights[0])
         new_state.addcmul_(bottom_up, weights[1]).addcmul_(top_down, weights[2])
-        new_state.addcmul_(consensus.view(L, b * n, d), weights[3])
-        parts = tuple(part.view(L, b, n, d) for part in (bottom_up, top_down, consensus))
+        new_state.addcmul_(consensus.reshape(L, b * n, d), weights[3])
+        parts = tuple(part.reshape(L, b, n, d) for part in (bottom_up, top_down, consensus))
         return self._normalize(new_state.view(L, b, n, d)), parts, attention_weights
 
     def forward(self, img: torch.Tensor, iters: int | None = None, levels: torch.Tensor | None = None,

@@ -146,6 +146,27 @@ def test_the_fused_consensus_gives_the_explicit_attentions_states_and_gradients(
     torch.testing.assert_close(fused_grad, explicit_grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("config", [FUSED_CONFIGS[0], CONFIGS[1], dict(dim=16, levels=3, image_size=16, patch_size=4)],
+                         ids=["fused-radii", "explicit-local", "explicit-global"])
+def test_levels_the_image_has_not_reached_are_computed_once_for_the_batch(config, monkeypatch):
+    """Level l holds the same columns in every image for the first l steps: sharing their nets and consensus
+    gives every image's own computation, states and gradients."""
+    torch.manual_seed(0)
+    model = Glom(**config)
+    img = torch.rand(3, 3, config["image_size"], config["image_size"])
+    shared = model(img, iters=config["levels"] + 1, return_all=True)
+    (shared_grads) = torch.autograd.grad(shared[-1].square().sum(), list(model.parameters()))
+    original = Glom._update
+    monkeypatch.setattr(Glom, "_update", lambda self, *args, shared_from=None, **kwargs: original(self, *args, **kwargs))
+    alone = model(img, iters=config["levels"] + 1, return_all=True)
+    alone_grads = torch.autograd.grad(alone[-1].square().sum(), list(model.parameters()))
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)
+    for a, b in zip(shared_grads, alone_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for step in range(1, config["levels"]):  # the levels above the image's reach agree across images
+        assert torch.equal(shared[step, 0, :, step:], shared[step, 2, :, step:])
+
+
 @pytest.mark.parametrize("radius, side", [(1.5, 6), (2.0, 16), (4.0, 16), (6.0, 16), (20.0, 8)])
 def test_consensus_bands_hold_every_key_a_query_may_attend(radius, side):
     blocked = glom_model.patch_distances(side) > radius
