@@ -5,17 +5,19 @@ hits them alike):
 
 - this commit's trainer with its defaults: it picks its micro-batches, threads and precision itself;
 - the reference commit's trainer (``--reference``, default 9087833, read from git into a temporary package)
-  with its best setting, ``--accumulate 4``, and its own precision choice; where that choice is bf16, also with
-  ``--bf16 false``;
+  with its best setting, ``--accumulate 4``, and its own precision choice and threads; where that choice is bf16,
+  also with ``--bf16 false``; and in fp32 on one thread (its CPU time is then its work per core, the measure of
+  its two-process torchrun setting);
 - a plain glom-pytorch denoising step of the same model size (the README's: noisy image, the top level after
   the last step decoded to pixels, mean squared error, AdamW), the whole batch at once.
 
 The recipe is stage 11's flags (``shipped.json``) at ``--batch`` scenes, from the shipped weights, settling a
 fixed ``--iters`` steps (the mean of the recipe's 8..14). The step's scene groups are found before its clock
-starts, as a pooled run finds each scene's once. Reports the median and minimum wall seconds, CPU seconds (all
-threads) and scenes per second per step, GFLOP/s (glom-pytorch's arithmetic: 3x a forward's, counted by
-``benchmarks/forward.py``) and the fraction of this machine's measured peak for the products the variant ran
-(cores x one core's best fp32 or bf16 product), and names the CPU and its bf16/AMX support.
+starts, as a pooled run finds each scene's once. Reports per step the median and minimum wall seconds, scenes
+per second, GFLOP/s (glom-pytorch's arithmetic: 3x a forward's, counted by ``benchmarks/forward.py``) and the
+fraction of this machine's peak for the products the variant ran (cores x one core's best fp32 or bf16
+product), and the same by CPU time (all threads): GFLOP/s a core and the fraction of a core's peak, which a
+shared machine's load hurts far less than the wall clock. Names the CPU and its bf16/AMX support.
 
     python benchmarks/train_step.py [--batch 64] [--iters 11] [--rounds 3] [--markdown]
     python benchmarks/train_step.py --curve 30     # also: both trainers' losses over 30 steps, side by side
@@ -25,19 +27,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from forward import forward_flops, print_table, timed
+from forward import cpu_name, forward_flops, print_table, timed
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT
-from glom_viz.model import cpu_flags, reduced_precision_is_fast
+from glom_viz.model import reduced_precision_is_fast
 from glom_viz.scenes import make_batch
 import glom_viz.train as this_train
 from glom_viz.train import TrainConfig, usable_cpus
@@ -54,28 +53,6 @@ REFERENCE_ACCUMULATE = 4  # the reference's best setting at batch 64
 RECIPE = dict(scenes=8000, contrast_weight=0, motion_weight=1.0, motion_levels=(2, 3), similarity_weight=1.0,
               similarity_levels=(1,), similarity_scale=200, group_agreement=0.3, group_balance=0.5,
               lr=7e-4, warmup=20, checkpoint_every=0, steps=847, seed=61)
-
-
-def cpu_name() -> str:
-    """The CPU's model name, vendor family and model, and its bf16 / AMX flags."""
-    name, family, model = platform.processor() or platform.machine(), "?", "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                name = value
-            elif key == "cpu family":
-                family = value
-            elif key == "model":
-                model = value
-            if key == "flags":
-                break
-    except OSError:
-        pass
-    flags = cpu_flags() or frozenset()
-    support = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}"
-                        for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni"))
-    return f"{name} (family {family} model {model}; {support}), {usable_cpus()} cores for this process"
 
 
 def core_peaks() -> dict[str, float]:
@@ -169,6 +146,9 @@ def main(argv=None) -> None:
     if old.trainer.autocast:  # its flags picked bf16: also its fp32
         variants[f"{args.reference} --accumulate {REFERENCE_ACCUMULATE} --bf16 false"] = TrainerVariant(
             reference, cores, **shared, accumulate=REFERENCE_ACCUMULATE, bf16=False)
+    if cores > 1:
+        variants[f"{args.reference} --accumulate {REFERENCE_ACCUMULATE} --bf16 false, one thread"] = TrainerVariant(
+            reference, 1, **shared, accumulate=REFERENCE_ACCUMULATE, bf16=False)
     variants["glom-pytorch denoising, whole batch"] = PlainVariant(args.batch, args.iters, cores)
     ours = variants["this commit (its defaults)"].trainer
     print(f"CPU: {cpu_name()}; torch {torch.__version__}")
@@ -186,9 +166,10 @@ def main(argv=None) -> None:
         print("step  " + "  ".join(f"{name[:28]:>28}" for name in curve_of))
         for step in range(args.curve):
             print(f"{step + 1:>4}  " + "  ".join(f"{curve_of[name][step]:>28.5f}" for name in curve_of))
-        mine, theirs = curve_of["this commit (its defaults)"], curve_of[f"{args.reference} --accumulate {REFERENCE_ACCUMULATE}"]
-        print(f"largest relative difference of the total loss: "
-              f"{max(abs(a - b) / abs(b) for a, b in zip(mine, theirs)):.2e}")
+        mine = curve_of[names_of_curves[0]] if (names_of_curves := list(curve_of)) else []
+        for name in names_of_curves[1:]:
+            print(f"largest relative difference of the total loss, this commit vs {name}: "
+                  f"{max(abs(a - b) / abs(b) for a, b in zip(mine, curve_of[name])):.2e}")
 
     flop = 3 * forward_flops(64, 4, 64, 4, args.iters, batch=args.batch)
     peaks = core_peaks()
@@ -208,16 +189,19 @@ def main(argv=None) -> None:
     print(f"batch {args.batch}, {args.iters} settling steps, {flop / 1e9:.0f} GFLOP a step; {args.rounds} rounds; "
           f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores; peak {cores} x one core's "
           f"product: fp32 {cores * peaks['fp32']:.0f}, bf16 {cores * peaks['bf16']:.0f} GFLOP/s")
-    header = ("variant", "ran", "median s/step", "min s/step", "median CPU s/step", "scenes/s", "GFLOP/s",
-              "of peak", "this commit's speed-up")
+    mine_cpu = statistics.median(cpus[names[0]])
+    header = ("variant", "ran", "median s/step", "min s/step", "scenes/s", "GFLOP/s", "of peak",
+              "median CPU s/step", "GFLOP/s a core (CPU time)", "of a core's peak", "this commit's speed-up",
+              "in CPU time")
     rows = []
     for name in names:
-        median = statistics.median(walls[name])
-        gflops = flop / median / 1e9
-        peak = cores * peaks[variants[name].ran()]
+        median, median_cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+        gflops, per_core = flop / median / 1e9, flop / median_cpu / 1e9
+        peak = peaks[variants[name].ran()]
         rows.append((name, variants[name].ran(), f"{median:.2f}", f"{min(walls[name]):.2f}",
-                     f"{statistics.median(cpus[name]):.2f}", f"{args.batch / median:.1f}", f"{gflops:.0f}",
-                     f"{gflops / peak:.0%}", f"{median / mine:.2f}x"))
+                     f"{args.batch / median:.1f}", f"{gflops:.0f}", f"{gflops / (cores * peak):.0%}",
+                     f"{median_cpu:.2f}", f"{per_core:.0f}", f"{per_core / peak:.0%}", f"{median / mine:.2f}x",
+                     f"{median_cpu / mine_cpu:.2f}x"))
     print_table(header, rows, args.markdown)
 
 

@@ -754,7 +754,7 @@ class Glom(nn.Module):
         consensus radii let attend each other (``ConsensusAttention.blocks``).
         """
         config = self.config
-        n, d = levels.shape[2], levels.shape[3]
+        d = levels.shape[3]
         keys = F.normalize(levels, dim=-1)
         queries = keys if config.consensus_cosine else levels
         scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
