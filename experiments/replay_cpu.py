@@ -11,21 +11,26 @@ validation. Rerun the same command to go on: a finished stage is skipped, a stop
     python experiments/replay_cpu.py --runs runs/replay --print         # the commands, nothing run
     python experiments/replay_cpu.py --runs runs/replay --first-stage 2 --init runs/replay/s1/model.safetensors
 
-Stage k's run is `<runs>/s<k>`; its `model.safetensors` is stage k's model.
+Stage k's run is `<runs>/s<k>`; its `model.safetensors` is stage k's model. `<runs>/timings.jsonl` gets a line
+per stage run: the steps it ran, its wall and CPU seconds and the load average.
 """
 
 import argparse
 import json
+import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, read_checkpoint
 from glom_viz.train import MODEL_FILE, TRAINER_FILE, parse_args
 
 SHIPPED = SHIPPED_CHECKPOINT.with_name("shipped.json")  # its recipe, stage by stage
+TIMINGS_FILE = "timings.jsonl"  # one line per stage run: steps, wall and CPU seconds, load average
 SET_HERE = ("--init", "--out", "--device", "--accumulate", "--threads", "--groups-cache")  # the replay's own
 
 
@@ -99,10 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stage {entry['stage']}: {shlex.join(line)}", flush=True)
         if args.print:
             continue
-        if subprocess.run(line).returncode or step_of(entry["out"]) < entry["stop"]:
+        wall, cpu = time.perf_counter(), children_cpu_seconds()
+        returncode = subprocess.run(line).returncode
+        wall, cpu = time.perf_counter() - wall, children_cpu_seconds() - cpu
+        # the machine may be shared: CPU time beside wall time, and the load the stage ran under
+        with open(Path(args.runs) / TIMINGS_FILE, "a") as timings:
+            timings.write(json.dumps({"stage": entry["stage"], "from_step": done, "to_step": step_of(entry["out"]),
+                                      "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                                      "load_average": os.getloadavg()[0]}) + "\n")
+        print(f"stage {entry['stage']}: steps {done}-{step_of(entry['out'])} in {wall:.0f} s wall, {cpu:.0f} s CPU",
+              flush=True)
+        if returncode or step_of(entry["out"]) < entry["stop"]:
             print(f"stage {entry['stage']} stopped before step {entry['stop']}", file=sys.stderr)
             return 1
     return 0
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU seconds of the finished child processes (the stages) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
