@@ -136,10 +136,21 @@ def test_the_fused_consensus_gives_the_explicit_attentions_states_and_gradients(
     model = Glom(**config)
     b, n = 2, model.num_patches
     levels = torch.randn(config["levels"], b, n, config["dim"], requires_grad=True)
+    with torch.inference_mode():  # the pieces the consensus keeps serve forwards with gradients after inference
+        model._consensus(levels.detach(), torch.float32)
     fused, none = model._consensus(levels, torch.float32)
     explicit, attention = model._consensus(levels, torch.float32, weights=True)
     assert none is None and attention.shape == (config["levels"], b, n, n)
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    # off the CPU: one call over every level, the biases stacked
+    scale = config.get("attention_scale") or config["dim"] ** -0.5
+    diagonal = "kept" if config.get("consensus_self") else "constant"
+    (whole,) = model.attention.blocks(config["levels"], model.grid[0], scale, torch.float32, torch.device("cpu"),
+                                      diagonal, banded=False)
+    keys = F.normalize(levels, dim=-1)
+    queries = keys if config.get("consensus_cosine") else levels
+    unbanded = F.scaled_dot_product_attention(queries, keys, levels, attn_mask=whole.bias, scale=scale)
+    torch.testing.assert_close(unbanded, explicit, rtol=1e-5, atol=1e-5)
     weights = torch.randn_like(fused)
     (fused_grad,) = torch.autograd.grad((fused * weights).sum(), levels)
     (explicit_grad,) = torch.autograd.grad((explicit * weights).sum(), levels)
