@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from explorer import cache
+from explorer.limits import CHECKPOINT_LIMITS
 from explorer.settings import RANDOM_CONFIG, RANDOM_SEED, ModelSettings
-from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash, read_checkpoint
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, check_limits, checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig
+from glom_viz.text import plain, plain_name
 
 STAND_IN_TITLE = "random GLOM (stand-in)"
 STAND_IN_NOTE = (f"**Stand-in model.** The trained model is not shipped yet, so this is a random GLOM (seed "
@@ -62,6 +64,10 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, str | None]:
     """The model the settings ask for, and an error to show if it could not be had (then a stand-in)."""
     if settings.source == "random":
         seed, config = settings.seed, settings.config
+        try:  # before it is built: a tiny patch size asks for gigabytes of consensus masks
+            check_limits(config, CHECKPOINT_LIMITS, "this random GLOM")
+        except CheckpointError as error:
+            return _shipped(), plain(str(error))
         return cache.model(cache.content_key("random", seed, config), lambda: random_model(
             seed, config, f"random GLOM (seed {seed})",
             "Untrained weights: islands come from the architecture alone.")), None
@@ -72,14 +78,15 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, str | None]:
         name, data, consensus_self = settings.checkpoint_name, settings.checkpoint, settings.consensus_self
 
         def load() -> LoadedModel:
-            checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self})
+            checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self}, limits=CHECKPOINT_LIMITS)
+            note = plain(checkpoint.note) if checkpoint.note else None  # a note is shown as Markdown
             return LoadedModel(checkpoint.model, cache.content_key(sha, checkpoint.config), f"checkpoint {name}",
-                               checkpoint.note, sha)
+                               note, sha)
         try:
             return cache.model(cache.content_key(sha, consensus_self), load), None
         except (CheckpointError, ConfigError) as error:
-            return _shipped(), f"Could not use the checkpoint **{name}**: {error}"
+            return _shipped(), f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}"
     try:
         return _shipped(), None
     except (CheckpointError, ConfigError) as error:
-        return _stand_in(), f"The shipped model could not be loaded: {error}"
+        return _stand_in(), f"The shipped model could not be loaded: {plain(str(error))}"

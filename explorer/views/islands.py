@@ -16,6 +16,7 @@ from explorer import derived, state
 from explorer.context import ALL_LEVELS, ViewContext
 from explorer.views.common import fmt, truth_choice
 from glom_viz import render
+from glom_viz.text import plain, plain_html, plain_name
 
 # the overlay goes to the browser as JPEG: ~1 ms to encode a 448 px photograph against ~75 ms for PNG
 # (zlib), which was most of a scrub's server time; the exports stay lossless PNG
@@ -51,7 +52,7 @@ def all_levels(context: ViewContext):
                      width="stretch", output_format=OVERLAY_FORMAT,
                      caption=f"level {level}{' (top)' if level == n_levels - 1 else ''} · {plural(count, 'island')}")
     return lambda: render.sheet_figure(frame.display, labels, grid, steps=[step],
-                                       title=f"{frame.picture.name}: all levels at step {step}")
+                                       title=f"{plain_html(frame.picture.name)}: all levels at step {step}")
 
 
 def view(context: ViewContext):
@@ -65,7 +66,7 @@ def view(context: ViewContext):
     left, right = st.columns([3, 2], gap="large")
     left.image(derived.overlay(frame, labels, settings, grid, step, level), width="stretch",
                output_format=OVERLAY_FORMAT,
-               caption=f"{frame.picture.name} · level {level} · step {step} of {labels.shape[0] - 1}")
+               caption=f"{plain_name(frame.picture.name)} · level {level} · step {step} of {labels.shape[0] - 1}")
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)
         st.markdown(f"**{plural(np.count_nonzero(ids >= 0), 'island')}** at level {level}, step {step} "
@@ -87,7 +88,7 @@ def view(context: ViewContext):
         st.divider()
         model_input(context)
     return lambda: render.island_map_figure(frame.display, level_labels, grid,
-                                            title=f"{frame.picture.name} · level {level} · step {step}")
+                                            title=f"{plain_html(frame.picture.name)} · level {level} · step {step}")
 
 
 def model_input(context: ViewContext) -> None:
@@ -97,5 +98,5 @@ def model_input(context: ViewContext) -> None:
     size = frame.shown.shape[0]
     inner[0].image(frame.shown, caption=f"model input {size}×{size}", width=MODEL_INPUT_PX)
     height, width = frame.picture.rgb.shape[:2]
-    inner[1].caption(f"**{frame.picture.name}** · {width}×{height} px · {frame.info}"
-                     + (f" · {frame.picture.note}" if frame.picture.note else ""))
+    inner[1].caption(f"**{plain_name(frame.picture.name)}** · {width}×{height} px · {plain(frame.info)}"
+                     + (f" · {plain(frame.picture.note)}" if frame.picture.note else ""))
