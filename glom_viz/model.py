@@ -914,7 +914,6 @@ class Glom(nn.Module):
             return values[:, None].expand(-1, b, n, d).reshape(-1, b * n, d)
 
         # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
-        # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
         pieces = [from_image]
         if uniform:
             pieces.append(bottom_up_nets(columns[:-1, :1], slice(1, L)).expand(L - 1, b * n, d))
