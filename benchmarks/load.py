@@ -163,6 +163,7 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     picture, colour = photograph(index)
     name = f"visitor-{index}.png"
     context = await browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)  # on a busy machine eight pages take a while to draw
     page = await context.new_page()
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
@@ -222,6 +223,7 @@ def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
 async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.Event) -> list[float]:
     """A session that loads a 224 px GLOM and keeps running it (a new iteration count each time)."""
     context = await browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
     page = await context.new_page()
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
@@ -307,8 +309,11 @@ def main() -> None:
         sampling = threading.Event()
 
         def sample() -> None:
-            while not sampling.is_set():
-                samples.append((time.monotonic(), rss_mb(process.pid)))
+            while not sampling.is_set() and process.poll() is None:
+                try:
+                    samples.append((time.monotonic(), rss_mb(process.pid)))
+                except OSError:  # the server is gone
+                    return
                 time.sleep(RSS_EVERY_S)
 
         threading.Thread(target=sample, daemon=True).start()
