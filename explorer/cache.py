@@ -212,9 +212,10 @@ def freeze_heap() -> None:
 
 
 def _lower_priority() -> None:
-    """A run worker's start: this thread (Linux schedules threads one by one) at RUN_NICE."""
+    """A run worker's start: this thread (Linux schedules threads one by one) RUN_NICE below the server."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RUN_NICE)
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + RUN_NICE))
     except (AttributeError, OSError):
         pass  # no per-thread priorities here: runs compete at the server's own
 
