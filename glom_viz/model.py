@@ -926,11 +926,14 @@ class Glom(nn.Module):
         bottom_up = torch.cat(pieces)
         # top-down into level l from level l + 1, with position; the top level gets none
         own = max(shared, 1)  # inputs [1, own) differ between images
+        told = pos.dim() == 4  # told to some levels only: (L - 1, 1, n, d), one position per top-down net
         pieces = []
         if own > 1:
-            pieces.append(top_down_nets((state[1:own] + pos).view(own - 1, b * n, d), slice(0, own - 1)))
+            pieces.append(top_down_nets((state[1:own] + (pos[:own - 1] if told else pos)).view(own - 1, b * n, d),
+                                        slice(0, own - 1)))
         if own < L:
-            pieces.append(on_first_image(top_down_nets((state[own:, 0] + pos).contiguous(), slice(own - 1, L - 1))))
+            pieces.append(on_first_image(top_down_nets((state[own:, 0] + (pos[own - 1:, 0] if told else pos)).contiguous(),
+                                                       slice(own - 1, L - 1))))
         top_down = torch.cat((*pieces, columns.new_zeros(1, b * n, d)))
         attention_weights = None
         if uniform and not weights:

@@ -432,6 +432,18 @@ def test_without_position_the_columns_move_with_the_picture():
         some.load_state_dict(told.state_dict())
         assert not torch.allclose(some(img, iters=3), told(img, iters=3))
         assert not torch.allclose(some(img, iters=3), blind(img, iters=3))
+        # in a batch, where the levels the image has not reached yet are computed once for all images,
+        # each image's columns are its own alone; told every level is the full model
+        batch = torch.rand(3, 3, 32, 32)
+        for position_levels in ((0,), (1,)):
+            some = Glom(**config, position_levels=position_levels)
+            some.load_state_dict(told.state_dict())
+            together = some(batch, iters=3)
+            for i in range(3):
+                torch.testing.assert_close(together[i:i + 1], some(batch[i:i + 1], iters=3), atol=1e-5, rtol=1e-4)
+        every = Glom(**config, position_levels=(0, 1))
+        every.load_state_dict(told.state_dict())
+        torch.testing.assert_close(every(batch, iters=3), told(batch, iters=3), atol=1e-5, rtol=1e-4)
 
 
 def test_config_round_trips():
