@@ -17,6 +17,10 @@ from glom_viz.model import GlomConfig
 from glom_viz.runs import STATES_DTYPE
 
 MAX_UPLOADS = 12  # pictures uploaded at once; more are left out, with a message
+# a set (a zip of the dataset layout): its pictures are read at the model's size and scored together,
+# so a few dozen keep the page responsive (20 pictures of the shipped model score in a few seconds)
+MAX_SET_PICTURES = 64
+SET_UPLOAD_MB = 100  # the zip itself; each file in it is held to the image limits
 MAX_FRAMES = 16  # frames of one sequence (an animation's frames, or the pictures in order)
 MAX_ITERATIONS = 48
 # consensus attention is (patches x patches) per level: 1024 patches (448 px in 14 px patches) is ~4 MB a

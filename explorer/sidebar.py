@@ -7,13 +7,14 @@ import hashlib
 import streamlit as st
 
 from explorer import cache, state
-from explorer.limits import CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_UPLOADS
+from explorer.limits import (CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_SET_PICTURES, MAX_UPLOADS,
+                             SET_UPLOAD_MB)
 from explorer.models import LoadedModel
 from explorer.pictures import Mask, Picture
 from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
                                MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
-                               RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, ImageSettings, IslandSettings,
-                               ModelSettings, RunSettings)
+                               RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, VIDEO_TYPES, ImageSettings,
+                               IslandSettings, ModelSettings, RunSettings)
 from glom_viz import islands
 from glom_viz.errors import ConfigError, ImageLoadError
 from glom_viz.images import FITS, read_mask
@@ -101,8 +102,16 @@ def images_panel() -> ImageSettings:
                                      help="Synthetic scenes with ground-truth objects and parts, and photographs "
                                           "that scikit-learn and scikit-image ship.")
     files = st.sidebar.file_uploader(
-        f"Your images ({', '.join(t.upper() for t in IMAGE_TYPES[:5])}, TIFF, GIF; up to {MAX_UPLOADS})",
-        type=list(IMAGE_TYPES), accept_multiple_files=True, key=state.IMAGES_UPLOAD, max_upload_size=IMAGE_UPLOAD_MB)
+        f"Your images or videos ({', '.join(t.upper() for t in IMAGE_TYPES[:5])}, TIFF, GIF, MP4, MOV, WebM; "
+        f"up to {MAX_UPLOADS})",
+        type=[*IMAGE_TYPES, *VIDEO_TYPES], accept_multiple_files=True, key=state.IMAGES_UPLOAD,
+        max_upload_size=IMAGE_UPLOAD_MB,
+        help="A video becomes a sequence of frames, evenly spaced over the clip, like an animated GIF's.")
+    dataset = st.sidebar.file_uploader(
+        "A set with masks (zip)", type=["zip"], key=state.IMAGES_SET, max_upload_size=SET_UPLOAD_MB,
+        help=f"A zip of a folder with images/ and masks/ (object ids per pixel, 0 = background), optionally "
+             f"parts/ and next/: each picture is scored against its masks, and the set as a whole "
+             f"(at most {MAX_SET_PICTURES} pictures).")
     fit = st.sidebar.selectbox("Fit to the model's square input", FITS, key=state.IMAGES_FIT,
                                format_func=FIT_LABELS.get)
     animations = st.sidebar.toggle("Animated files: all frames", key=state.IMAGES_FRAMES,
@@ -112,7 +121,8 @@ def images_panel() -> ImageSettings:
                                  help="Process the images in order, each starting from the previous one's final "
                                       "columns (GLOM's slow video: `levels=` of the last frame).")
     uploads = tuple((f.name, f.getvalue()) for f in (files or []))
-    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence)
+    zipped = None if dataset is None else (dataset.name, dataset.getvalue())
+    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence, zipped)
 
 
 def mask_upload(picture: Picture) -> Mask | None:
