@@ -36,6 +36,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from glom_viz import invariance
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, DataError
 from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth, pixel_patches
 from glom_viz.model import Glom
@@ -44,7 +45,7 @@ from glom_viz.runs import final_columns
 from glom_viz.scenes import EVAL_SEEDS, make_batch
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED = ASSETS / "shipped.safetensors"
+SHIPPED = SHIPPED_CHECKPOINT  # the default --checkpoint
 DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
 # one scene's FG-ARI ranges from below 0 to 1, so a mean over 32 scenes is good to about +-0.02 and
 # cannot tell a model at 0.88 from one at 0.9; 256 give about +-0.008 and run in under a minute
@@ -279,8 +280,6 @@ def summary(result: dict) -> dict:
 
 
 def load_model(path: str | Path) -> Glom:
-    from glom_viz.checkpoints import load_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: train one with python -m glom_viz.train, or leave "

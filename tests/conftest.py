@@ -19,7 +19,7 @@ from glom_viz import islands
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped
 from glom_viz.images import to_model_input
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom
-from glom_viz.runs import Run, run
+from glom_viz.runs import ColumnProbe, Run, probe_column, run
 from glom_viz.scenes import make_scene
 from glom_viz.text import WORD_JOINER
 
@@ -43,6 +43,13 @@ def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, start=
     tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
     with mock.patch.object(Glom, "iterate", ITERATE):
         return run(model, tensor, iters, start=start)
+
+
+def reference_probe(model: Glom, rgb: np.ndarray, step: int) -> ColumnProbe:
+    """glom_viz.runs.probe_column of the model on a picture at one step, fp32, as the app's input."""
+    tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
+    with mock.patch.object(Glom, "iterate", ITERATE):
+        return probe_column(model, tensor, step)
 
 
 def reference_labels(states: np.ndarray, grid, **settings) -> np.ndarray:
