@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import (APP, default_model, png_bytes, reference_labels, reference_probe, reference_run, scene_rgb,
-                      shown)
+from conftest import (APP, default_model, moving_square, png_bytes, reference_labels, reference_probe, reference_run,
+                      scene_rgb, shown, sprite_zip, sprites, video_bytes)
 from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
 from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
 from explorer.pictures import DISPLAY_PX
@@ -526,3 +526,48 @@ def test_run_size_limits():
     huge = GlomConfig(dim=1024, levels=8, image_size=448, patch_size=14)
     assert "MB of states per image" in run_size_problem(huge, MAX_ITERATIONS)
     assert "patches" in run_size_problem(GlomConfig(dim=8, levels=2, image_size=132, patch_size=4), 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# videos and sets
+
+
+def test_a_video_upload_becomes_a_sequence_of_frames(at, glom_runs):
+    at.session_state["images_bundled"] = []
+    run(at)
+    run(at.file_uploader(key="images_upload").set_value(("walk.mp4", video_bytes(moving_square(6)), "video/mp4")))
+    assert at.selectbox(key="picture").options == [f"walk.mp4 · frame {i}" for i in range(1, 7)]
+    assert legend(at)
+    run(at.toggle(key="images_sequence").set_value(True))
+    assert at.slider(key="frame").max == 5
+    assert all(call["levels"] is not None for call in glom_runs[-5:])  # each frame starts from the one before
+    run(at.file_uploader(key="images_upload").set_value(("noise.mp4", bytes(range(256)) * 8, "video/mp4")))
+    assert any("noise.mp4" in shown(e.value) and "MP4" in e.value for e in at.error)
+
+
+def test_a_set_zip_is_scored_over_the_set_and_picture_by_picture(at):
+    from glom_viz.data import load_zip
+    from glom_viz.evaluate import score_dataset
+
+    seeds = sprites().TEST_SEEDS[:3]
+    set_fp32(at)
+    at.session_state["images_bundled"] = []
+    run(at)
+    data = sprite_zip(seeds, extra={"sprites/images/notes.png": b"not a picture", "../escape.png": b"x"})
+    run(at.file_uploader(key="images_set").set_value(("sprites.zip", data, "application/zip")))
+    names = at.selectbox(key="picture").options
+    assert names == [f"sprites/{seed}" for seed in seeds]
+    warning = " ".join(shown(w.value) for w in at.warning)
+    assert "2 files of the set were skipped" in warning and "notes.png" in warning and "escape.png" in warning
+    # the set's table is evaluate --data's: the same scores, computed directly
+    model = default_model()
+    expected = score_dataset(model, load_zip(data, "sprites.zip", model.config.image_size),
+                             at.session_state[f"iterations_{model.config.levels}"])
+    table = at.dataframe[0].value
+    for row, level in zip(table.itertuples(index=False), expected["levels"]):
+        assert row[1].startswith(f"{level['fg_ari_objects']:.3f}")
+    assert any(b.label == "Set scores (JSON)" for b in at.get("download_button"))
+    # each picture of the set shows its islands scored against its own masks
+    assert legend(at) and any(m.label == "FG-ARI" for m in at.metric)
+    run(at.file_uploader(key="images_set").set_value(("broken.zip", b"PK\x03\x04 not really", "application/zip")))
+    assert any("broken.zip cannot be used" in shown(e.value) and "not a readable zip" in e.value for e in at.error)
