@@ -106,7 +106,7 @@ GROUP_FIELDS = ("image_size", "patch_size", "max_shift", "similarity_scale", "si
 # much again as this many scenes (the per-product overheads)
 MICRO_BATCH = 16
 MICRO_BATCH_OVERHEAD = 0.5
-# the defaults of a run on a folder (--data): the shipped model's last stages (assets/shipped.json,
+# the defaults of a run on a folder (--data): the shipped model's last stages (experiments/shipped.json,
 # fine_tune), at batch 16 as its CPU stages ran; a fresh decoder trains alone for its first steps when
 # the run starts from --init. motion_weight is dropped where the folder has no second frames.
 DATA_RECIPE = dict(batch_size=16, contrast_weight=0.0, motion_weight=1.0, motion_levels=(2, 3),
@@ -133,7 +133,7 @@ ModelFields.__module__ = __name__
 class TrainConfig(ModelFields):
     """Everything one training run depends on: the model's GlomConfig fields (ModelFields), then these.
 
-    The defaults are the shipped model's recipe (``assets/shipped.json``), run on ``device``; the
+    The defaults are the shipped model's recipe (``experiments/shipped.json``), run on ``device``; the
     architecture options at their GlomConfig defaults give plain glom-pytorch.
     """
 

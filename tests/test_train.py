@@ -184,7 +184,7 @@ def test_stop_at_ends_early_on_the_full_schedule_and_resume_finishes_it(tmp_path
 
 
 def test_defaults_are_the_shipped_recipe():
-    shipped = json.loads((Path(__file__).parent.parent / "glom_viz" / "assets" / "shipped.json").read_text())
+    shipped = json.loads((Path(__file__).parent.parent / "experiments" / "shipped.json").read_text())
     recipe = {k: v for k, v in shipped["train_config"].items() if k not in ("device", "out", "checkpoint_every")}
     defaults = TrainConfig().to_dict()
     assert {k: defaults[k] for k in recipe} == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
