@@ -18,7 +18,19 @@ class ImageLoadError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is not data we can load, or does not fit the model."""
+    """A checkpoint that is not data we can load, or does not fit the model.
+
+    Where the model's config would make it load, ``fields`` names the ``GlomConfig`` fields to give,
+    ``read`` holds what its tensors told, and ``reason`` is the message without the advice on how to
+    pass them (for a page that offers the fields instead).
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = (), read: dict | None = None,
+                 reason: str | None = None):
+        super().__init__(message)
+        self.fields = tuple(fields)
+        self.read = dict(read or {})
+        self.reason = reason or message
 
 
 class RunError(ValueError):
