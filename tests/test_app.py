@@ -73,8 +73,8 @@ def legend(at: AppTest) -> dict[int, int]:
     """island id -> patches, read from the legend beside the overlay."""
     chips = [m.value for m in at.markdown if "line-height:1.9" in m.value]
     assert len(chips) == 1, "no island legend on the page"
-    found = re.findall(r"(island (\d+)|noise) · (\d+)", chips[0])
-    return {(-1 if name == "noise" else int(island)): int(count) for name, island, count in found}
+    found = re.findall(r"(island (\d+)|no island) · (\d+)", chips[0])
+    return {(-1 if name == "no island" else int(island)): int(count) for name, island, count in found}
 
 
 def expected_legend(labels: np.ndarray) -> dict[int, int]:
@@ -167,7 +167,11 @@ def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
     assert legend(at) == expected_legend(reference_labels(states, model.grid, n_islands=3)[-1, 0])
 
     run(at.selectbox(key="islands_method").set_value("threshold"))
+    picked = reference_labels(states, model.grid, method="threshold")  # per map, islands of 4 patches or more
+    assert legend(at) == expected_legend(picked[-1, 0])
+    run(at.toggle(key="islands_threshold_auto").set_value(False))
     run(at.slider(key="islands_threshold").set_value(0.95))
+    run(at.number_input(key="islands_min_size").set_value(1))
     expected = reference_labels(states, model.grid, method="threshold", threshold=0.95, min_size=1)
     assert legend(at) == expected_legend(expected[-1, 0])
 
@@ -186,9 +190,11 @@ def test_all_levels_and_play(at):
     assert len(captions) == levels
 
     last = at.slider(key="step").value
-    run(at.button(key="play").click())  # at the last step, play starts again from step 0 and advances
-    assert at.slider(key="step").value == 1
+    run(at.button(key="play").click())  # at the last step, play starts again from step 0, shown first
+    assert at.slider(key="step").value == 0
     assert at.button(key="play").label.startswith("⏸")
+    run(at)  # the timer's next tick
+    assert at.slider(key="step").value == 1
     run(at.button(key="play").click())
     assert at.button(key="play").label.startswith("▶") and at.slider(key="step").value == 1
     assert last > 1
@@ -298,7 +304,7 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     at.session_state["images_bundled"] = ["scene 1", "scene 2"]
     run(at)
     run(at.toggle(key="images_sequence").set_value(True))
-    assert at.slider(key="frame").max == 1
+    assert at.slider(key="frame").min == 1 and at.slider(key="frame").max == 2, "frames count from 1, as captions do"
     model = default_model()
     first = reference_run(model, scene_rgb(0, model.config.image_size))
     sequence_calls = glom_runs[-2:]
@@ -306,7 +312,7 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     np.testing.assert_allclose(sequence_calls[1]["levels"][0].numpy(), first.final, rtol=1e-5, atol=1e-6)
 
     second = reference_run(model, scene_rgb(1, model.config.image_size), start=first).states
-    run(at.slider(key="frame").set_value(1))
+    run(at.slider(key="frame").set_value(2))
     level = at.button_group(key="level").value
     assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, level])
 
@@ -431,11 +437,11 @@ def test_animation_frames_as_a_sequence(at, glom_runs):
     assert at.selectbox(key="picture").options == [f"walk.gif · frame {i}" for i in (1, 2, 3)]
     before = len(glom_runs)
     run(at.toggle(key="images_sequence").set_value(True))
-    assert at.slider(key="frame").max == 2
+    assert at.slider(key="frame").max == 3
     # frame 1 starts fresh, as it did alone (its run is reused); frames 2 and 3 start from the one before
     assert len(glom_runs) == before + 2
     assert all(call["levels"] is not None for call in glom_runs[-2:])
-    run(at.slider(key="frame").set_value(2))
+    run(at.slider(key="frame").set_value(3))
     assert legend(at) and len(glom_runs) == before + 2
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from explorer.context import ViewContext
-from explorer.views import column, islands, measures, parse_tree, projection, sheet
+from explorer.views import column, compare, islands, measures, parse_tree, projection, sheet, training
 
 View = Callable[[ViewContext], Callable[[], object] | None]
 
@@ -18,4 +18,6 @@ VIEWS: dict[str, View] = {
     "Measures": measures.view,
     "Parse tree": parse_tree.view,
     "Column": column.view,
+    "Over training": training.view,
+    "Compare models": compare.view,
 }

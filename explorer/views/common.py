@@ -6,10 +6,31 @@ import numpy as np
 import streamlit as st
 
 from explorer.context import ViewContext
+from explorer.settings import IslandSettings
+from glom_viz import islands
 
 
 def fmt(value) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def islands_summary(labels: np.ndarray, level: int, step: int, measures: dict, settings: IslandSettings,
+                    where: str | None = None) -> str:
+    """How many islands one map (N,) has, and where it has none, why: in GLOM's words, not the engine's."""
+    count = np.unique(labels[labels >= 0]).size
+    place = f"at level {level}, step {step}" + (f", {where}" if where else "")
+    if count:
+        return f"**{plural(count, 'island')}** {place} (patches per island)"
+    if settings.method in islands.COUNT_METHODS:
+        why = (f"the columns disagree (neighbours' cosine {fmt(measures.get('neighbour_agreement'))}) and no "
+               "count splits them into separated islands")
+    else:
+        why = "with these settings every column is in none"
+    return f"**No islands** {place}: {why}."
 
 
 def truth_choice(context: ViewContext, key: str) -> str | None:
