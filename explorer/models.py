@@ -110,7 +110,7 @@ def training_checkpoint(run: TrainingRun, step: int) -> LoadedModel:
     def load() -> LoadedModel:
         checkpoint = run.checkpoint(step)
         return LoadedModel(checkpoint.model, cache.content_key(key, checkpoint.sha256),
-                           f"run {plain(run.name)} at step {step}", None, checkpoint.sha256)
+                           f"run {run.name} at step {step}", None, checkpoint.sha256)
     return cache.model(key, load)
 
 
@@ -131,7 +131,7 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, ModelProblem | Non
         def load() -> LoadedModel:
             checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self, **given})
             return LoadedModel(checkpoint.model, cache.content_key(sha, checkpoint.config),
-                               f"checkpoint {plain(name)}", state_dict_note(checkpoint), sha)
+                               f"checkpoint {name}", state_dict_note(checkpoint), sha)
         try:
             return cache.model(cache.content_key(sha, consensus_self, settings.checkpoint_config), load), None
         except CheckpointError as error:

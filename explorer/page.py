@@ -13,6 +13,7 @@ from explorer.pictures import Frame, Picture, frame_of, show_new_upload
 from explorer.settings import ImageSettings, RunSettings
 from explorer.sidebar import mask_upload
 from glom_viz.errors import ImageLoadError, StatesError
+from glom_viz.text import plain
 
 TITLE = "glom-viz · islands of agreement"
 PAGE_CSS = """
@@ -38,7 +39,7 @@ def header(loaded: LoadedModel, run: RunSettings, model_error: ModelProblem | No
     title, chooser, badge = st.columns([3, 3, 3], vertical_alignment="bottom")
     title.markdown("#### glom-viz")
     title.caption("Islands of agreement in GLOM (Hinton, 2021), level by level, step by step")
-    badge.caption(f"**{loaded.title}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
+    badge.caption(f"**{plain(loaded.title)}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
                   f"{run.iterations} iterations · {run.path}")
     if model_error:
         st.error(model_error.message + " Showing the default model meanwhile.")

@@ -17,6 +17,7 @@ from glom_viz import islands
 from glom_viz.errors import ConfigError, ImageLoadError
 from glom_viz.images import FITS, read_mask
 from glom_viz.model import PRECISIONS, GlomConfig, run_path
+from glom_viz.text import plain
 
 
 # the fields a checkpoint's config form asks for (the shapes of a GLOM's tensors): name, low, high, step
@@ -94,7 +95,7 @@ def model_summary(loaded: LoadedModel) -> None:
     config = loaded.model.config
     h, w = config.grid
     st.sidebar.caption(
-        f"**{loaded.title}** · expects **{config.image_size}×{config.image_size} px** images in "
+        f"**{plain(loaded.title)}** · expects **{config.image_size}×{config.image_size} px** images in "
         f"**{config.patch_size} px** patches ({h}×{w} = {h * w} columns) · {config.levels} levels of "
         f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
     if loaded.shipped:

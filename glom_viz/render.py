@@ -549,10 +549,10 @@ def losses_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], c
         fig.add_vline(x=kept, line_width=1, line_dash="dot", line_color="#BBB")
     if step is not None:
         fig.add_vline(x=step, line_width=2, line_color="#D62728",
-                      annotation_text=f"step {step}", annotation_position="top")
+                      annotation_text=f"step {step}", annotation_position="bottom right")
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=60, b=10), hovermode="x unified",
                       xaxis=dict(title="training step"), yaxis=dict(type="log" if positive else "linear"),
-                      legend=dict(orientation="h", y=-0.2))
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"))
     return fig
 
 

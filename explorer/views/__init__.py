@@ -21,3 +21,5 @@ VIEWS: dict[str, View] = {
     "Over training": training.view,
     "Compare models": compare.view,
 }
+# the views that run other models than the page's on its picture (a run's checkpoints, a second model)
+OTHER_MODELS = ("Over training", "Compare models")

@@ -46,7 +46,7 @@ def other_model(context: ViewContext) -> LoadedModel | None:
             return None
         pick = st.columns([2, 5], vertical_alignment="bottom")
         state.keep_choice(state.COMPARE_RUN, names, names[0])
-        name = pick[0].selectbox("Training run", names, key=state.COMPARE_RUN, format_func=plain)
+        name = pick[0].selectbox("Training run", names, key=state.COMPARE_RUN)
         try:
             run = open_run(name, root)
         except RunError as error:
@@ -74,7 +74,7 @@ def other_model(context: ViewContext) -> LoadedModel | None:
     def load() -> LoadedModel:
         checkpoint = read_checkpoint(data, assume={"consensus_self": False})
         return LoadedModel(checkpoint.model, cache.content_key(sha, checkpoint.config),
-                           f"checkpoint {plain(upload.name)}", state_dict_note(checkpoint), sha)
+                           f"checkpoint {upload.name}", state_dict_note(checkpoint), sha)
     try:
         loaded = cache.model(cache.content_key("compare", sha), load)
     except (CheckpointError, ConfigError) as error:
@@ -101,13 +101,13 @@ def view(context: ViewContext):
         return None
     level = context.level_index
     if level >= other.model.config.levels:
-        st.error(f"{other.title} has {other.model.config.levels} levels, so it has no level {level}: pick a level "
+        st.error(f"{plain(other.title)} has {other.model.config.levels} levels, so it has no level {level}: pick a level "
                  f"below {other.model.config.levels} to compare.")
         return None
     frame = frame_of(context.frame.picture, other, page.fit, "", cache.content_key(page.run_settings), None)
     result = runs_for(other, [frame], False, page.run_settings)[0]()
     if not result.finite:
-        st.error(f"{other.title}'s columns became NaN or Inf at step {result.first_nonfinite[0]}: nothing to compare.")
+        st.error(f"{plain(other.title)}'s columns became NaN or Inf at step {result.first_nonfinite[0]}: nothing to compare.")
         return None
     other_labels = derived.labels_of(frame, result, page.island_settings, grid)
     step = min(context.step, other_labels.shape[0] - 1)
@@ -119,23 +119,23 @@ def view(context: ViewContext):
                 derived.measures_of(frame, result, other_labels, page.island_settings, grid, truth_name,
                                     levels=[level])[level][step])
     titles = (page.model.title, other.title)
-    columns = st.columns(2, gap="large")
+    *columns, table = st.columns([3, 3, 3], gap="medium")
     for column, title, labels, display, now in zip(columns, titles, (mine[step], theirs[step]),
                                                    (context.frame.display, frame.display), measures):
         with column:
             st.image(render.draw_islands(display, labels, grid), width="stretch",
-                     caption=f"{title} · level {level} · step {step}")
+                     caption=f"{plain(title)} · level {level} · step {step}")
             st.markdown(islands_summary(labels, level, step, now, page.island_settings))
             ids, counts = np.unique(labels, return_counts=True)
             st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
     between = islands.compare_islands(mine[step], theirs[step])
-    rows = [f"| | {titles[0]} | {titles[1]} |", "|---|---:|---:|"]
+    rows = [f"| | {plain(titles[0])} | {plain(titles[1])} |", "|---|---:|---:|"]
     for name, key in MEASURES:
         if any(now.get(key) is not None for now in measures):
             rows.append(f"| {name} | " + " | ".join(
                 str(now[key]) if key == "n_islands" else fmt(now.get(key)) for now in measures) + " |")
-    st.markdown("\n".join(rows))
-    st.caption(f"Between the two: ARI **{fmt(between['ari'])}**; **{between['same_island']:.0%}** of the patches "
+    table.markdown("\n".join(rows))
+    table.caption(f"Between the two: ARI **{fmt(between['ari'])}**; **{between['same_island']:.0%}** of the patches "
                f"are in the island of the same id; **{between['matched']}** of its islands matched one of the "
                "page's model (the same colour where they overlap most).")
     figure_title = f"{context.frame.picture.name}: level {level}, step {step}"

@@ -24,7 +24,6 @@ from glom_viz.text import plain
 OVERLAY_FORMAT = "JPEG"
 LEGEND_CHIP_PX = 14
 MODEL_INPUT_PX = 96  # the model's input beside the legend
-PICTURE_PX = 160  # the picture in its own colours, beside the legend
 
 
 def legend_html(ids: np.ndarray, counts: np.ndarray) -> str:
@@ -100,9 +99,9 @@ def view(context: ViewContext):
 def model_input(context: ViewContext) -> None:
     """The picture in its own colours (the overlay shows it in grey), what the model sees, how it was fitted."""
     frame = context.frame
-    inner = st.columns([2, 3])
+    inner = st.columns([3, 2])
     size = frame.shown.shape[0]
-    inner[0].image(frame.display, caption="the picture", width=PICTURE_PX)
+    inner[0].image(frame.display, caption="the picture", width="stretch")
     inner[1].image(frame.shown, caption=f"model input {size}×{size}", width=MODEL_INPUT_PX)
     height, width = frame.picture.rgb.shape[:2]
     inner[1].caption(f"**{plain(frame.picture.name)}** · {width}×{height} px · {frame.info}"

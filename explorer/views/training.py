@@ -82,7 +82,7 @@ def view(context: ViewContext):
         return None
     choose = st.columns([2, 5], vertical_alignment="bottom")
     state.keep_choice(state.TRAINING_RUN, names, names[0])
-    name = choose[0].selectbox("Training run", names, key=state.TRAINING_RUN, format_func=plain,
+    name = choose[0].selectbox("Training run", names, key=state.TRAINING_RUN,
                                help=f"The runs under this server's runs folder ({plain(root)}), newest first.")
     try:
         run = open_run(name, root)
