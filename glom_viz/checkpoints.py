@@ -35,15 +35,15 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from glom_viz.errors import CheckpointError, ConfigError
+from glom_viz.limits import Limits
 from glom_viz.model import Glom, GlomConfig
+from glom_viz.text import quoted
 
 FORMAT = "glom-viz"
 FORMAT_VERSION = "1"
 RESERVED_METADATA = ("format", "format_version", "config")
 SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "shipped.safetensors"
 
-MAX_CHECKPOINT_ENV = "GLOM_VIZ_MAX_CHECKPOINT_BYTES"
-DEFAULT_MAX_CHECKPOINT_BYTES = 2**30  # 1 GiB; the default GLOM (dim 512, 6 levels) is 90 MiB
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own cap on the JSON header
 HASH_CHUNK_BYTES = 2**20
 # torch.save wraps state dicts that training scripts often nest under one of these keys
@@ -53,31 +53,40 @@ DDP_PREFIX = "module."
 STATE_DICT_SILENT = ("consensus_self",)
 # the config fields that shape a GLOM's tensors: what to give when they cannot be read or do not fit
 SHAPE_FIELDS = ("dim", "levels", "image_size", "patch_size", "feedforward_mult", "local_consensus_radius")
+# torch.save stores tensors uncompressed in its zip archive; a re-zipped file of float weights packs a
+# little, zeros pack 1000:1. Beyond this ratio (and a slack for the small entries) an archive is refused
+# before torch.load inflates it.
+MAX_ARCHIVE_RATIO = 4.0
+ARCHIVE_SLACK_BYTES = 2**20
+MAX_ARCHIVE_ENTRIES = 10_000  # a GLOM state dict is ~25 entries
 
 
-def _max_checkpoint_bytes(environ=os.environ) -> int:
-    """The size limit for checkpoints: the default, or the server's GLOM_VIZ_MAX_CHECKPOINT_BYTES."""
-    text = environ.get(MAX_CHECKPOINT_ENV)
-    if text is None:
-        return DEFAULT_MAX_CHECKPOINT_BYTES
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"{MAX_CHECKPOINT_ENV}={text!r} must be a positive number of bytes, "
-                          f"e.g. {MAX_CHECKPOINT_ENV}={4 * 2**30}")
-    return value
+@dataclass(frozen=True)
+class CheckpointLimits(Limits):
+    """What a checkpoint may be and build, checked before any weight is allocated (docs/LIMITS.md).
+
+    A server raises them with ``GLOM_VIZ_MAX_CHECKPOINT_BYTES``, ``GLOM_VIZ_MAX_PARAMETERS`` and
+    ``GLOM_VIZ_MAX_PATCHES``; in Python, pass ``read_checkpoint(..., limits=CheckpointLimits(...))``.
+    """
+
+    KIND = "checkpoint limit"
+
+    max_checkpoint_bytes: int = 2**30  # 1 GiB; the default GLOM (dim 512, 6 levels) is 90 MiB
+    max_parameters: int = 2**28  # 268M weights, 1 GiB in float32; the default GLOM has 24M
+    max_patches: int = 4096  # consensus attention is patches x patches per level: 64 MB a level here
 
 
-MAX_CHECKPOINT_BYTES = _max_checkpoint_bytes()
+LIMITS = CheckpointLimits.from_env()  # what a server allows: the defaults unless its environment raises them
 
-SAFETENSORS_ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+# safetensors' dtypes that torch holds; the model takes the floating ones and bool (DTYPES_TAKEN)
+SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2, "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16,
+    "BF16": torch.bfloat16, "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
+    "I64": torch.int64, "U64": torch.uint64, "F64": torch.float64,
 }
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # converted to float32
+DTYPES_TAKEN = "float32, float16, bfloat16 or float64 (bool for the attention mask)"
 
 # What torch.load and its unpickler raise on bytes that are not a torch file. weights_only refusals
 # are pickle.UnpicklingError and are told apart by their message.
@@ -154,32 +163,39 @@ def save_checkpoint(model: Glom, path: str | os.PathLike, **metadata) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path_or_bytes, **config) -> Glom:
+def load_checkpoint(path_or_bytes, *, limits: CheckpointLimits | None = None, **config) -> Glom:
     """A ready ``Glom`` (eval mode, CPU) from a checkpoint file or its bytes.
 
     Args:
         path_or_bytes: a path, the file's bytes, or an open binary file (an upload).
+        limits: what the file may be and build (``LIMITS``, the server's, unless given).
         **config: ``GlomConfig`` fields. For our format they must agree with the stored config (or
             be left out); for a glom-pytorch state dict they complete what the tensors cannot tell
             (``consensus_self``, the extension options) and must agree with what they can.
 
     Raises:
-        CheckpointError: not a checkpoint, code in a pickle, a header that lies, tensors that do not
-            fit (named, both shapes), missing or unexpected tensors (named), NaN or Inf weights.
+        CheckpointError: not a checkpoint, code in a pickle, a header that lies, an archive that
+            inflates far beyond its size, tensors that are views of less data than they claim, a
+            model above the limits, tensors that do not fit (named, both shapes), missing or
+            unexpected tensors (named), dtypes the model does not take, NaN or Inf weights.
 
+    Everything is checked before the model's weights are allocated: the file's size, its header or
+    archive, and the model its config asks for (built on the meta device, where it costs nothing).
     ``read_checkpoint`` gives the same model with its metadata, hash and what was inferred.
     """
-    return read_checkpoint(path_or_bytes, **config).model
+    return read_checkpoint(path_or_bytes, limits=limits, **config).model
 
 
-def read_checkpoint(path_or_bytes, *, assume: dict | None = None, **config) -> Checkpoint:
+def read_checkpoint(path_or_bytes, *, assume: dict | None = None, limits: CheckpointLimits | None = None,
+                    **config) -> Checkpoint:
     """Like ``load_checkpoint``, returning the model with its config, metadata, sha256 and a note.
 
     assume: ``GlomConfig`` fields for a state dict, which cannot store them (``consensus_self``); our
     format carries its whole config, so there they are ignored. The format is read from the bytes, never
     from a file name.
     """
-    data, label = _read_bytes(path_or_bytes)
+    limits = LIMITS if limits is None else limits
+    data, label = _read_bytes(path_or_bytes, limits)
     unknown = sorted((set(config) | set(assume or ())) - {field.name for field in dataclasses.fields(GlomConfig)})
     if unknown:
         raise CheckpointError(
@@ -187,15 +203,18 @@ def read_checkpoint(path_or_bytes, *, assume: dict | None = None, **config) -> C
         )
     digest = hashlib.sha256(data).hexdigest()
     if _looks_like_safetensors(data):
-        tensors, metadata = _read_safetensors(data, label)
+        header, metadata = _safetensors_header(data, label)
         if metadata.get("format") == FORMAT:
             model_config = _stored_config(metadata, config, label)
-            model = _build(model_config, tensors, label)
+            # the stored config against the header's shapes and the limits, before a tensor is read
+            _check_fit(model_config, _meta_tensors(header), label, limits)
+            model = _build(model_config, _safetensors_tensors(data, label), label, limits)
             training = {k: v for k, v in metadata.items() if k not in RESERVED_METADATA}
             return Checkpoint(model, model_config, training, digest, FORMAT, None)
+        tensors = _safetensors_tensors(data, label)  # as many bytes as the file holds, no more
         source = "state dict (safetensors)"
     elif _looks_like_torch(data):
-        tensors = _read_torch(data, label)
+        tensors = _read_torch(data, label, limits)
         source = "state dict (torch)"
     else:
         raise CheckpointError(
@@ -205,7 +224,7 @@ def read_checkpoint(path_or_bytes, *, assume: dict | None = None, **config) -> C
     tensors, unwrapped = _strip_ddp_prefix(tensors)
     given = {**(assume or {}), **config}
     model_config, inferred, read = _infer_config(tensors, given, label)
-    model = _build(model_config, tensors, label, read)
+    model = _build(model_config, tensors, label, limits, read)
     note = "; ".join(([unwrapped] if unwrapped else []) + inferred) or None
     assumed = tuple(name for name in STATE_DICT_SILENT if name not in given)
     return Checkpoint(model, model_config, {}, digest, source, note, read, assumed)
@@ -238,36 +257,38 @@ def load_shipped() -> Glom:
 # -- reading the bytes ---------------------------------------------------------------------------
 
 
-def _read_bytes(source) -> tuple[bytes, str]:
-    """(the checkpoint's bytes, how to name it in messages), bounded by MAX_CHECKPOINT_BYTES."""
+def _read_bytes(source, limits: CheckpointLimits) -> tuple[bytes, str]:
+    """(the checkpoint's bytes, how to name it in messages), bounded by limits.max_checkpoint_bytes."""
+    most = limits.max_checkpoint_bytes
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, label = bytes(source), "the checkpoint"
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise CheckpointError(f"no checkpoint file at {path}: check the path")
+            raise CheckpointError(f"no checkpoint file at {quoted(str(path))}: check the path")
         size = path.stat().st_size
-        if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(_too_big(f"'{path.name}'", size))
-        data, label = path.read_bytes(), f"'{path.name}'"
+        label = quoted(path.name)
+        if size > most:
+            raise CheckpointError(_too_big(label, size, most))
+        data = path.read_bytes()
     elif hasattr(source, "read"):
         file: BinaryIO = source
-        data = file.read(MAX_CHECKPOINT_BYTES + 1)
+        data = file.read(most + 1)
         if not isinstance(data, bytes):
             raise CheckpointError("the checkpoint file was opened as text: open it in binary mode ('rb')")
-        label = f"'{getattr(source, 'name', 'the checkpoint')}'"
+        label = quoted(str(getattr(source, "name", "the checkpoint")))
     else:
         raise CheckpointError(f"expected a path, bytes or a binary file, got {type(source).__name__}")
     if not data:
         raise CheckpointError(f"{label} is empty (0 bytes): upload or save the checkpoint again")
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(_too_big(label, len(data)))
+    if len(data) > most:
+        raise CheckpointError(_too_big(label, len(data), most))
     return data, label
 
 
-def _too_big(label: str, size: int) -> str:
-    return (f"{label} is {size / 2**20:.0f} MB, above the {MAX_CHECKPOINT_BYTES / 2**20:.0f} MB limit for "
-            "checkpoints: a GLOM of the default size is about 100 MB; check that this is the right file")
+def _too_big(label: str, size: int, most: int) -> str:
+    return (f"{label} is {size / 2**20:.0f} MB, above the {most / 2**20:.0f} MB limit for checkpoints: a GLOM "
+            "of the default size is about 100 MB; check that this is the right file")
 
 
 def _looks_like_safetensors(data: bytes) -> bool:
@@ -298,8 +319,8 @@ def _describe(data: bytes) -> str:
 # -- safetensors ---------------------------------------------------------------------------------
 
 
-def _read_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, its header checked against the bytes first."""
+def _safetensors_header(data: bytes, label: str) -> tuple[dict, dict[str, str]]:
+    """The tensor entries and metadata of a safetensors file, checked against its bytes; no tensor read."""
     header_length = struct.unpack("<Q", data[:8])[0]
     if header_length > MAX_HEADER_BYTES or 8 + header_length > len(data):
         raise CheckpointError(
@@ -309,7 +330,7 @@ def _read_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor],
     try:
         header = json.loads(data[8 : 8 + header_length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{label} has a safetensors header that is not valid JSON ({error}): "
+        raise CheckpointError(f"{label} has a safetensors header that is not valid JSON ({_short(error)}): "
                               "the file is damaged; save or download it again") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"{label} has a safetensors header that is not a JSON object: the file is damaged")
@@ -317,12 +338,22 @@ def _read_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor],
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{label} has safetensors metadata that is not text: the file is damaged")
     _check_safetensors_entries(header, len(data) - 8 - header_length, label)
+    return header, metadata
+
+
+def _safetensors_tensors(data: bytes, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose header has passed (each exactly its bytes in the file)."""
     try:
-        tensors = safetensors_load(data)
+        return safetensors_load(data)
     except (SafetensorError, ValueError, TypeError, KeyError, RuntimeError, OverflowError) as error:
-        raise CheckpointError(f"{label} could not be read as safetensors ({error}): the file is damaged; "
+        raise CheckpointError(f"{label} could not be read as safetensors ({_short(error)}): the file is damaged; "
                               "save or download it again") from error
-    return tensors, metadata
+
+
+def _meta_tensors(header: dict) -> dict[str, torch.Tensor]:
+    """The header's tensors on the meta device: shapes and dtypes, no data."""
+    return {name: torch.empty(entry["shape"], dtype=SAFETENSORS_DTYPES[entry["dtype"]], device="meta")
+            for name, entry in header.items()}
 
 
 def _check_safetensors_entries(header: dict, buffer_bytes: int, label: str) -> None:
@@ -330,25 +361,29 @@ def _check_safetensors_entries(header: dict, buffer_bytes: int, label: str) -> N
     spans = []
     for name, entry in header.items():
         if not isinstance(entry, dict):
-            raise CheckpointError(f"{label}: the header entry for '{name}' is not a tensor description")
+            raise CheckpointError(f"{label}: the header entry for {quoted(name)} is not a tensor description")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in SAFETENSORS_ITEMSIZE:
-            raise CheckpointError(f"{label}: tensor '{name}' has unknown dtype {dtype!r}: the file is damaged")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(
+                f"{label}: tensor {quoted(name)} has dtype {quoted(str(dtype))}, which glom-viz cannot read: save "
+                f"the weights as {DTYPES_TAKEN}"
+            )
         if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                                 for s in shape)):
-            raise CheckpointError(f"{label}: tensor '{name}' has an invalid shape {shape!r}: the file is damaged")
+            raise CheckpointError(f"{label}: tensor {quoted(name)} has an invalid shape {_short(shape)}: the file "
+                                  "is damaged")
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= buffer_bytes):
             raise CheckpointError(
-                f"{label}: tensor '{name}' claims bytes {offsets!r} of a {buffer_bytes:,}-byte data section: "
-                "the header lies about the data; the file is damaged or was not written by safetensors"
+                f"{label}: tensor {quoted(name)} claims bytes {_short(offsets)} of a {buffer_bytes:,}-byte data "
+                "section: the header lies about the data; the file is damaged or was not written by safetensors"
             )
-        claimed = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
+        claimed = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
         if claimed != offsets[1] - offsets[0]:
             raise CheckpointError(
-                f"{label}: tensor '{name}' claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but its "
-                f"data spans {offsets[1] - offsets[0]:,} bytes: the header lies about the data; the file is "
+                f"{label}: tensor {quoted(name)} claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but "
+                f"its data spans {offsets[1] - offsets[0]:,} bytes: the header lies about the data; the file is "
                 "damaged or was not written by safetensors"
             )
         spans.append((offsets[0], offsets[1], name))
@@ -356,8 +391,8 @@ def _check_safetensors_entries(header: dict, buffer_bytes: int, label: str) -> N
     for begin, end, name in sorted(spans):
         if begin != position:
             raise CheckpointError(
-                f"{label}: tensor '{name}' starts at byte {begin:,} where {position:,} was expected (tensors "
-                "overlap or leave holes): the header lies about the data; the file is damaged"
+                f"{label}: tensor {quoted(name)} starts at byte {begin:,} where {position:,} was expected "
+                "(tensors overlap or leave holes): the header lies about the data; the file is damaged"
             )
         position = end
     if position != buffer_bytes:
@@ -397,8 +432,14 @@ def _stored_config(metadata: dict[str, str], overrides: dict, label: str) -> Glo
 # -- torch.load ----------------------------------------------------------------------------------
 
 
-def _read_torch(data: bytes, label: str) -> dict[str, torch.Tensor]:
-    """A state dict from torch.save bytes, with weights_only: never runs code from the file."""
+def _read_torch(data: bytes, label: str, limits: CheckpointLimits) -> dict[str, torch.Tensor]:
+    """A state dict from torch.save bytes, with weights_only: never runs code from the file.
+
+    A zip archive's entries are checked first (torch.load allocates what its directory claims), and
+    every tensor after: a plain, dense CPU tensor whose own data is in the file.
+    """
+    if data[:4] == b"PK\x03\x04":
+        _check_archive(data, label, limits)
     try:
         loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
@@ -422,7 +463,73 @@ def _read_torch(data: bytes, label: str) -> dict[str, torch.Tensor]:
             f"{label} could not be read as a torch checkpoint ({_short(error)}): it is damaged or not a "
             "checkpoint; save or download it again"
         ) from None
-    return _state_dict_from(loaded, label)
+    tensors = _state_dict_from(loaded, label)
+    _check_plain(tensors, label)
+    return tensors
+
+
+def _check_archive(data: bytes, label: str, limits: CheckpointLimits) -> None:
+    """A torch.save zip archive unpacks to no more than the limit, nor far more than its own size."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error,
+            UnicodeDecodeError, NotImplementedError) as error:
+        raise CheckpointError(
+            f"{label} could not be read as a torch checkpoint (not a readable zip archive: {_short(error)}): it "
+            "is damaged or not a checkpoint; save or download it again"
+        ) from None
+    if len(entries) > MAX_ARCHIVE_ENTRIES:
+        raise CheckpointError(f"{label} is a zip archive of {len(entries):,} files, where a GLOM state dict has a "
+                              "few dozen: it is not a torch checkpoint; save the weights with torch.save")
+    unpacked = sum(entry.file_size for entry in entries)
+    if unpacked > limits.max_checkpoint_bytes:
+        raise CheckpointError(
+            f"{label} unpacks to {unpacked / 2**20:,.0f} MB, above the {limits.max_checkpoint_bytes / 2**20:,.0f} MB "
+            "limit for checkpoints; nothing was unpacked: check that this is the right file"
+        )
+    if unpacked > max(ARCHIVE_SLACK_BYTES, MAX_ARCHIVE_RATIO * len(data)):
+        raise CheckpointError(
+            f"{label} is a zip archive of {len(data):,} bytes whose entries unpack to {unpacked:,} bytes "
+            f"({unpacked / len(data):,.0f} times its size); nothing was unpacked. torch.save stores tensors "
+            "uncompressed, so this is a zip bomb or was re-compressed: save the weights again with torch.save"
+        )
+
+
+def _check_plain(tensors: dict[str, torch.Tensor], label: str) -> None:
+    """Every tensor dense, on the CPU, contiguous and backed by its own bytes of the file.
+
+    A pickle decides each tensor's shape and strides over the storages it loads: stride 0 (or
+    overlapping strides, or many tensors over one storage) makes a few bytes stand for gigabytes,
+    which the model's copy would then allocate.
+    """
+    held: dict[int, int] = {}
+    claimed = 0
+    for name, tensor in tensors.items():
+        if tensor.layout != torch.strided or tensor.device.type != "cpu" or tensor.is_quantized:
+            kind = tensor.device.type if tensor.device.type != "cpu" else str(tensor.layout).replace("torch.", "")
+            raise CheckpointError(
+                f"{label}: tensor {quoted(name)} is a {kind} tensor, not a plain one with its values in the file: "
+                "save the model's weights with torch.save(model.state_dict(), path)"
+            )
+        size = tensor.numel() * tensor.element_size()
+        if size == 0:
+            continue
+        storage = tensor.untyped_storage()
+        if not tensor.is_contiguous() or storage.nbytes() < size:
+            raise CheckpointError(
+                f"{label}: tensor {quoted(name)} of shape {tuple(tensor.shape)} is a view with strides "
+                f"{tuple(tensor.stride())} over {storage.nbytes():,} bytes, not a plain tensor of its {size:,} "
+                "bytes (a file can make a few bytes stand for gigabytes this way): save the weights with "
+                "torch.save(model.state_dict(), path)"
+            )
+        held[storage.data_ptr()] = storage.nbytes()
+        claimed += size
+    if claimed > sum(held.values()):
+        raise CheckpointError(
+            f"{label}: its tensors claim {claimed:,} bytes of weights but share {sum(held.values()):,} bytes of "
+            "data in the file: save the model's own weights with torch.save(model.state_dict(), path)"
+        )
 
 
 def _state_dict_from(loaded, label: str) -> dict[str, torch.Tensor]:
@@ -434,7 +541,7 @@ def _state_dict_from(loaded, label: str) -> dict[str, torch.Tensor]:
             inner = loaded.get(key)
             if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 return _named_tensors(inner, label)
-        odd = [f"'{k}' ({type(v).__name__})" for k, v in loaded.items() if not isinstance(v, torch.Tensor)][:3]
+        odd = [f"{quoted(str(k))} ({type(v).__name__})" for k, v in loaded.items() if not isinstance(v, torch.Tensor)][:3]
         raise CheckpointError(
             f"{label} holds a dict that is not a state dict (not tensors: {', '.join(odd) or 'it is empty'}): "
             "save the model's weights with torch.save(model.state_dict(), path)"
@@ -479,7 +586,7 @@ def _infer_config(tensors: dict[str, torch.Tensor], given: dict, label: str) -> 
         if side > 0 and side * side == pos_emb.shape[0]:
             inferred["image_size"] = side * inferred["patch_size"]
     hidden = tensors.get("bottom_up.net.1.weight")  # (levels * dim * feedforward_mult, dim, 1)
-    if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and "dim" in inferred and inferred["dim"] > 0:
+    if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and inferred.get("dim", 0) > 0:
         mult, rest = divmod(int(hidden.shape[0]), inferred["levels"] * inferred["dim"])
         if mult > 0 and not rest:
             inferred["feedforward_mult"] = mult
@@ -529,18 +636,28 @@ def _radius_of_mask(mask: torch.Tensor) -> float | None:
     return float(unmasked.max()) if unmasked.numel() else None
 
 
-def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, read: dict | None = None) -> Glom:
-    """A Glom of ``config`` holding ``tensors``, after checking every name, shape, dtype and value.
+def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits,
+               read: dict | None = None) -> None:
+    """The model ``config`` asks for fits the limits and ``tensors`` (real or meta): names, shapes, dtypes.
 
+    All on the meta device, so a config naming a huge model costs nothing: shapes are checked first (a
+    config that does not fit its tensors is named as such), then the model's size against the limits.
     read: for a state dict, the fields read from its tensors: a tensor that does not fit then names the
-    fields that shape it (CheckpointError.fields), to be given."""
+    fields that shape it (CheckpointError.fields), to be given.
+    """
+    patches = config.num_patches
+    if patches > limits.max_patches:
+        raise CheckpointError(
+            f"{label} is a GLOM of {patches:,} patches ({config.image_size} px images in {config.patch_size} px "
+            f"patches), above the limit of {limits.max_patches:,} (consensus attention grows with their square): "
+            "use a model with larger patches or smaller images, or raise GLOM_VIZ_MAX_PATCHES on a private server"
+        )
     try:
-        # shapes first, on the meta device: a config naming a huge model costs no memory before the
-        # file's tensors are seen to match it
         with torch.device("meta"):
-            expected = Glom(**config.to_dict()).state_dict()
+            meta = Glom(**config.to_dict())
     except (ConfigError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{label}: no GLOM can be built from its config ({error})") from error
+        raise CheckpointError(f"{label}: no GLOM can be built from its config ({_short(error)})") from error
+    expected = meta.state_dict()
     settings = _settings(config)
     missing = [name for name in expected if name not in tensors]
     unexpected = [name for name in tensors if name not in expected]
@@ -557,16 +674,31 @@ def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, rea
     for name, wanted in expected.items():
         tensor = tensors[name]
         if tuple(tensor.shape) != tuple(wanted.shape):
-            reason = (f"{label}: tensor '{name}' has shape {tuple(tensor.shape)} in the checkpoint but a GLOM with "
-                      f"{settings} needs {tuple(wanted.shape)}")
+            reason = (f"{label}: tensor {quoted(name)} has shape {tuple(tensor.shape)} in the checkpoint but a GLOM "
+                      f"with {settings} needs {tuple(wanted.shape)}")
             raise CheckpointError(f"{reason}: pass the config the checkpoint was trained with",
                                   fields=SHAPE_FIELDS if read is not None else (), read=read, reason=reason)
-        if wanted.is_floating_point() != tensor.is_floating_point() or (wanted.dtype == torch.bool) != (
-                tensor.dtype == torch.bool):
+        taken = (torch.bool,) if wanted.dtype == torch.bool else WEIGHT_DTYPES
+        if tensor.dtype not in taken:
+            kind = "a mask of bool" if wanted.dtype == torch.bool else "weights"
             raise CheckpointError(
-                f"{label}: tensor '{name}' holds {tensor.dtype} values where the model keeps {wanted.dtype}: "
-                "the file is not a GLOM checkpoint or is damaged"
+                f"{label}: tensor {quoted(name)} holds {tensor.dtype} values where the model keeps {kind}: "
+                f"glom-viz takes {DTYPES_TAKEN}; save the model's state dict in one of those"
             )
+    parameters = sum(p.numel() for p in meta.parameters())
+    if parameters > limits.max_parameters:
+        raise CheckpointError(
+            f"{label} is a GLOM of {parameters:,} weights ({settings}), above the limit of "
+            f"{limits.max_parameters:,} ({limits.max_parameters * 4 / 2**30:.1f} GB in float32): use a smaller "
+            "model, or raise GLOM_VIZ_MAX_PARAMETERS on a private server with the memory for it"
+        )
+
+
+def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits,
+           read: dict | None = None) -> Glom:
+    """A Glom of ``config`` holding ``tensors``, after checking every name, shape, dtype and value (read: as
+    for ``_check_fit``)."""
+    _check_fit(config, tensors, label, limits, read)
     _check_finite(tensors, label)
     model = Glom(**config.to_dict())
     expected = model.state_dict()
@@ -585,7 +717,7 @@ def _check_finite(tensors: dict[str, torch.Tensor], label: str) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(
-                f"{label}: tensor '{name}' holds {bad:,} NaN or Inf values of {tensor.numel():,}: the run it "
+                f"{label}: tensor {quoted(name)} holds {bad:,} NaN or Inf values of {tensor.numel():,}: the run it "
                 "came from diverged; use an earlier checkpoint"
             )
 
@@ -597,7 +729,7 @@ def _settings(config: GlomConfig) -> str:
 
 
 def _names(names: list[str], most: int = 5) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:most])
+    shown = ", ".join(quoted(n) for n in names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
@@ -605,6 +737,7 @@ def _some_names(tensors: dict) -> str:
     return _names(list(tensors), most=4) if tensors else "no tensors"
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _short(value) -> str:
+    """An exception's (or a value's) first line, at most 160 characters."""
+    text = str(value).strip().splitlines()[0] if str(value).strip() else type(value).__name__
     return text if len(text) <= 160 else text[:157] + "..."

@@ -31,10 +31,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import re
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,11 +40,23 @@ import torch
 from PIL import Image, ImageOps
 
 from glom_viz.errors import ConfigError, ImageLoadError
+from glom_viz.limits import Limits
+from glom_viz.text import quoted
 
-ENV_PREFIX = "GLOM_VIZ_"  # a server raises a limit with GLOM_VIZ_<FIELD>, e.g. GLOM_VIZ_MAX_PIXELS
 FITS = ("crop", "pad", "stretch")
-# a ground-truth mask is a label image: a handful of flat colours, not a photograph
+# a ground-truth mask is a label image: a handful of flat colours, not a photograph; masks that store
+# their ids (greyscale up to 16 bits, palette indices) may hold as many ids as their depth allows
 MASK_COLOURS = 64
+MASK_ROWS_PER_CHUNK = 256  # colour masks are packed and looked up a band of rows at a time
+# How few bytes can hold a picture. Deflate (PNG) packs at most 1032:1; a Huffman-coded JPEG spends at
+# least one bit on every 8x8 block of a component (its DC coefficient). Arithmetic-coded JPEGs (rare)
+# can go below that; they are held to 1/64 bit a block.
+DEFLATE_MAX_RATIO = 1100
+JPEG_ARITHMETIC_BLOCKS_PER_BIT = 64
+JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+JPEG_ARITHMETIC = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+JPEG_MARKER = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")  # ends entropy-coded data: not a stuffed 0 or RSTn
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 # Pillow first box-reduces by an integer factor, keeping at least this multiple of the target size,
 # then Lanczos-filters: 4x faster on photographs, within 0.5/255 of a full Lanczos (Pillow's docs)
 REDUCING_GAP = 3.0
@@ -95,8 +105,10 @@ DECODE_FAILURES = (
 
 
 @dataclass(frozen=True)
-class ImageLimits:
+class ImageLimits(Limits):
     """What an upload may be. Raise them for a private server (see docs/LIMITS.md)."""
+
+    KIND = "image limit"
 
     max_upload_bytes: int = 20 * 2**20  # 20 MiB, as the app's server.maxUploadSize
     max_pixels: int = 40_000_000  # 40 MP; Pillow warns at 89 MP and refuses at 179 MP
@@ -112,30 +124,9 @@ class ImageLimits:
     max_video_frames: int = 18_000
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"image limit {field.name}={value!r} must be a positive number")
+        super().__post_init__()
         if self.max_aspect < 1:
             raise ConfigError(f"image limit max_aspect={self.max_aspect} must be 1 or more (long side / short side)")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ImageLimits":
-        """The defaults, each replaced by ``GLOM_VIZ_<FIELD>`` where set (``GLOM_VIZ_MAX_PIXELS=100000000``)."""
-        values = {}
-        for field in dataclasses.fields(cls):
-            text = environ.get(ENV_PREFIX + field.name.upper())
-            if text is None:
-                continue
-            kind = float if field.type in (float, "float") else int
-            try:
-                values[field.name] = kind(text.replace("_", ""))
-            except ValueError:
-                raise ConfigError(
-                    f"{ENV_PREFIX}{field.name.upper()}={text!r} is not a{'' if kind is int else ' real'} "
-                    f"number: set it like {ENV_PREFIX}{field.name.upper()}={getattr(cls, field.name)}"
-                ) from None
-        return cls(**values)
 
 
 LIMITS = ImageLimits.from_env()  # what a server allows: the defaults unless its environment raises them
@@ -334,27 +325,121 @@ def fit_mask(mask: np.ndarray, fit: str = "crop") -> np.ndarray:
     return mask
 
 
-def read_mask(data: bytes, name: str, shape: tuple[int, int], picture_name: str = "the picture") -> np.ndarray:
-    """An uploaded label image -> (H, W) int64 labels: one label per flat colour, black = background 0.
+def read_mask(data: bytes, name: str, shape: tuple[int, int], picture_name: str = "the picture",
+              limits: ImageLimits = LIMITS) -> np.ndarray:
+    """An uploaded label image -> (H, W) labels, 0 = background, read at the mask's own bit depth.
+
+    Greyscale masks (1, 8 or 16 bits) and palette masks store their ids: the values (a palette's
+    indices, not its colours) are the labels, 0 the background, so a 16-bit instance mask keeps its
+    ids. Colour masks get one label per flat colour (at most ``MASK_COLOURS``), black (and fully
+    transparent) the background. Ids are found in linear time, a band of rows at a time.
 
     Args:
-        data, name: the file, checked like any upload (``load_image``).
-        shape: (H, W) of the picture the mask belongs to; the mask must have the same size.
+        data, name: the file, checked like any upload (size, format, header, data) before decoding.
+        shape: (H, W) of the picture the mask belongs to; the mask must have the same size (after
+            its EXIF orientation, as the picture), which is checked from its header.
+        limits: the upload limits (``LIMITS`` unless a private server raises them).
+
+    Returns:
+        (H, W) uint8 or uint16 labels (uint16 where the ids need it).
+
+    Raises:
+        ImageLoadError: not a usable image, the wrong size, a photograph rather than flat labels.
     """
-    loaded = load_image(data, name)
+    label = _label(name) if name else "the mask"
+    image, _ = _open_checked(data, f"the mask {label}", limits)
     height, width = shape
-    if loaded.rgb.shape[:2] != (height, width):
-        raise ImageLoadError(f"the mask {name} is {loaded.rgb.shape[1]}x{loaded.rgb.shape[0]} px but "
+    if image.size not in ((width, height), (height, width)):  # upright or turned by its EXIF: from the header
+        raise ImageLoadError(f"the mask {label} is {image.size[0]}x{image.size[1]} px but {picture_name} is "
+                             f"{width}x{height}: upload a label image of the picture's size")
+    try:
+        image.load()
+        if _orientation(image) != 1:
+            image = ImageOps.exif_transpose(image)
+        labels = _mask_labels(image, label)
+    except DECODE_FAILURES as error:
+        raise ImageLoadError(
+            f"the mask {label} could not be decoded ({_reason(error)}): the file is truncated or damaged; "
+            "upload it again or save it again from an image editor"
+        ) from error
+    if labels.shape != (height, width):
+        raise ImageLoadError(f"the mask {label} is {labels.shape[1]}x{labels.shape[0]} px upright but "
                              f"{picture_name} is {width}x{height}: upload a label image of the picture's size")
-    colours, labels = np.unique(loaded.rgb.reshape(-1, 3), axis=0, return_inverse=True)
-    if len(colours) > MASK_COLOURS:
-        raise ImageLoadError(f"the mask {name} has {len(colours)} colours: a mask is a label image with one flat "
-                             f"colour per segment (at most {MASK_COLOURS}) and black background; save it as PNG, "
-                             "not JPEG")
-    labels = labels.reshape(height, width).astype(np.int64) + 1
-    black = np.flatnonzero((colours == 0).all(axis=1))
-    if black.size:
-        labels[labels == black[0] + 1] = 0
+    return labels
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of a file's first frame; 1 when it has none or it is damaged."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except DECODE_FAILURES:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _mask_labels(image: Image.Image, label: str) -> np.ndarray:
+    """A decoded mask's labels: its stored ids (greyscale, palette) or one per flat colour."""
+    mode = image.mode
+    if mode in ("1", "L", "P", "LA", "PA"):
+        return _bands(image.getchannel(0) if mode in ("LA", "PA") else image, np.uint8)
+    if mode.startswith("I;16"):
+        return _bands(image, np.uint16)
+    if mode == "I":  # 32-bit greyscale (TIFF): ids, if they are ids
+        low, high = image.getextrema()
+        if low < 0 or high > np.iinfo(np.uint16).max:
+            raise ImageLoadError(f"the mask {label} holds 32-bit values {low}..{high}: a mask stores ids from 0 "
+                                 "(background) to 65535; save it as an 8- or 16-bit PNG")
+        return _bands(image, np.uint16)
+    if mode == "F":
+        raise ImageLoadError(f"the mask {label} holds floating-point values: a mask stores integer ids, 0 for the "
+                             "background; save it as an 8- or 16-bit greyscale PNG")
+    return _colour_labels(image, label)
+
+
+def _bands(image: Image.Image, dtype) -> np.ndarray:
+    """A single-channel image's values as (H, W) ``dtype``, copied a band of rows at a time.
+
+    ``np.asarray`` of a whole Pillow image goes through a bytes copy: twice the picture again.
+    """
+    width, height = image.size
+    values = np.empty((height, width), dtype=dtype)
+    for top in range(0, height, MASK_ROWS_PER_CHUNK):
+        values[top:top + MASK_ROWS_PER_CHUNK] = np.asarray(
+            image.crop((0, top, width, min(height, top + MASK_ROWS_PER_CHUNK))))
+    return values
+
+
+def _colour_labels(image: Image.Image, label: str) -> np.ndarray:
+    """One label per flat colour of an RGB(A) mask, black and fully transparent pixels 0.
+
+    Two passes over bands of rows (which colours occur, then each pixel's label), so beside the
+    decoded picture only the labels and two tables over the 2**24 colours are held.
+    """
+    transparent = image.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info
+    image = image.convert("RGBA" if transparent else "RGB") if image.mode not in ("RGB", "RGBA") else image
+    width, height = image.size
+
+    def codes(top: int) -> np.ndarray:  # (rows, W) 24-bit colours of a band; 0 where transparent
+        band = np.asarray(image.crop((0, top, width, min(height, top + MASK_ROWS_PER_CHUNK)))).astype(np.uint32)
+        code = (band[..., 0] << 16) | (band[..., 1] << 8) | band[..., 2]
+        if band.shape[-1] == 4:
+            code[band[..., 3] == 0] = 0
+        return code
+
+    seen = np.zeros(2**24, dtype=bool)  # which colours occur: a table, no sort
+    for top in range(0, height, MASK_ROWS_PER_CHUNK):
+        seen[codes(top)] = True
+    seen[0] = False  # black is the background whether or not it occurs
+    colours = np.flatnonzero(seen)
+    if len(colours) + 1 > MASK_COLOURS:
+        raise ImageLoadError(f"the mask {label} has {len(colours) + 1} colours: a mask is a label image with one "
+                             f"flat colour per segment (at most {MASK_COLOURS}) and black background; save it as "
+                             "PNG, not JPEG (or store the ids in a greyscale or palette PNG)")
+    lookup = np.zeros(2**24, dtype=np.uint8)
+    lookup[colours] = np.arange(1, len(colours) + 1)
+    labels = np.empty((height, width), dtype=np.uint8)
+    for top in range(0, height, MASK_ROWS_PER_CHUNK):
+        labels[top:top + MASK_ROWS_PER_CHUNK] = lookup[codes(top)]
     return labels
 
 
@@ -467,7 +552,100 @@ def _open_checked(data: bytes, label: str, limits: ImageLimits) -> tuple[Image.I
             "open it in an image editor and save it again"
         ) from error
     _check_dimensions(width, height, label, limits)
+    _check_data_fills(data, fmt, width, height, label)
     return image, fmt
+
+
+def _check_data_fills(data: bytes, fmt: str, width: int, height: int, label: str) -> None:
+    """A JPEG or PNG holds at least the bytes that its header's size needs, else it is refused as truncated.
+
+    Decoders fill what a file lacks with grey: a few hundred bytes that claim 6000x6000 would decode
+    into 36 MP (and 100 MB) of nothing.
+    """
+    if fmt == "JPEG":
+        scan = _jpeg_scan(data)
+        if scan is None:
+            return  # no frame header found: Pillow's decoder says what is wrong
+        entropy_bytes, blocks, arithmetic = scan
+        need = -(-blocks // (8 * (JPEG_ARITHMETIC_BLOCKS_PER_BIT if arithmetic else 1)))
+        kind = "arithmetic-coded JPEG" if arithmetic else "JPEG"
+    elif fmt == "PNG":
+        rows = _png_image_bytes(data)
+        if rows is None:
+            return
+        entropy_bytes, raw_bytes = rows
+        need = -(-raw_bytes // DEFLATE_MAX_RATIO)
+        kind = "PNG"
+    else:
+        return
+    if entropy_bytes < need:
+        raise ImageLoadError(
+            f"{label} is a {kind} whose header claims {width}x{height} pixels but it holds {entropy_bytes:,} "
+            f"byte{'' if entropy_bytes == 1 else 's'} of image data, where that many pixels need at least {need:,}: the file is truncated (or made to "
+            "look larger than it is); upload the complete file, or save it again from an image editor"
+        )
+
+
+def _jpeg_scan(data: bytes) -> tuple[int, int, bool] | None:
+    """(entropy-coded bytes in all scans, 8x8 blocks of its largest component, arithmetic coding) or None.
+
+    Walks the marker segments up to EOI; segment payloads (EXIF thumbnails included) are skipped by
+    their lengths, so only the scans' own data counts.
+    """
+    position, end = 2, len(data)
+    entropy, blocks, arithmetic = 0, None, False
+    while position + 4 <= end and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        segment = data[position + 4:position + 2 + length]
+        if marker in JPEG_SOF and blocks is None and len(segment) >= 6:
+            blocks = _jpeg_blocks(segment)
+            arithmetic = marker in JPEG_ARITHMETIC
+        position += 2 + length
+        if marker == 0xDA:  # SOS: the scan's entropy-coded data runs to the next real marker
+            found = JPEG_MARKER.search(data, position)
+            stop = found.start() if found else end
+            entropy += stop - position
+            position = stop
+    return None if blocks is None else (entropy, blocks, arithmetic)
+
+
+def _jpeg_blocks(frame: bytes) -> int:
+    """8x8 blocks of a JPEG frame's largest component, from its SOF segment (its sampling factors)."""
+    height, width, count = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    factors = [(frame[7 + 3 * i] >> 4, frame[7 + 3 * i] & 15) for i in range(count) if 8 + 3 * i < len(frame)]
+    factors = [(h, v) for h, v in factors if h and v] or [(1, 1)]
+    most_h, most_v = max(h for h, _ in factors), max(v for _, v in factors)
+    return max(-(-(-(-width * h // most_h)) // 8) * -(-(-(-height * v // most_v)) // 8) for h, v in factors)
+
+
+def _png_image_bytes(data: bytes) -> tuple[int, int] | None:
+    """(compressed bytes in the IDAT chunks, bytes the image's rows unpack to) of a PNG, or None."""
+    position, end = 8, len(data)
+    idat, raw = 0, None
+    while position + 8 <= end:
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        if kind == b"IHDR" and length >= 13:
+            width, height = int.from_bytes(data[position + 8:position + 12], "big"), int.from_bytes(
+                data[position + 12:position + 16], "big")
+            depth, colour = data[position + 16], data[position + 17]
+            bits = depth * PNG_CHANNELS.get(colour, 1)
+            raw = height * (1 + -(-width * bits // 8))
+        elif kind == b"IDAT":
+            idat += min(length, end - position - 8)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    return None if raw is None else (idat, raw)
 
 
 def _video_container(data) -> str | None:
@@ -828,7 +1006,7 @@ def _as_text(head: bytes) -> str | None:
 
 
 def _label(name: str) -> str:
-    return f"'{name}'" if name else "the file"
+    return quoted(name) if name else "the file"
 
 
 def _join(notes: list[str]) -> str | None:

@@ -448,7 +448,8 @@ class ConsensusAttention(nn.Module):
         super().__init__()
         self.attend_self = attend_self
         self.local_consensus_radius = local_consensus_radius
-        distances = patch_distances(num_patches_side)
+        # (patches, patches) floats, made only where a mask needs them: 64 MB for 4096 patches
+        distances = patch_distances(num_patches_side) if local_consensus_radius > 0 or consensus_radii else None
         if local_consensus_radius > 0:
             # persistent, as in glom-pytorch, so that its state dicts load strictly
             self.register_buffer("non_local_mask", rearrange(distances > local_consensus_radius, "i j -> () i j"))

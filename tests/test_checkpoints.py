@@ -13,6 +13,7 @@ from safetensors.torch import save as safetensors_save
 import glom_viz.checkpoints as checkpoints
 from fixtures.hostile import code_carrying_pickle, code_carrying_torch_file, safetensors_bytes
 from glom_viz.checkpoints import (
+    CheckpointLimits,
     checkpoint_hash,
     load_checkpoint,
     load_shipped,
@@ -275,18 +276,24 @@ def test_missing_file_and_wrong_argument(tmp_path):
 def test_size_limit(monkeypatch, tmp_path):
     path = tmp_path / "m.safetensors"
     save_checkpoint(Glom(**TINY), path)
-    monkeypatch.setattr(checkpoints, "MAX_CHECKPOINT_BYTES", path.stat().st_size - 1)
+    small = CheckpointLimits(max_checkpoint_bytes=path.stat().st_size - 1)
     for source in (path, path.read_bytes()):
         with pytest.raises(CheckpointError, match="above the .* limit for checkpoints"):
-            load_checkpoint(source)
+            load_checkpoint(source, limits=small)
+    monkeypatch.setattr(checkpoints, "LIMITS", small)  # the server's limits are read at each call
+    with pytest.raises(CheckpointError, match="above the .* limit for checkpoints"):
+        load_checkpoint(path)
 
 
-def test_size_limit_from_the_environment():
-    assert checkpoints._max_checkpoint_bytes({}) == 2**30
-    assert checkpoints._max_checkpoint_bytes({"GLOM_VIZ_MAX_CHECKPOINT_BYTES": "4_000_000_000"}) == 4 * 10**9
+def test_limits_from_the_environment():
+    assert CheckpointLimits.from_env({}) == CheckpointLimits()
+    assert CheckpointLimits().max_checkpoint_bytes == 2**30
+    limits = CheckpointLimits.from_env({"GLOM_VIZ_MAX_CHECKPOINT_BYTES": "4_000_000_000",
+                                        "GLOM_VIZ_MAX_PARAMETERS": "500000000", "GLOM_VIZ_MAX_PATCHES": "9000"})
+    assert limits == CheckpointLimits(max_checkpoint_bytes=4 * 10**9, max_parameters=5 * 10**8, max_patches=9000)
     for bad in ("lots", "0", "-5"):
         with pytest.raises(ConfigError, match="GLOM_VIZ_MAX_CHECKPOINT_BYTES"):
-            checkpoints._max_checkpoint_bytes({"GLOM_VIZ_MAX_CHECKPOINT_BYTES": bad})
+            CheckpointLimits.from_env({"GLOM_VIZ_MAX_CHECKPOINT_BYTES": bad})
 
 
 def test_non_state_dict_contents_are_refused():
@@ -307,7 +314,7 @@ F32 = 4
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\x00" * 12, "overlap or leave holes"),
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\x00" * 32, "cover 8 of 32 data bytes"),
-    ({"a": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, b"\x00" * 8, "unknown dtype 'Q99'"),
+    ({"a": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, b"\x00" * 8, "has dtype 'Q99', which glom-viz cannot read"),
     ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\x00" * 8, "invalid shape"),
     ({"__metadata__": {"format": 3}}, b"", "metadata that is not text"),
 ], ids=["shape", "beyond", "overlap", "hole", "dtype", "negative", "metadata"])
@@ -395,3 +402,70 @@ def test_shipped_checkpoint_lives_in_the_package():
     assert checkpoints.SHIPPED_CHECKPOINT.parent.parent.name == "glom_viz"
     if checkpoints.SHIPPED_CHECKPOINT.exists():
         assert not load_shipped().training
+
+
+# -- bounded before anything is allocated ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda t: t.t().contiguous().t(), "is a view with strides"),  # transposed: not contiguous
+    (lambda t: torch.zeros(1).expand(t.shape), "is a view with strides (0, 0) over 4 bytes"),
+    (lambda t: torch.sparse_coo_tensor(torch.zeros(2, 1, dtype=torch.long), torch.ones(1), t.shape),
+     "is a sparse_coo tensor, not a plain one"),
+    (lambda t: torch.empty(t.shape, device="meta"), "is a meta tensor, not a plain one"),
+], ids=["transposed", "stride-0", "sparse", "meta"])
+def test_tensors_that_are_not_plain_data_are_refused(make, words):
+    state = glom_pytorch_state()
+    state["init_levels"] = make(state["init_levels"])
+    with pytest.raises(CheckpointError, match="'init_levels'") as caught:
+        load_checkpoint(torch_bytes(state))
+    assert words in str(caught.value)
+
+
+def test_an_archive_that_unpacks_beyond_the_limit_is_refused_before_unpacking(monkeypatch):
+    from fixtures.hostile import torch_zip_bomb
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load was reached")
+
+    bomb = torch_zip_bomb(2**22)  # 4 MiB of zeros in a few KB
+    monkeypatch.setattr(torch, "load", never)
+    with pytest.raises(CheckpointError, match="unpacks to 4 MB, above the 2 MB limit"):
+        load_checkpoint(bomb, limits=CheckpointLimits(max_checkpoint_bytes=2**21))
+    with pytest.raises(CheckpointError, match=r"times its size\); nothing was unpacked.*zip bomb"):
+        load_checkpoint(bomb)
+
+
+def test_a_model_above_the_limits_is_refused_from_its_meta_model():
+    data = torch_bytes(glom_pytorch_state())
+    weights = sum(p.numel() for p in Glom(**TINY).parameters())
+    with pytest.raises(CheckpointError, match=f"is a GLOM of {weights:,} weights .* above the limit of 1,000"):
+        load_checkpoint(data, limits=CheckpointLimits(max_parameters=1000))
+    with pytest.raises(CheckpointError, match="is a GLOM of 16 patches .* above the limit of 8"):
+        load_checkpoint(data, limits=CheckpointLimits(max_patches=8))
+    assert load_checkpoint(data, limits=CheckpointLimits(max_parameters=weights, max_patches=16)).config.dim == 16
+
+
+def test_our_format_is_checked_against_its_header_before_its_tensors_are_read(monkeypatch, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(Glom(**TINY), path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the tensors were read")
+
+    monkeypatch.setattr(checkpoints, "safetensors_load", never)
+    with pytest.raises(CheckpointError, match="above the limit of 1,000"):
+        load_checkpoint(path, limits=CheckpointLimits(max_parameters=1000))
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.int8, torch.complex64])
+def test_dtypes_the_model_does_not_take_are_refused_naming_those_it_does(dtype):
+    state = glom_pytorch_state()
+    state["pos_emb.weight"] = state["pos_emb.weight"].to(dtype)
+    for data in (torch_bytes(state), safetensors_save({k: v.contiguous() for k, v in state.items()})
+                 if dtype != torch.complex64 else None):
+        if data is None:
+            continue
+        with pytest.raises(CheckpointError, match="'pos_emb.weight' holds .* glom-viz takes float32, float16, "
+                                                  "bfloat16 or float64"):
+            load_checkpoint(data)

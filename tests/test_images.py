@@ -45,6 +45,8 @@ REFUSAL_WORDS = {
     "zero_width.png": ["damaged"],
     "ribbon.png": ["2100x10", "aspect ratio", "crop"],
     "document.pdf.png": ["PDF"],
+    "claims_36mp.jpg": ["6000x6000", "1 byte of image data", "truncated"],
+    "claims_36mp.png": ["6000x6000", "truncated"],
 }
 
 
@@ -75,7 +77,8 @@ def test_hostile_upload_refused_with_a_clear_sentence(name):
 
 
 @pytest.mark.parametrize("name", ["notes.png", "drawing.png", "page.png", "bomb.png", "bomb_50mp.png",
-                                  "ribbon.png", "zero_width.png", "random.png"])
+                                  "ribbon.png", "zero_width.png", "random.png", "claims_36mp.jpg",
+                                  "claims_36mp.png"])
 def test_refused_before_any_pixel_is_decoded(name, no_decoding):
     with pytest.raises(ImageLoadError):
         load_image(hostile_uploads()[name], name)
@@ -333,7 +336,7 @@ def test_a_mask_is_read_as_one_label_per_flat_colour_with_black_background():
     mask[:, 3:] = (0, 0, 255)
     mask[0, 0] = (0, 255, 0)
     labels = read_mask(encode(Image.fromarray(mask), "PNG"), "m.png", (4, 6))
-    assert labels.dtype == np.int64 and labels.shape == (4, 6)
+    assert labels.dtype == np.uint8 and labels.shape == (4, 6)
     assert labels[1, 1] == 0 and (labels[:, 3:] == labels[0, 5]).all()
     assert len({labels[0, 0], labels[0, 5], 0}) == 3
     with pytest.raises(ImageLoadError, match="picture's size"):
@@ -360,3 +363,16 @@ def test_a_mask_is_fitted_like_its_picture(shape):
     assert fit_mask(mask, "stretch") is mask
     with pytest.raises(ImageLoadError, match="fit"):
         fit_mask(mask, "squash")
+
+
+@pytest.mark.parametrize("fmt, params", [
+    ("JPEG", dict(quality=1, progressive=True, optimize=True)),  # the fewest bytes a flat JPEG takes
+    ("JPEG", dict(quality=1, subsampling=2)),
+    ("PNG", dict(compress_level=9)),  # deflate at its best ratio
+])
+def test_the_smallest_honest_encodings_of_a_flat_picture_are_not_taken_for_truncated(fmt, params):
+    flat = np.full((2000, 2000, 3), 90, np.uint8)
+    data = encode(Image.fromarray(flat), fmt, **params)
+    assert load_image(data, "flat").rgb.shape == (2000, 2000, 3)
+    grey = encode(Image.fromarray(flat[..., 0]), fmt, **params)
+    assert load_image(grey, "flat").rgb.shape == (2000, 2000, 3)
