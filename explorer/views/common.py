@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from explorer import state
 from explorer.context import ViewContext
 from explorer.settings import IslandSettings
 from glom_viz import islands
+from glom_viz.errors import RunError
+from glom_viz.text import plain
+from glom_viz.training_runs import TrainingRun, find_runs, open_run, runs_root
 
 
 def fmt(value) -> str:
@@ -52,3 +56,26 @@ def patches_of(event) -> list[int]:
         if isinstance(custom, (int, float)):
             patches.append(int(custom))
     return sorted(set(patches))
+
+
+def choose_run(key: str, place) -> TrainingRun | None:
+    """A training run under the server's runs folder, picked in a selectbox drawn at ``place``; what could
+    not be read of it is said (warnings), and None (with a message) when there is no run to open."""
+    root = runs_root()
+    names = find_runs(root)
+    if not names:
+        st.info(f"No training runs in this server's runs folder ({plain(root)}). Train one there with "
+                f"`python -m glom_viz.train --out {plain(root)}/NAME` (it keeps a checkpoint every "
+                "checkpoint_every steps), or start the server with GLOM_VIZ_RUNS naming the folder of yours.")
+        return None
+    state.keep_choice(key, names, names[0])
+    name = place.selectbox("Training run", names, key=key,
+                           help=f"The runs under this server's runs folder ({plain(root)}), newest first.")
+    try:
+        run = open_run(name, root)
+    except RunError as error:
+        st.error(plain(error))
+        return None
+    for problem in run.problems:
+        st.warning(plain(problem))
+    return run

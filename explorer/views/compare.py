@@ -17,13 +17,12 @@ from explorer.limits import CHECKPOINT_UPLOAD_MB, run_size_problem
 from explorer.models import LoadedModel, state_dict_note, training_checkpoint, untrained_like
 from explorer.pictures import frame_of
 from explorer.running import runs_for
-from explorer.views.common import fmt, islands_summary, truth_choice
+from explorer.views.common import choose_run, fmt, islands_summary, truth_choice
 from explorer.views.islands import legend_html
 from glom_viz import islands, render
 from glom_viz.checkpoints import checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, RunError, StatesError
 from glom_viz.text import plain
-from glom_viz.training_runs import find_runs, open_run, runs_root
 
 CHOICES = {"untrained": "an untrained model of its shape", "run": "a checkpoint of a training run",
            "upload": "a checkpoint you upload"}
@@ -38,22 +37,10 @@ def other_model(context: ViewContext) -> LoadedModel | None:
     if choice == "untrained":
         return untrained_like(context.page.model.model.config)
     if choice == "run":
-        root = runs_root()
-        names = find_runs(root)
-        if not names:
-            st.info(f"No training runs in this server's runs folder ({plain(root)}): train one there with "
-                    f"`python -m glom_viz.train --out {plain(root)}/NAME`.")
-            return None
         pick = st.columns([2, 5], vertical_alignment="bottom")
-        state.keep_choice(state.COMPARE_RUN, names, names[0])
-        name = pick[0].selectbox("Training run", names, key=state.COMPARE_RUN)
-        try:
-            run = open_run(name, root)
-        except RunError as error:
-            st.error(plain(error))
+        run = choose_run(state.COMPARE_RUN, pick[0])
+        if run is None:
             return None
-        for problem in run.problems:
-            st.warning(plain(problem))
         if not run.steps:
             return None
         state.keep_choice(state.COMPARE_STEP, run.steps, run.steps[-1])

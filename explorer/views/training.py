@@ -12,16 +12,16 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from explorer import cache, derived, state
+from explorer import cache, state
 from explorer.context import ViewContext
 from explorer.models import LoadedModel, training_checkpoint
 from explorer.pictures import frame_of
 from explorer.running import runs_for
-from explorer.views.common import fmt, islands_summary, plural
+from explorer.views.common import choose_run, fmt, islands_summary, plural
 from glom_viz import islands, render, runs
 from glom_viz.errors import CheckpointError, RunError
 from glom_viz.text import plain
-from glom_viz.training_runs import TrainingRun, find_runs, open_run, runs_root
+from glom_viz.training_runs import TrainingRun
 
 FILMSTRIP = 8  # checkpoints shown side by side under the chosen one, spread over the run
 TILE_PX = 256
@@ -73,24 +73,11 @@ def aligned_labels(context: ViewContext, run: TrainingRun) -> dict[int, np.ndarr
 
 
 def view(context: ViewContext):
-    root = runs_root()
-    names = find_runs(root)
-    if not names:
-        st.info(f"No training runs in this server's runs folder ({plain(root)}). Train one there with "
-                f"`python -m glom_viz.train --out {plain(root)}/NAME` (it keeps a checkpoint every "
-                "checkpoint_every steps), or start the server with GLOM_VIZ_RUNS naming the folder of yours.")
-        return None
     choose = st.columns([2, 5], vertical_alignment="bottom")
-    state.keep_choice(state.TRAINING_RUN, names, names[0])
-    name = choose[0].selectbox("Training run", names, key=state.TRAINING_RUN,
-                               help=f"The runs under this server's runs folder ({plain(root)}), newest first.")
-    try:
-        run = open_run(name, root)
-    except RunError as error:
-        st.error(plain(error))
+    run = choose_run(state.TRAINING_RUN, choose[0])
+    if run is None:
         return None
-    for problem in run.problems:
-        st.warning(plain(problem))
+    name = run.name
     curves = run.losses()
     if not run.steps:
         if curves:
