@@ -620,7 +620,7 @@ def align_islands(labels) -> np.ndarray:
     return aligned
 
 
-def match_islands(labels, reference, *, fresh_from: int | None = None) -> np.ndarray:
+def match_islands(labels, reference, *, fresh_from: int | None = None, where=None) -> np.ndarray:
     """Rename the islands of `labels` to the ids of the `reference` islands they overlap most.
 
     One Hungarian assignment on patch overlap (scipy's linear_sum_assignment), the overlap summed over
@@ -634,6 +634,8 @@ def match_islands(labels, reference, *, fresh_from: int | None = None) -> np.nda
         labels: int (..., N), any ids.
         reference: int, the same shape.
         fresh_from: the first id an unmatched island may take.
+        where: bool, broadcast to that shape: only these entries count to the overlap (e.g. the last
+            step's, where the islands have settled); the renaming still applies everywhere.
     Returns:
         int64, the shape of `labels`.
     """
@@ -651,6 +653,8 @@ def match_islands(labels, reference, *, fresh_from: int | None = None) -> np.nda
     renamed = np.where(kept, -1, ids).astype(np.int64)  # new id per entry of ids; noise stays -1
     old_ids = np.unique(reference[reference >= 0])
     both = (labels >= 0) & (reference >= 0)
+    if where is not None:
+        both &= np.broadcast_to(np.asarray(where, dtype=bool), labels.shape)
     if kept.any() and old_ids.size and both.any():
         overlap = np.zeros((ids.size, old_ids.size), dtype=np.int64)
         np.add.at(overlap, (inverse[both], np.searchsorted(old_ids, reference[both])), 1)
@@ -714,22 +718,24 @@ def align_levels(labels) -> np.ndarray:
     return aligned
 
 
-def align_checkpoints(labels_by_checkpoint) -> list[np.ndarray]:
+def align_checkpoints(labels_by_checkpoint, where=None) -> list[np.ndarray]:
     """Islands of one picture under successive checkpoints of a run, with ids stable from one to the next.
 
     Args:
-        labels_by_checkpoint: a sequence of int (T, L, N) (or any one shape for all), in training order.
+        labels_by_checkpoint: a sequence of int (T, L, N) or (T, N) (one shape for all), in training order.
+        where: as for ``match_islands``: which entries count to the overlap, e.g. the last step's
+            (``steps == T - 1`` shaped (T, 1)), so that the settled islands decide; default all.
     Returns:
         int64 arrays of the same shapes: the first as given, each later one matched to the one before
-        (``match_islands`` over all steps and levels at once, so the levels keep their shared ids);
-        an island that appears takes an id no earlier checkpoint used.
+        (``match_islands`` over all its entries at once, so levels keep their shared ids); an island that
+        appears takes an id no earlier checkpoint used.
     """
     aligned: list[np.ndarray] = []
     next_id = 0
     for labels in labels_by_checkpoint:
         labels = np.asarray(labels)
         if aligned:
-            labels = match_islands(labels, aligned[-1], fresh_from=next_id)
+            labels = match_islands(labels, aligned[-1], fresh_from=next_id, where=where)
         aligned.append(labels.astype(np.int64, copy=False))
         next_id = max(next_id, int(labels.max(initial=-1)) + 1)
     return aligned

@@ -370,6 +370,21 @@ def test_checkpoints_keep_their_islands_ids_from_one_to_the_next(states):
     assert aligned[2][-1, 0, split][0] not in first, "a new island takes an id no checkpoint used"
 
 
+def test_matching_by_the_settled_step_only():
+    """Early steps split the columns differently under each checkpoint: counted everywhere they outvote
+    the last step; counted at the last step only, its islands keep their ids, and the renaming holds for
+    every step."""
+    reference = np.array([[0] * 4 + [1] * 4] * 3)
+    labels = np.array([[5] * 4 + [7] * 4] * 2 + [[7] * 4 + [5] * 4])  # the last step swaps the halves
+    everywhere = match_islands(labels, reference)
+    assert not np.array_equal(everywhere[-1], reference[-1])
+    settled = match_islands(labels, reference, where=np.arange(3)[:, None] == 2)
+    assert np.array_equal(settled[-1], reference[-1])
+    assert np.array_equal(settled[:2], 1 - reference[:2]), "one renaming for every step"
+    aligned = align_checkpoints([reference, labels], where=np.arange(3)[:, None] == 2)
+    assert np.array_equal(aligned[1], settled)
+
+
 def test_two_models_islands_compared_after_matching(states):
     a = find_islands(states[-1], GRID)
     b = (a + 1) % 4

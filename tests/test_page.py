@@ -264,16 +264,19 @@ def test_islands_over_a_training_run_keep_their_ids_from_checkpoint_to_checkpoin
     # the package's own answer: every checkpoint on the picture, ids aligned from one to the next
     found = [reference_labels(reference_run(training.checkpoint(step).model, scene_rgb(0, 64)).states, (16, 16))
              for step in training.steps]
-    aligned = islands.align_checkpoints(found)
     level = at.button_group(key="level").value
+    settled = np.arange(found[0].shape[0])[:, None] == found[0].shape[0] - 1
+    aligned = [labels[:, None] for labels in islands.align_checkpoints([labels[:, level] for labels in found],
+                                                                        where=settled)]
     for index, step in enumerate(training.steps):
         run(at.select_slider(key="training_step").set_value(step))
         heading = markdown_with(at, "training step")
-        count = np.unique(aligned[index][-1, level][aligned[index][-1, level] >= 0]).size
+        count = np.unique(aligned[index][-1, 0][aligned[index][-1, 0] >= 0]).size
         assert heading.startswith(f"**{count} island") or (count == 0 and heading.startswith("**No islands"))
+        assert legends(at) == [expected_legend(aligned[index][-1, 0])], "the ids the package keeps"
     captions = [c for image in at.main.image for c in image.captions if re.fullmatch(r"step \d+ · .*", c)]
-    assert captions == [f"step {s} · {np.unique(a[-1, level][a[-1, level] >= 0]).size} island"
-                        + ("s" if np.unique(a[-1, level][a[-1, level] >= 0]).size != 1 else "")
+    assert captions == [f"step {s} · {np.unique(a[-1, 0][a[-1, 0] >= 0]).size} island"
+                        + ("s" if np.unique(a[-1, 0][a[-1, 0] >= 0]).size != 1 else "")
                         for s, a in zip(training.steps, aligned)]
     assert len(at.get("plotly_chart")) == 1, "the run's losses beside the islands"
 

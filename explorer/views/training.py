@@ -18,6 +18,7 @@ from explorer.models import LoadedModel, training_checkpoint
 from explorer.pictures import frame_of
 from explorer.running import runs_for
 from explorer.views.common import choose_run, fmt, islands_summary, plural
+from explorer.views.islands import legend_html
 from glom_viz import islands, render, runs
 from glom_viz.errors import CheckpointError, RunError
 from glom_viz.text import plain
@@ -59,17 +60,23 @@ def training_frame(context: ViewContext, loaded: LoadedModel):
                     None)
 
 
-def aligned_labels(context: ViewContext, run: TrainingRun) -> dict[int, np.ndarray]:
-    """training step -> (T, L, N) islands of every usable checkpoint, ids stable from one to the next."""
+def aligned_labels(context: ViewContext, run: TrainingRun) -> tuple[dict[int, np.ndarray], int]:
+    """(training step -> (T, N) islands of the chosen level under every usable checkpoint, ids stable from
+    one to the next; that level). Matched at the level shown, by the islands of the last step (where they
+    have settled), so an island of this level keeps its colour from checkpoint to checkpoint wherever it
+    persists; early steps, which split the columns differently under each checkpoint, do not decide."""
     with st.spinner(f"The picture under {len(run.steps)} checkpoints…"):
         found = {step: labels for step in run.steps
                  if (labels := checkpoint_islands(context, run, step)) is not None}
     if not found:
-        return {}
+        return {}, 0
     # a run's checkpoints share one model; a folder that mixes shapes keeps those of the latest
     latest = found[max(found)].shape
     found = {step: labels for step, labels in found.items() if labels.shape == latest}
-    return dict(zip(found, islands.align_checkpoints(list(found.values()))))
+    level = min(context.level_index, latest[1] - 1)
+    settled = np.arange(latest[0])[:, None] == latest[0] - 1  # the last step's islands decide the ids
+    aligned = islands.align_checkpoints([labels[:, level] for labels in found.values()], where=settled)
+    return dict(zip(found, aligned)), level
 
 
 def view(context: ViewContext):
@@ -86,14 +93,11 @@ def view(context: ViewContext):
             return lambda: figure
         return None
 
-    labels = aligned_labels(context, run)
+    labels, level = aligned_labels(context, run)
     if not labels:
         st.error(plain(f"None of run {name}'s checkpoints could show this picture (see above)."))
         return None
     steps = list(labels)
-    levels = next(iter(labels.values())).shape[1]
-    level = min(context.level_index, levels - 1)
-    labels = {step: value[:, level] for step, value in labels.items()}
     state.keep_choice(state.TRAINING_STEP, steps, steps[-1])
     training_step = choose[1].select_slider("Training step", steps, key=state.TRAINING_STEP,
                                             help="Scrub the run's checkpoints; the GLOM step and level above "
@@ -113,6 +117,8 @@ def view(context: ViewContext):
                                            loaded.model.grid)[0]
         st.markdown(islands_summary(chosen[glom_step], level, glom_step, measures, context.page.island_settings,
                                     where=f"training step {training_step}"))
+        ids, counts = np.unique(chosen[glom_step], return_counts=True)
+        st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
         metrics = st.columns(3)
         metrics[0].metric("in-island cos", fmt(measures.get("within_cosine")))
         metrics[1].metric("neighbours", fmt(measures.get("neighbour_agreement")))
