@@ -20,6 +20,11 @@ Prints one line per measure: median, min and max over the repeats. Speed is neve
 
 takes the README's screenshots instead (1400 px wide): each view of the default picture, and a photograph; the
 Over training view shows the newest run under GLOM_VIZ_RUNS.
+
+    python benchmarks/app.py --photographs DIR
+
+takes one screenshot per bundled photograph with every level's islands side by side (1400 px wide), to
+judge by eye whether a uniform sky stays one island and an object one island at the top levels.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from PIL import Image
 from skimage import data
 
 from explorer import serve
+from explorer.settings import PHOTOS
 
 REPEATS = 5
 SCRUBS_PER_VISIT = 3
@@ -232,18 +238,47 @@ def screenshots(url: str, folder: Path, chromium_path: str, chromium_args: list[
     return taken
 
 
+def photographs(url: str, folder: Path, chromium_path: str, chromium_args: list[str]) -> list[Path]:
+    """Every bundled photograph at every level (the islands view's "all levels"), one screenshot each."""
+    from playwright.sync_api import sync_playwright
+
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url)
+        overlay_shown(page, "scene 1 · level")
+        page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="all levels").click()
+        settle(page, "level 0 ·")
+        for name in PHOTOS:
+            page.locator("[data-testid='stSelectbox']").filter(has_text="Image").first.click()
+            page.get_by_role("option", name=name, exact=True).click()
+            page.get_by_text(f"{name} · all levels").first.wait_for(timeout=WAIT_MS)
+            overlay_shown(page, "level 0")
+            settle(page, "level 0 ·")
+            path = folder / f"photo-{name}.png"
+            page.screenshot(path=str(path), full_page=True)
+            taken.append(path)
+        browser.close()
+    return taken
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--url", help="a running app to measure (default: start one)")
     parser.add_argument("--screenshots", type=Path, help="take the README's screenshots into this folder instead")
+    parser.add_argument("--photographs", type=Path,
+                        help="take every bundled photograph at every level into this folder instead")
     args = parser.parse_args()
     server = contextlib.nullcontext(args.url) if args.url else serve.serve_app()
     with server as url:
-        if args.screenshots:
-            for path in screenshots(url, args.screenshots, serve.CHROMIUM, serve.CHROMIUM_ARGS):
-                print(path)
-            return
+        for folder, take in ((args.screenshots, screenshots), (args.photographs, photographs)):
+            if folder:
+                for path in take(url, folder, serve.CHROMIUM, serve.CHROMIUM_ARGS):
+                    print(path)
+                return
         for line in measure(url, args.repeats, serve.CHROMIUM, serve.CHROMIUM_ARGS):
             print(line)
     with tempfile.TemporaryDirectory() as folder:

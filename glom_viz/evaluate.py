@@ -11,6 +11,11 @@ One more, a classical segmenter: "regions", Felzenszwalb's regions of similar co
 similarity term trains from (``motion.similarity_groups``), each patch labelled by the region most of
 its pixels lie in, with no count given. On these scenes, whose parts are patches of one colour, it is
 the strongest part baseline, and a model that learnt from it should be read beside it.
+
+Outside the training world (``glom_viz.invariance``): ``--translation`` asks whether each level's islands
+stay with the content when the picture moves a few patches under the model (held-out scenes and the
+bundled photographs, beside k-means on the pixels), and ``--sequences`` whether they move with objects
+gliding through a clip when the columns are carried from frame to frame, against each frame run fresh.
 """
 
 from __future__ import annotations
@@ -24,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import torch
-from einops import rearrange
-from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from glom_viz.errors import CheckpointError, ConfigError
+from glom_viz import invariance
 from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, patch_truth, pixel_patches
 from glom_viz.model import Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
@@ -42,7 +46,6 @@ DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
 # cannot tell a model at 0.88 from one at 0.9; 256 give about +-0.008 and run in under a minute
 # (43 s on this project's 2-core machine)
 DEFAULT_SCENES = 256
-KMEANS_RESTARTS = 4
 UNTRAINED_SEED = 0
 METRICS = ("fg_ari_objects", "fg_ari_parts", "ari_objects")
 
@@ -143,14 +146,14 @@ def auto_count(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, 
 
 def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int) -> dict:
     """The three metrics of k-means (Euclidean, sklearn) on the raw patch pixels (p * p * 3 per patch)."""
-    pixels = rearrange(images.numpy(), "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
+    pixels = invariance.pixel_vectors(images.numpy(), patch_size)
     grid = (images.shape[2] // patch_size,) * 2
     rows = []
     for i in range(len(images)):
         scores = {}
         for name, mask in (("objects", objects[i]), ("parts", parts[i])):
             truth = patch_truth(mask, grid)
-            labels = KMeans(len(np.unique(truth)), n_init=KMEANS_RESTARTS, random_state=i).fit_predict(pixels[i])
+            labels = invariance.pixel_islands(pixels[i], len(np.unique(truth)), seed=i)
             scores[f"fg_ari_{name}"] = _nan_if_none(fg_ari(truth, labels))
             if name == "objects":
                 scores["ari_objects"] = float(adjusted_rand_score(truth, labels))
@@ -253,14 +256,25 @@ def load_model(path: str | Path) -> Glom:
 # argument checks (thousands of adjusted_rand_score calls) cost a tenth of the run
 @sklearn.config_context(skip_parameter_validation=True, assume_finite=True)
 def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: int = EVAL_SEEDS.start,
-        iters: int | None = None, baselines: bool = True, outlines: bool = False, auto: bool = False) -> dict:
+        iters: int | None = None, baselines: bool = True, outlines: bool = False, auto: bool = False,
+        translation: bool = False, shift: int = invariance.SHIFT, sequences: bool = False,
+        clips: int = invariance.CLIPS, frames: int = invariance.CLIP_FRAMES) -> dict:
     """The full evaluation of a checkpoint on `scenes` held-out scenes from `seed` on, with baselines;
     with `outlines`, also ``outline_errors`` at the best object level; with `auto`, also the islands
-    found with no count given (``auto_count``)."""
+    found with no count given (``auto_count``); with `translation`, also the shift test
+    (``invariance.translation``, `shift` patches); with `sequences`, also the clip test
+    (``invariance.sequences``, `clips` clips of `frames` frames)."""
     if scenes < 1:
         raise ConfigError(f"evaluate at least one scene, got --scenes {scenes}")
     model = load_model(checkpoint)
     config = model.config
+    # the cheap refusals first, before a minute of scoring
+    if translation:
+        invariance.check_shift(shift, model.grid[1])
+    if sequences and frames < 2:
+        raise ConfigError(f"a clip needs at least 2 frames to carry the state from one to the next, got --frames {frames}")
+    if sequences and clips < 1:
+        raise ConfigError(f"the sequence test needs at least one clip, got --clips {clips}")
     images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
     columns = final_columns(model, images, iters)
     result = score_columns(columns, model.grid, objects, parts)
@@ -284,6 +298,11 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
                                **{name: _collapse(levels) for name, levels in per_level.items()},
                                "regions": regions_baseline(images, objects, parts, config.patch_size)}
         result["baseline_levels"] = per_level
+    if translation:
+        result["translation"] = invariance.translation(model, shift, scenes,
+                                                       seed=seed, iters=iters)
+    if sequences:
+        result["sequences"] = invariance.sequences(model, clips, frames, seed=seed, iters=iters)
     result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
     result["checkpoint"] = str(checkpoint)
     return result
@@ -321,6 +340,27 @@ def table(result: dict) -> str:
             for row in found[count_by]:
                 lines.append(f"{'level ' + str(row['level']):>16} {count_by:>15} {row['islands']:>8.1f} "
                              f"{row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>15.3f}")
+    if "translation" in result:
+        found = result["translation"]
+        lines.append(f"\nislands of two windows {found['shift']} patches apart, {found['islands']} each: ARI over "
+                     f"their shared patches (1: the islands stay with the content)")
+        lines.append(f"{'':>16} {'scenes':>15} {'photographs':>15}")
+        rows = [(f"level {row['level']}", row, photo) for row, photo in
+                zip(found["scenes"]["levels"], found["photographs"]["levels"])]
+        rows.append(("pixels", found["scenes"]["pixels"], found["photographs"]["pixels"]))
+        for name, on_scenes, on_photos in rows:
+            lines.append(f"{name:>16} {on_scenes['ari']:>8.3f} ±{on_scenes['standard_error']:.3f} "
+                         f"{on_photos['ari']:>8.3f} ±{on_photos['standard_error']:.3f}")
+        lines.append(f"({found['scenes']['pairs']} scene pairs, {found['photographs']['pairs']} photograph pairs)")
+    if "sequences" in result:
+        found = result["sequences"]
+        lines.append(f"\nclips of {found['frames']} frames, objects gliding up to {found['max_speed']:g} px a frame "
+                     f"({found['clips']} clips): objects FG-ARI, each frame fresh or with the state carried")
+        lines.append(f"{'':>16} {'fresh':>8} {'carried':>8} {'worst frame':>12}   carried, frame by frame")
+        for row in found["levels"]:
+            lines.append(f"{'level ' + str(row['level']):>16} {row['fresh_mean']:>8.3f} {row['carried_mean']:>8.3f} "
+                         f"{row['carried_worst_frame']:>12.3f}   " + " ".join(f"{v:.2f}" for v in row["carried"]))
+        lines.append(f"{'pixels':>16} {found['pixels']['mean']:>8.3f}")
     return "\n".join(lines)
 
 
@@ -334,12 +374,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="also report where the object islands go wrong: outline or interior patches")
     parser.add_argument("--auto-count", action="store_true",
                         help="also score the islands found with no count given, as the app shows them")
+    parser.add_argument("--translation", action="store_true",
+                        help="also the shift test: do each level's islands stay with the content when two windows "
+                             "of a picture are a few patches apart (held-out scenes and bundled photographs)")
+    parser.add_argument("--shift", type=int, default=invariance.SHIFT,
+                        help="patches between the two windows of the shift test")
+    parser.add_argument("--sequences", action="store_true",
+                        help="also the clip test: objects gliding at constant velocities, each frame run fresh "
+                             "against the state carried from frame to frame")
+    parser.add_argument("--clips", type=int, default=invariance.CLIPS, help="held-out clips of the clip test")
+    parser.add_argument("--frames", type=int, default=invariance.CLIP_FRAMES, help="frames per clip")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
         result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines,
-                     auto=args.auto_count)
+                     auto=args.auto_count, translation=args.translation, shift=args.shift,
+                     sequences=args.sequences, clips=args.clips, frames=args.frames)
     except (ConfigError, CheckpointError) as error:
         print(f"evaluation stopped: {error}", file=sys.stderr)
         return 2

@@ -93,6 +93,10 @@ class GlomConfig:
     consensus_radii: tuple[float, ...] | None = None
     # hidden width of the bottom-up and top-down MLPs, in multiples of dim (glom-pytorch's is 4)
     feedforward_mult: int = FEEDFORWARD_MULT
+    # the levels whose top-down net (from the level above) is told the column's position; None = every
+    # level's, as glom-pytorch. Position lets a whole say where its part sits, but an absolute position
+    # code also lets islands be decided by where a column is rather than by what it sees
+    position_levels: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.dim < 1 or self.levels < 2 or self.patch_size < 1 or self.image_size < 1:
@@ -127,6 +131,14 @@ class GlomConfig:
                     f"got {self.consensus_radii}"
                 )
             object.__setattr__(self, "consensus_radii", radii)
+        if self.position_levels is not None:
+            levels = tuple(sorted({int(l) for l in self.position_levels}))
+            if any(not 0 <= l < self.levels - 1 for l in levels):
+                raise ConfigError(
+                    f"position_levels name levels that get a top-down net, 0..{self.levels - 2} (the top level has "
+                    f"none), got {self.position_levels}"
+                )
+            object.__setattr__(self, "position_levels", levels)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -144,7 +156,7 @@ class GlomConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "GlomConfig":
         values = known_fields(cls, values, "GLOM config")
-        for key in ("contribution_weights", "consensus_radii"):
+        for key in ("contribution_weights", "consensus_radii", "position_levels"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -636,6 +648,10 @@ class Glom(nn.Module):
             # the bottom-up into level 0 comes from the image alone: the same every step
             from_image = nets[0](tokens.reshape(1, b * n, d), slice(0, 1))  # (1, b n, d)
             pos = self.pos_emb.weight[:n].float()  # (n, d), given to the top-down nets
+            if self.config.position_levels is not None:  # (L - 1, 1, n, d): zero where a net is not told
+                told = torch.zeros(L - 1, 1, 1, 1, device=pos.device)
+                told[list(self.config.position_levels)] = 1.0
+                pos = pos * told
             if levels is None:
                 state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=n)
             else:
@@ -662,7 +678,8 @@ class Glom(nn.Module):
                 uniform: bool = False):
         """One GLOM step.
 
-        state (L, b, n, d) fp32, contiguous; from_image (1, b n, d): the bottom-up into level 0; pos (n, d);
+        state (L, b, n, d) fp32, contiguous; from_image (1, b n, d): the bottom-up into level 0; pos (n, d)
+        or, told to some levels only, (L - 1, 1, n, d);
         nets: the prepared bottom-up and top-down nets; dtype: the consensus's; uniform: all columns hold the
         same state, so the bottom-up nets run on one column.
         Returns the new state, (bottom_up, top_down, consensus) each (L, b, n, d), attention (L, b, n, n).

@@ -155,16 +155,18 @@ def run_sequence(model: Glom, images: Sequence[torch.Tensor], iters: int | None 
     return runs
 
 
-def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None, *, precision: str = "fp32",
-                  batch: int = BATCH) -> np.ndarray:
-    """(b, 3, S, S) -> (b, N, L, D) float32: the columns at the final step, ``batch`` pictures per forward."""
+def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None, *, start=None,
+                  precision: str = "fp32", batch: int = BATCH) -> np.ndarray:
+    """(b, 3, S, S) -> (b, N, L, D) float32: the columns at the final step, ``batch`` pictures per forward;
+    with ``start`` (b, N, L, D), each picture continues from those columns (a previous frame's final ones)."""
     model.eval()
     device = _device_of(model)
     out = []
     # no_grad, not inference_mode: a training run that scores its model goes on training the same weights
     with torch.no_grad(), precision_context(precision, device.type):
         for first in range(0, len(images), batch):
-            out.append(model(images[first:first + batch].to(device), iters=iters).float().cpu())
+            levels = None if start is None else torch.as_tensor(start[first:first + batch]).to(device)
+            out.append(model(images[first:first + batch].to(device), iters=iters, levels=levels).float().cpu())
     return torch.cat(out).numpy()
 
 

@@ -45,6 +45,11 @@ MIN_IMAGE_SIZE = 16
 # moving scenes: each object shifts by up to MAX_SHIFT px per axis, objects' shifts differ by MIN_SHIFT_GAP px
 MAX_SHIFT = 3
 MIN_SHIFT_GAP = 2
+# clips: every object glides at its own constant velocity, up to CLIP_SPEED px a frame per axis and at
+# least CLIP_MIN_SPEED along some axis, a motion the two-frame jumps of training never show
+CLIP_FRAMES = 8
+CLIP_SPEED = 2.0
+CLIP_MIN_SPEED = 0.5
 
 
 @dataclass(frozen=True)
@@ -215,11 +220,37 @@ def make_moving_scene(seed: int, image_size: int = 64, max_shift: int = MAX_SHIF
     return _compose(seed, image_size), _compose(seed, image_size, object_shifts(seed, max_shift))
 
 
-def _compose(seed: int, image_size: int, shifts: np.ndarray | None = None) -> Scene:
+def object_velocities(seed: int, max_speed: float = CLIP_SPEED) -> np.ndarray:
+    """(max objects, 2) (down, across) velocities in px per frame, one per object a scene may hold:
+    each axis uniform in [-max_speed, max_speed], at least CLIP_MIN_SPEED along some axis."""
+    if not max_speed >= CLIP_MIN_SPEED:
+        raise ConfigError(f"max_speed must be at least {CLIP_MIN_SPEED} px a frame for objects to move, got {max_speed}")
+    rng = np.random.default_rng([int(seed), 3])
+    velocities = []
+    while len(velocities) < OBJECTS_PER_SCENE[1]:
+        velocity = rng.uniform(-max_speed, max_speed, 2)
+        if np.abs(velocity).max() >= CLIP_MIN_SPEED:
+            velocities.append(velocity)
+    return np.stack(velocities)
+
+
+def make_clip(seed: int, frames: int = CLIP_FRAMES, image_size: int = 64, max_speed: float = CLIP_SPEED) -> list[Scene]:
+    """A clip of one scene: frame 0 is ``make_scene(seed)``, and in frame t every object has glided
+    t times its own ``object_velocities(seed)`` over the still background, with fresh pixel noise
+    each frame. Objects may leave the picture; the masks say what each frame shows.
+    """
+    if frames < 2:
+        raise ConfigError(f"a clip needs at least 2 frames for anything to move, got {frames}")
+    velocities = object_velocities(seed, max_speed)
+    return [_compose(seed, image_size)] + [_compose(seed, image_size, t * velocities, frame=t) for t in range(1, frames)]
+
+
+def _compose(seed: int, image_size: int, shifts: np.ndarray | None = None, frame: int = 1) -> Scene:
     """The scene of a seed, with the k-th object drawn `shifts[k]` pixels away from its place (None: in place).
 
     The layout (placement, occlusion test, shapes, colours) is the same with or without shifts; only
-    the drawing moves, and a shifted scene draws its pixel noise from a generator of its own.
+    the drawing moves, and a shifted scene draws its pixel noise from a generator of its own, one per
+    `frame` (frame 1 is the second frame of ``make_moving_scene``).
     """
     if image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image_size must be at least {MIN_IMAGE_SIZE} px for objects to have parts, got {image_size}")
@@ -268,7 +299,7 @@ def _compose(seed: int, image_size: int, shifts: np.ndarray | None = None) -> Sc
             covered |= mask
         kinds.append(kind)
 
-    noise = rng if shifts is None else np.random.default_rng([int(seed), 2])
+    noise = rng if shifts is None else np.random.default_rng([int(seed), 1 + int(frame)])
     image = np.clip(image + noise.normal(0, PIXEL_NOISE, image.shape), 0, 1).astype(np.float32)
     return Scene(image, objects, parts, np.asarray(part_objects, np.int32), tuple(kinds))
 

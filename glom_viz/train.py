@@ -100,6 +100,7 @@ class TrainConfig:
     level_norm: str = "layernorm"
     consensus_radii: tuple[float, ...] | None = (2.0, 3.0, 4.0, 6.0)
     feedforward_mult: int = FEEDFORWARD_MULT
+    position_levels: tuple[int, ...] | None = None  # None: every top-down net is told the position
     iters: int = 8
     # 0: every step settles `iters` steps; N > iters: each training step draws its count from iters..N,
     # so islands must hold past the count the app opens on instead of peaking there and dissolving
@@ -164,6 +165,8 @@ class TrainConfig:
         for key in ("contribution_weights", "consensus_radii"):
             if getattr(self, key) is not None:
                 setattr(self, key, tuple(float(x) for x in getattr(self, key)))
+        if self.position_levels is not None:
+            self.position_levels = tuple(int(x) for x in self.position_levels)
         self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
         self.motion_levels = tuple(int(x) for x in self.motion_levels)
         self.similarity_levels = tuple(int(x) for x in self.similarity_levels)

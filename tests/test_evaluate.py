@@ -64,7 +64,12 @@ def test_evaluate_gives_one_row_per_level_with_finite_scores():
         assert result["levels"][level]["fg_ari_objects"] == pytest.approx(np.mean(per_scene))
 
 
-def test_command_writes_the_issue_json_shape(tmp_path, capsys):
+def test_command_writes_the_issue_json_shape(tmp_path, capsys, monkeypatch):
+    import glom_viz.images
+
+    # one small photograph keeps the translation test quick; the bundled five are its default
+    stripes = np.repeat(np.linspace(0, 255, 96).astype(np.uint8)[None, :, None], 64, 0).repeat(3, 2)
+    monkeypatch.setattr(glom_viz.images, "sample_images", lambda: {"stripes": stripes})
     out = tmp_path / "eval.json"
     assert main(["--scenes", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -76,12 +81,18 @@ def test_command_writes_the_issue_json_shape(tmp_path, capsys):
         assert all(isinstance(entry[m], float) for m in METRICS)
     assert result["scenes"] == {"count": 2, "first_seed": EVAL_SEEDS.start, "image_size": 64}
     assert "FG-ARI objects" in capsys.readouterr().out
-    assert "outlines" not in result
-    assert main(["--scenes", "2", "--outlines", "--json", str(out)]) == 0
-    outlines = json.loads(out.read_text())["outlines"]
+    assert not {"outlines", "translation", "sequences"} & set(result)
+    assert main(["--scenes", "2", "--outlines", "--translation", "--sequences", "--clips", "1", "--frames", "2",
+                 "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    outlines = written["outlines"]
     assert outlines["level"] == max(result["levels"], key=lambda row: row["fg_ari_objects"])["level"]
     assert [row["bin"] for row in outlines["bins"]] == ["0-0.6", "0.6-0.8", "0.8-1", "interior"]
-    assert "with every outline patch right" in capsys.readouterr().out
+    assert written["translation"]["shift"] == 2 and written["translation"]["scenes"]["pairs"] == 2
+    assert [row["level"] for row in written["translation"]["photographs"]["levels"]] == [0, 1, 2, 3]
+    assert len(written["sequences"]["levels"]) == 4 and written["sequences"]["frames"] == 2
+    printed = capsys.readouterr().out
+    assert "with every outline patch right" in printed and "shared patches" in printed and "carried" in printed
     assert main(["--scenes", "2", "--auto-count", "--json", str(out)]) == 0
     found = json.loads(out.read_text())["auto_count"]
     assert set(found) == {*COUNT_CRITERIA, "truth"}

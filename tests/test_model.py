@@ -322,7 +322,7 @@ def test_extensions_default_to_glom_pytorch_and_change_the_update():
     expected = reference(img, iters=3)
     for extension in [dict(attention_scale=5.0), dict(consensus_cosine=True, attention_scale=10.0),
                       dict(contribution_weights=(1, 2, 1, 3)), dict(level_norm="layernorm"),
-                      dict(level_norm="l2"), dict(consensus_radii=(1, 2, 0))]:
+                      dict(level_norm="l2"), dict(consensus_radii=(1, 2, 0)), dict(position_levels=(0,))]:
         model = Glom(**config, **extension)
         model.load_state_dict(reference.state_dict(), strict=True)  # no new parameters
         out = model(img, iters=3)
@@ -351,9 +351,32 @@ def test_widening_the_mlps_keeps_the_function_and_adds_room():
         narrow.bottom_up.widen_from(wide.bottom_up)
 
 
+def test_without_position_the_columns_move_with_the_picture():
+    # global consensus and no position: moving the picture by whole patches (cyclically) moves every
+    # column with its patch, exactly; told the position, the columns are not the moved ones
+    config = dict(dim=16, levels=3, image_size=32, patch_size=4, consensus_cosine=True, attention_scale=8.0)
+    torch.manual_seed(0)
+    told = Glom(**config)
+    blind = Glom(**config, position_levels=())
+    blind.load_state_dict(told.state_dict())
+    img = torch.rand(1, 3, 32, 32)
+    moved = img.roll((4, 8), dims=(2, 3))  # one patch down, two across
+    side = 8
+    with torch.no_grad():
+        for model, equal in ((blind, True), (told, False)):
+            columns = model(img, iters=4).view(1, side, side, 3, 16).roll((1, 2), dims=(1, 2)).flatten(1, 2)
+            assert torch.allclose(model(moved, iters=4), columns, atol=1e-5) == equal
+        # position for the lowest level's top-down only: the same as the full model there, none elsewhere
+        some = Glom(**config, position_levels=(0,))
+        some.load_state_dict(told.state_dict())
+        assert not torch.allclose(some(img, iters=3), told(img, iters=3))
+        assert not torch.allclose(some(img, iters=3), blind(img, iters=3))
+
+
 def test_config_round_trips():
     config = GlomConfig(dim=32, levels=3, image_size=32, patch_size=8, contribution_weights=(1, 1, 1, 2),
-                        consensus_radii=(1, 2, 3))
+                        consensus_radii=(1, 2, 3), position_levels=(1, 0))
+    assert config.position_levels == (0, 1)
     assert GlomConfig.from_dict(config.to_dict()) == config
     assert Glom.from_config(config).config == config
     with pytest.raises(ConfigError, match="unknown"):
@@ -367,6 +390,7 @@ def test_config_round_trips():
     (dict(contribution_weights=(1, 1)), "four"),
     (dict(consensus_radii=(1, 2)), "one non-negative radius per level"),
     (dict(feedforward_mult=0), "feedforward_mult"),
+    (dict(position_levels=(2,)), "top level has none"),
 ])
 def test_impossible_configs_are_refused_with_the_reason(kwargs, match):
     base = dict(dim=16, levels=3, image_size=32, patch_size=8)

@@ -113,3 +113,37 @@ def test_a_moving_scene_starts_as_the_still_scene_and_moves_each_object_its_own_
         down, across = 2, -1
         together = _compose(seed, 64, np.tile((down, across), (len(shifts), 1)))
         assert np.array_equal(together.parts[5:-5, 5:-5], np.roll(first.parts, (down, across), (0, 1))[5:-5, 5:-5])
+
+
+
+def test_a_clip_starts_as_the_still_scene_and_every_object_glides_at_its_own_velocity():
+    from glom_viz.scenes import (CLIP_MIN_SPEED, CLIP_SPEED, _compose, make_clip, make_moving_scene, object_shifts,
+                                 object_velocities)
+
+    glided = []
+    for seed in range(6):
+        clip = make_clip(seed, frames=5)
+        still = make_scene(seed)
+        assert len(clip) == 5
+        assert np.array_equal(clip[0].image, still.image) and np.array_equal(clip[0].parts, still.parts)
+        assert all(frame.kinds == still.kinds for frame in clip)
+        velocities = object_velocities(seed)
+        assert np.abs(velocities).max() <= CLIP_SPEED and (np.abs(velocities).max(1) >= CLIP_MIN_SPEED).all()
+        # frame t is the scene drawn with every object t velocities on
+        assert np.array_equal(clip[3].objects, _compose(seed, 64, 3 * velocities).objects)
+        # an object seen whole in the first and last frame has moved (frames - 1) velocities
+        for k in range(1, len(still.kinds) + 1):
+            first, last = clip[0].objects == k, clip[4].objects == k
+            if first.sum() == last.sum() and not (first[[0, -1]].any() or first[:, [0, -1]].any()
+                                                  or last[[0, -1]].any() or last[:, [0, -1]].any()):
+                centres = [np.argwhere(mask).mean(0) for mask in (first, last)]
+                glided.append(np.abs(centres[1] - centres[0] - 4 * velocities[k - 1]).max())
+    assert glided and max(glided) < 1.0
+    # every frame draws fresh noise; frame 1's is the moving scene's second frame's
+    steady = np.ones((4, 2))
+    assert np.array_equal(make_moving_scene(7)[1].image, _compose(7, 64, object_shifts(7), frame=1).image)
+    assert not np.array_equal(_compose(7, 64, steady, frame=1).image, _compose(7, 64, steady, frame=2).image)
+    with pytest.raises(ConfigError, match="at least 2 frames"):
+        make_clip(0, frames=1)
+    with pytest.raises(ConfigError, match="max_speed"):
+        make_clip(0, max_speed=0.1)

@@ -1,0 +1,116 @@
+"""The translation and sequence tests: islands that stay with the content score 1, a position code does not."""
+
+import numpy as np
+import pytest
+import torch
+
+from glom_viz.errors import ConfigError
+from glom_viz.evaluate import main
+from glom_viz.invariance import (carried_columns, clip_batch, photograph_pairs, scene_pairs, sequence_test,
+                                 shared_patches, shift_agreement, translation, translation_pairs, translation_test)
+from glom_viz.model import Glom
+from glom_viz.scenes import EVAL_SEEDS
+
+GRID = (8, 8)
+
+
+def tiny_model(**options) -> Glom:
+    torch.manual_seed(0)
+    return Glom(dim=16, levels=3, image_size=32, patch_size=4, consensus_cosine=True, attention_scale=8.0,
+                **options).eval()
+
+
+def blocks(height: int, width: int, cell: int = 8, seed: int = 0) -> np.ndarray:
+    """(height, width, 3) float: cells of flat random colour."""
+    rng = np.random.default_rng(seed)
+    colours = rng.random((height // cell + 1, width // cell + 1, 3))
+    return colours.repeat(cell, 0).repeat(cell, 1)[:height, :width].astype(np.float32)
+
+
+def test_the_windows_show_the_same_content_on_their_shared_patches():
+    picture = blocks(40, 60)
+    pairs = translation_pairs(picture, 32, 8, stride=8)
+    assert pairs.shape == (len(range(0, 9, 8)) * len(range(0, 21, 8)), 2, 3, 32, 32)
+    left, right = shared_patches(GRID, 2)
+    assert len(left) == 8 * 6
+    patches = pairs[:, :, :, ::4, ::4].reshape(len(pairs), 2, 3, -1)  # one pixel of every patch
+    assert np.array_equal(patches[:, 0][..., left], patches[:, 1][..., right])
+    # a picture too narrow for the shift gives no pair
+    assert len(translation_pairs(blocks(32, 36), 32, 8)) == 0
+
+
+def test_islands_that_follow_the_content_agree_and_a_position_code_does_not():
+    content = np.repeat(np.arange(8), 8).reshape(8, 8) // 3  # three horizontal bands of content
+    left, right = content.ravel(), np.roll(content, -2, axis=1).ravel()  # the right window is 2 patches on
+    assert shift_agreement(np.stack([left, right]), GRID, 2) == pytest.approx(1.0)
+    by_column = np.tile(np.arange(8) // 3, 8)  # islands that are bands of position, the same in both windows
+    assert shift_agreement(np.stack([by_column, by_column]), GRID, 2) < 0.5
+
+
+def test_a_model_without_position_or_consensus_keeps_its_islands_where_a_position_code_moves_them():
+    # no consensus and no position embedding: each column sees its own patch only, so the shared
+    # patches' columns are equal in the two windows and k-means cuts them alike
+    plain = tiny_model(contribution_weights=(1.0, 1.0, 1.0, 0.0))
+    with torch.no_grad():
+        plain.pos_emb.weight.zero_()
+    pairs = scene_pairs(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 3), 32, 8)
+    assert pairs.shape == (3, 2, 3, 32, 32)
+    result = translation_test(plain, pairs, 2, islands=3, iters=3)
+    assert len(result["levels"]) == 3 and result["pairs"] == 3
+    assert all(row["ari"] > 0.6 for row in result["levels"])
+    # the same columns with a strong position code added to every level's top-down net
+    coded = tiny_model(contribution_weights=(1.0, 1.0, 1.0, 0.0))
+    with torch.no_grad():
+        coded.pos_emb.weight.mul_(100.0)
+    moved = translation_test(coded, pairs, 2, islands=3, iters=3)
+    assert moved["levels"][0]["ari"] < result["levels"][0]["ari"] - 0.2
+    assert 0 < result["pixels"]["ari"] <= 1 and result["pixels"] == moved["pixels"]
+
+
+def test_photographs_give_windows_at_every_scale_and_the_test_refuses_shifts_that_share_nothing():
+    pictures = {"wide": (blocks(48, 80) * 255).astype(np.uint8), "square": (blocks(48, 48) * 255).astype(np.uint8)}
+    pairs = photograph_pairs(pictures, 32, 8, scales=(1.0, 2.0))
+    assert len(pairs) > 0 and pairs.dtype == np.float32 and 0 <= pairs.min() and pairs.max() <= 1
+    model = tiny_model()
+    with pytest.raises(ConfigError, match="between 1 and 7 patches"):
+        translation(model, shift=8, scenes=1, pictures=pictures)
+    with pytest.raises(ConfigError, match="between 1 and 7 patches"):
+        translation(model, shift=0, scenes=1, pictures=pictures)
+    result = translation(model, shift=2, scenes=2, iters=2, pictures=pictures)
+    assert result["scenes"]["pairs"] == 2 and result["photographs"]["pairs"] == len(photograph_pairs(pictures, 32, 8))
+    assert all(np.isfinite(row["ari"]) for row in result["photographs"]["levels"])
+
+
+def test_the_carried_state_continues_each_frame_from_the_one_before():
+    model = tiny_model()
+    images, objects = clip_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 2), 3, 32)
+    assert images.shape == (2, 3, 3, 32, 32) and objects.shape == (2, 3, 32, 32)
+    carried = torch.from_numpy(carried_columns(model, images, iters=2))
+    with torch.no_grad():
+        first = model(images[:, 0], iters=2)
+        assert torch.allclose(carried[:, 0], first, atol=1e-6)
+        assert torch.allclose(carried[:, 2], model(images[:, 2], iters=2, levels=carried[:, 1]), atol=1e-6)
+        # carrying differs from a fresh run: the state it starts from is another frame's
+        assert not torch.allclose(carried[:, 1], model(images[:, 1], iters=2), atol=1e-3)
+
+
+def test_the_sequence_test_scores_every_frame_and_refuses_a_clip_of_one_frame():
+    model = tiny_model()
+    images, objects = clip_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 2), 3, 32)
+    result = sequence_test(model, images, objects, iters=2)
+    assert result["frames"] == 3 and result["clips"] == 2 and len(result["levels"]) == 3
+    for row in result["levels"]:
+        assert len(row["fresh"]) == len(row["carried"]) == 3
+        assert row["carried_worst_frame"] == min(row["carried"])
+        # frame 0 is fresh either way
+        assert row["carried"][0] == pytest.approx(row["fresh"][0])
+    assert len(result["pixels"]["fresh"]) == 3
+    with pytest.raises(ConfigError, match="at least 2 frames"):
+        sequence_test(model, images[:, :1], objects[:, :1])
+
+
+def test_the_command_refuses_a_shift_that_shares_nothing_and_a_clip_of_one_frame(capsys):
+    assert main(["--scenes", "2", "--translation", "--shift", "16"]) == 2
+    assert "between 1 and 15 patches" in capsys.readouterr().err
+    assert main(["--scenes", "2", "--sequences", "--frames", "1"]) == 2
+    assert "at least 2 frames" in capsys.readouterr().err
