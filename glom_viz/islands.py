@@ -703,8 +703,9 @@ def find_islands_all_levels(states, grid, *, match_levels: bool = True, **settin
 def align_levels(labels) -> np.ndarray:
     """Match each level's islands to the level above's, from the top down: labels (T, L, N) -> (T, L, N).
 
-    One renaming per level (``match_islands`` over all its steps), so ids stay stable across steps; a
-    part takes its whole's id where it is the whole's best match, other islands take ids no level
+    One renaming per level, so ids stay stable across steps, decided by the last step, where the islands
+    have settled (``match_islands(where=...)``): early steps split the columns of each level their own
+    way. A part takes its whole's id where it is the whole's best match; other islands take ids no level
     above uses.
     """
     labels = np.asarray(labels)
@@ -712,8 +713,10 @@ def align_levels(labels) -> np.ndarray:
         raise StatesError(f"labels have shape {labels.shape}: pass (steps, levels, patches)")
     aligned = labels.astype(np.int64, copy=True)
     next_id = int(aligned[:, -1].max(initial=-1)) + 1
+    settled = np.arange(labels.shape[0])[:, None] == labels.shape[0] - 1
     for level in range(labels.shape[1] - 2, -1, -1):
-        aligned[:, level] = match_islands(labels[:, level], aligned[:, level + 1], fresh_from=next_id)
+        aligned[:, level] = match_islands(labels[:, level], aligned[:, level + 1], fresh_from=next_id,
+                                          where=settled)
         next_id = max(next_id, int(aligned[:, level].max(initial=-1)) + 1)
     return aligned
 
