@@ -17,6 +17,10 @@ class ImageLoadError(ValueError):
     """An uploaded file that is not a usable image."""
 
 
+class DataError(ValueError):
+    """A dataset folder or zip with nothing usable in it, or a path that is not one."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is not data we can load, or does not fit the model.
 

@@ -3,7 +3,11 @@
 For every scene and every level, the columns' vectors at the final step are clustered with k-means into
 as many islands as the truth has segments (objects + background, or parts + background), as
 object-discovery papers do, and compared with the truth per patch (the majority label of the patch's
-pixels) by the adjusted Rand index: FG-ARI over foreground patches only, ARI over all patches.
+pixels) by the adjusted Rand index (FG-ARI over foreground patches only, ARI over all patches) and by
+the mean best overlap (mBO: each true segment's best IoU with an island, averaged over segments).
+
+The scenes are the project's held-out synthetic scenes, or any folder in ``glom_viz.data``'s layout
+(``--data DIR``): its masks/ are scored, and its parts/ where there are any.
 
 Baselines, scored the same way: k-means on the raw patch pixels, the untrained model, and the same
 model trained with glom-pytorch's denoising objective alone (``assets/denoise_only.safetensors``).
@@ -31,9 +35,9 @@ import sklearn
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz import invariance
-from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, patch_truth, pixel_patches
+from glom_viz.errors import CheckpointError, ConfigError, DataError
+from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth, pixel_patches
 from glom_viz.model import Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.runs import final_columns
@@ -47,30 +51,43 @@ DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
 # (43 s on this project's 2-core machine)
 DEFAULT_SCENES = 256
 UNTRAINED_SEED = 0
-METRICS = ("fg_ari_objects", "fg_ari_parts", "ari_objects")
+METRICS = ("fg_ari_objects", "fg_ari_parts", "ari_objects", "mbo_objects", "mbo_parts")
+PART_METRICS = ("fg_ari_parts", "mbo_parts")
 
 
-def score(vectors: np.ndarray, objects: np.ndarray, parts: np.ndarray, grid: tuple[int, int],
+def score(vectors: np.ndarray, objects: np.ndarray, parts: np.ndarray | None, grid: tuple[int, int],
           seed: int = 0) -> dict[str, float]:
     """One scene at one level: vectors (patches, dim), objects and parts (patches,) truth -> the metrics.
 
     The vectors are split into as many islands as the truth has segments (background included) by the
-    islands engine's k-means on directions, the clustering the app shows.
+    islands engine's k-means on directions, the clustering the app shows. Without parts (None) their
+    metrics are NaN.
     """
     scores = {}
     for name, truth in (("objects", objects), ("parts", parts)):
+        if truth is None:
+            scores[f"fg_ari_{name}"] = scores[f"mbo_{name}"] = float("nan")
+            continue
         labels = find_islands(vectors, grid, "kmeans", n_islands=len(np.unique(truth)), seed=seed)
-        scores[f"fg_ari_{name}"] = _nan_if_none(fg_ari(truth, labels))
+        scores.update(_segment_scores(labels, truth, name))
         if name == "objects":
             scores["ari_objects"] = float(adjusted_rand_score(truth, labels))
     return scores
 
 
-def _scores_of(labels: np.ndarray, objects: np.ndarray, parts: np.ndarray) -> dict[str, float]:
-    """One labeling (patches,) against both truths (patches,) -> the three metrics."""
-    return {"fg_ari_objects": _nan_if_none(fg_ari(objects, labels)),
-            "fg_ari_parts": _nan_if_none(fg_ari(parts, labels)),
-            "ari_objects": float(adjusted_rand_score(objects, labels))}
+def _segment_scores(labels: np.ndarray, truth: np.ndarray, name: str) -> dict[str, float]:
+    """FG-ARI and mBO of one labeling (patches,) against one truth (patches,), named by the truth."""
+    return {f"fg_ari_{name}": _nan_if_none(fg_ari(truth, labels)),
+            f"mbo_{name}": _nan_if_none(mean_best_overlap(truth, labels))}
+
+
+def _scores_of(labels: np.ndarray, objects: np.ndarray, parts: np.ndarray | None) -> dict[str, float]:
+    """One labeling (patches,) against both truths (patches,; parts may be None) -> the metrics."""
+    scores = {**_segment_scores(labels, objects, "objects"),
+              "ari_objects": float(adjusted_rand_score(objects, labels))}
+    if parts is None:
+        return {**scores, "fg_ari_parts": float("nan"), "mbo_parts": float("nan")}
+    return {**scores, **_segment_scores(labels, parts, "parts")}
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -78,7 +95,13 @@ def _nan_if_none(value: float | None) -> float:
 
 
 def _mean(rows: list[dict]) -> dict[str, float]:
-    return {key: float(np.nanmean([row[key] for row in rows])) for key in METRICS}
+    """Each metric's mean over the scenes that have it (NaN where none has: no parts to score)."""
+    means = {}
+    for key in METRICS:
+        values = np.array([row[key] for row in rows], dtype=float)
+        values = values[~np.isnan(values)]
+        means[key] = float(values.mean()) if values.size else float("nan")
+    return means
 
 
 def _standard_error(rows: list[dict]) -> dict[str, float]:
@@ -107,9 +130,17 @@ def evaluate(model: Glom, images: torch.Tensor, objects: np.ndarray, parts: np.n
     return score_columns(final_columns(model, images, iters), model.grid, objects, parts)
 
 
-def score_columns(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, parts: np.ndarray) -> dict:
-    """``evaluate`` on columns already run: (b, patches, levels, dim) -> {"levels": [...], "standard_errors": [...]}."""
-    truths = [(patch_truth(o, grid), patch_truth(p, grid)) for o, p in zip(objects, parts)]
+def patch_truths(objects, parts, grid: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Per scene, (objects, parts) truth per patch (``patch_truth``); parts None where a scene has none."""
+    return [(patch_truth(o, grid), None if p is None else patch_truth(p, grid)) for o, p in zip(objects, parts)]
+
+
+def score_columns(columns: np.ndarray, grid: tuple[int, int], objects, parts) -> dict:
+    """``evaluate`` on columns already run: (b, patches, levels, dim) -> {"levels": [...], "standard_errors": [...]}.
+
+    objects: (b, H, W) masks; parts: the same, or a list holding None for a scene without parts.
+    """
+    truths = patch_truths(objects, parts, grid)
     levels, errors = [], []
     for level in range(columns.shape[2]):
         rows = [score(columns[i, :, level], *truths[i], grid, seed=i) for i in range(len(columns))]
@@ -127,7 +158,7 @@ def auto_count(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, 
     the mean number of islands found beside the truth's ("islands", "objects", "parts", background
     counted as one segment).
     """
-    truths = [(patch_truth(o, grid), patch_truth(p, grid)) for o, p in zip(objects, parts)]
+    truths = patch_truths(objects, parts, grid)
     result = {}
     for count_by in COUNT_CRITERIA:
         levels = []
@@ -139,36 +170,37 @@ def auto_count(columns: np.ndarray, grid: tuple[int, int], objects: np.ndarray, 
                 rows.append(_scores_of(labels, object_truth, part_truth))
             levels.append({"level": level, **_mean(rows), "islands": float(np.mean(found))})
         result[count_by] = levels
-    result["truth"] = {name: float(np.mean([len(np.unique(t[index])) for t in truths]))
+    result["truth"] = {name: float(np.mean([len(np.unique(t[index])) for t in truths if t[index] is not None]
+                                           or [np.nan]))
                        for index, name in enumerate(("objects", "parts"))}
     return result
 
 
-def pixel_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int) -> dict:
-    """The three metrics of k-means (Euclidean, sklearn) on the raw patch pixels (p * p * 3 per patch)."""
+def pixel_baseline(images: torch.Tensor, objects, parts, patch_size: int) -> dict:
+    """The metrics of k-means (Euclidean, sklearn) on the raw patch pixels (p * p * 3 per patch)."""
     pixels = invariance.pixel_vectors(images.numpy(), patch_size)
     grid = (images.shape[2] // patch_size,) * 2
     rows = []
-    for i in range(len(images)):
-        scores = {}
-        for name, mask in (("objects", objects[i]), ("parts", parts[i])):
-            truth = patch_truth(mask, grid)
+    for i, (object_truth, part_truth) in enumerate(patch_truths(objects, parts, grid)):
+        scores = {"fg_ari_parts": float("nan"), "mbo_parts": float("nan")}
+        for name, truth in (("objects", object_truth), ("parts", part_truth)):
+            if truth is None:
+                continue
             labels = invariance.pixel_islands(pixels[i], len(np.unique(truth)), seed=i)
-            scores[f"fg_ari_{name}"] = _nan_if_none(fg_ari(truth, labels))
+            scores.update(_segment_scores(labels, truth, name))
             if name == "objects":
                 scores["ari_objects"] = float(adjusted_rand_score(truth, labels))
         rows.append(scores)
     return _mean(rows)
 
 
-def regions_baseline(images: torch.Tensor, objects: np.ndarray, parts: np.ndarray, patch_size: int,
-                     scale: float = SIMILARITY_SCALE) -> dict:
-    """The three metrics of Felzenszwalb's regions (scikit-image) at `scale`, each patch given its majority region."""
+def regions_baseline(images: torch.Tensor, objects, parts, patch_size: int, scale: float = SIMILARITY_SCALE) -> dict:
+    """The metrics of Felzenszwalb's regions (scikit-image) at `scale`, each patch given its majority region."""
     grid = (images.shape[2] // patch_size,) * 2
     rows = []
-    for image, object_mask, part_mask in zip(images.numpy(), objects, parts):
+    for image, (object_truth, part_truth) in zip(images.numpy(), patch_truths(objects, parts, grid)):
         labels = patch_truth(colour_regions(image.transpose(1, 2, 0), scale), grid)
-        rows.append(_scores_of(labels, patch_truth(object_mask, grid), patch_truth(part_mask, grid)))
+        rows.append(_scores_of(labels, object_truth, part_truth))
     return _mean(rows)
 
 
@@ -224,21 +256,25 @@ def best_level(levels: list[dict], metric: str) -> dict:
 
 
 def summary(result: dict) -> dict:
-    """The goals of issue 5, checked: best object level, best part level below it, margins over baselines."""
+    """The goals checked: the best object level, the best part level below it, their margins over the
+    baselines (the part entries None where nothing below the object level, or no parts, was scored)."""
     objects = best_level(result["levels"], "fg_ari_objects")
-    lower = [row for row in result["levels"] if row["level"] < objects["level"]]
+    lower = [row for row in result["levels"] if row["level"] < objects["level"] and "fg_ari_parts" in row]
     parts = best_level(lower, "fg_ari_parts") if lower else None
     baseline_objects = max(b["fg_ari_objects"] for b in result["baselines"].values())
-    baseline_parts = max(b["fg_ari_parts"] for b in result["baselines"].values())
+    baseline_parts = max((b["fg_ari_parts"] for b in result["baselines"].values() if "fg_ari_parts" in b),
+                         default=None)
     errors = {row["level"]: row for row in result.get("standard_errors", [])}
     return {
         "object_level": objects["level"], "fg_ari_objects": objects["fg_ari_objects"],
         "fg_ari_objects_standard_error": errors.get(objects["level"], {}).get("fg_ari_objects"),
+        "mbo_objects": objects.get("mbo_objects"),
         "part_level": None if parts is None else parts["level"],
         "fg_ari_parts": None if parts is None else parts["fg_ari_parts"],
         "fg_ari_parts_standard_error": None if parts is None else errors.get(parts["level"], {}).get("fg_ari_parts"),
         "objects_margin_over_baselines": objects["fg_ari_objects"] - baseline_objects,
-        "parts_margin_over_baselines": None if parts is None else parts["fg_ari_parts"] - baseline_parts,
+        "parts_margin_over_baselines": None if parts is None or baseline_parts is None
+        else parts["fg_ari_parts"] - baseline_parts,
     }
 
 
@@ -276,6 +312,79 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     if sequences and clips < 1:
         raise ConfigError(f"the sequence test needs at least one clip, got --clips {clips}")
     images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
+
+    def denoiser_scenes(image_size: int):
+        # the same scenes, drawn at the size the denoising model was trained for when the checkpoint's
+        # differs (its position embedding fixes its grid)
+        return (images, objects, parts) if image_size == config.image_size else \
+            make_batch(range(seed, seed + scenes), image_size)
+
+    result = score_model(model, images, objects, parts, iters, baselines, outlines, auto, denoiser_scenes)
+    if translation:
+        result["translation"] = invariance.translation(model, shift, scenes, seed=seed, iters=iters)
+    if sequences:
+        result["sequences"] = invariance.sequences(model, clips, frames, seed=seed, iters=iters)
+    result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
+    result["checkpoint"] = str(checkpoint)
+    return result
+
+
+@sklearn.config_context(skip_parameter_validation=True, assume_finite=True)
+def run_data(data: str | Path, checkpoint: str | Path = SHIPPED, iters: int | None = None, baselines: bool = True,
+             outlines: bool = False, auto: bool = False, fit: str = "crop") -> dict:
+    """``run`` on a folder (or zip) in ``glom_viz.data``'s layout: its pictures with object masks are
+    scored, the part metrics over those with part masks; the baselines see the same pictures.
+
+    The denoising-only baseline runs where its input size is the model's (its position embedding fixes
+    its grid, and a folder's pictures are made to fit the model once).
+
+    Raises:
+        DataError: no such folder, nothing usable in it, or no picture with an object mask.
+    """
+    from glom_viz.data import load_dataset
+
+    model = load_model(checkpoint)
+    config = model.config
+    dataset = load_dataset(data, config.image_size, fit=fit)
+    scored = dataset.with_masks("objects")
+    if not scored:
+        raise DataError(f"{dataset.path}: none of its {len(dataset)} pictures has an object mask, so there is "
+                        f"nothing to score against: put a mask of the same name in masks/ (object ids per pixel, "
+                        f"0 = background){_skipped_masks(dataset)}")
+    images = dataset.images(scored)
+    objects = dataset.masks(scored, "objects")
+    parts = [dataset.samples[i].parts for i in scored]
+
+    def denoiser_scenes(image_size: int):
+        return (images, objects, parts) if image_size == config.image_size else None
+
+    result = score_model(model, images, objects, parts, iters, baselines, outlines, auto, denoiser_scenes)
+    with_parts = sum(p is not None for p in parts)
+    if not with_parts:  # no parts/ to score: the part metrics are left out, not reported as NaN
+        for row in [*result["levels"], *result["standard_errors"], *result.get("baselines", {}).values(),
+                    *(r for levels in result.get("baseline_levels", {}).values() for r in levels)]:
+            for key in PART_METRICS:
+                row.pop(key, None)
+    result["dataset"] = {**dataset.describe(), "scored_objects": len(scored), "scored_parts": with_parts}
+    result["checkpoint"] = str(checkpoint)
+    return result
+
+
+def _skipped_masks(dataset) -> str:
+    masks = [(f, why) for f, why in dataset.skipped if f.startswith("masks/")]
+    if not masks:
+        return ""
+    return f"; {len(masks)} masks were skipped, the first: {masks[0][0]}: {masks[0][1]}"
+
+
+def score_model(model: Glom, images: torch.Tensor, objects, parts, iters: int | None, baselines: bool,
+                outlines: bool, auto: bool, denoiser_scenes) -> dict:
+    """Every level of a model scored on these scenes, with the baselines on the same scenes.
+
+    ``denoiser_scenes(image_size)`` gives (images, objects, parts) at the denoising-only model's input
+    size, or None where there are none (that baseline is then left out).
+    """
+    config = model.config
     columns = final_columns(model, images, iters)
     result = score_columns(columns, model.grid, objects, parts)
     if outlines:
@@ -289,40 +398,42 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
         per_level = {"untrained": evaluate(untrained, images, objects, parts, iters)["levels"]}
         if DENOISE_ONLY.exists():
             denoiser = load_model(DENOISE_ONLY)
-            # the same scenes, drawn at the size the denoising model was trained for when the
-            # checkpoint's differs (its position embedding fixes its grid)
-            scenes_at = (images, objects, parts) if denoiser.config.image_size == config.image_size else \
-                make_batch(range(seed, seed + scenes), denoiser.config.image_size)
-            per_level["denoise_only"] = evaluate(denoiser, *scenes_at, iters)["levels"]
+            scenes_at = denoiser_scenes(denoiser.config.image_size)
+            if scenes_at is not None:
+                per_level["denoise_only"] = evaluate(denoiser, *scenes_at, iters)["levels"]
         result["baselines"] = {"pixels": pixel_baseline(images, objects, parts, config.patch_size),
                                **{name: _collapse(levels) for name, levels in per_level.items()},
                                "regions": regions_baseline(images, objects, parts, config.patch_size)}
         result["baseline_levels"] = per_level
-    if translation:
-        result["translation"] = invariance.translation(model, shift, scenes,
-                                                       seed=seed, iters=iters)
-    if sequences:
-        result["sequences"] = invariance.sequences(model, clips, frames, seed=seed, iters=iters)
-    result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
-    result["checkpoint"] = str(checkpoint)
     return result
 
 
 def _collapse(levels: list[dict]) -> dict:
     """A model baseline's entry: each metric at its best level (the reading most favourable to it)."""
-    return {metric: best_level(levels, metric)[metric] for metric in METRICS}
+    return {metric: best_level(levels, metric)[metric] for metric in METRICS if metric in levels[0]}
+
+
+def _cell(value, error=None) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.3f}" + (f" ±{error:.3f}" if error is not None and np.isfinite(error) else "")
 
 
 def table(result: dict) -> str:
-    lines = [f"{'':>16} {'FG-ARI objects':>15} {'FG-ARI parts':>15} {'ARI objects':>15}"]
+    """The results as a plain-text table, headed by what was scored."""
+    lines = [_heading(result)]
+    lines.append(f"{'':>16}" + "".join(f"{title:>15}" for title in METRIC_TITLES.values()))
     errors = result.get("standard_errors", [{}] * len(result["levels"]))
     for row, error in zip(result["levels"], errors):
-        cells = [f"{row[m]:.3f}" + (f" ±{error[m]:.3f}" if np.isfinite(error.get(m, np.nan)) else "") for m in METRICS]
-        lines.append(f"{'level ' + str(row['level']):>16} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}")
+        cells = [_cell(row.get(m), error.get(m)) for m in METRICS]
+        lines.append(f"{'level ' + str(row['level']):>16}" + "".join(f"{c:>15}" for c in cells))
     for name, row in result.get("baselines", {}).items():
-        lines.append(f"{name:>16} {row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>15.3f} {row['ari_objects']:>15.3f}")
-    if "standard_errors" in result and "scenes" in result:
-        lines.append(f"(± one standard error of the mean over the {result['scenes']['count']} scenes)")
+        lines.append(f"{name:>16}" + "".join(f"{_cell(row.get(m)):>15}" for m in METRICS))
+    if "standard_errors" in result:
+        count = result["scenes"]["count"] if "scenes" in result else result.get("dataset", {}).get("scored_objects")
+        if count:
+            lines.append(f"(± one standard error of the mean over the {count} "
+                         f"{'scenes' if 'scenes' in result else 'pictures'})")
     if "outlines" in result:
         found = result["outlines"]
         lines.append(f"\nobject islands at level {found['level']}, foreground patches by the share of their pixels "
@@ -339,7 +450,7 @@ def table(result: dict) -> str:
         for count_by in COUNT_CRITERIA:
             for row in found[count_by]:
                 lines.append(f"{'level ' + str(row['level']):>16} {count_by:>15} {row['islands']:>8.1f} "
-                             f"{row['fg_ari_objects']:>15.3f} {row['fg_ari_parts']:>15.3f}")
+                             f"{_cell(row['fg_ari_objects']):>15} {_cell(row['fg_ari_parts']):>15}")
     if "translation" in result:
         found = result["translation"]
         lines.append(f"\nislands of two windows {found['shift']} patches apart, {found['islands']} each: ARI over "
@@ -364,9 +475,33 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+METRIC_TITLES = {"fg_ari_objects": "FG-ARI objects", "fg_ari_parts": "FG-ARI parts", "ari_objects": "ARI objects",
+                 "mbo_objects": "mBO objects", "mbo_parts": "mBO parts"}
+
+
+def _heading(result: dict) -> str:
+    """Which dataset, how many pictures, which model."""
+    model = f" with {result['checkpoint']}" if "checkpoint" in result else ""
+    if "dataset" in result:
+        d = result["dataset"]
+        parts = f", {d['scored_parts']} with part masks" if d["scored_parts"] else ", no part masks"
+        skipped = f"; {len(d['skipped'])} files skipped" if d["skipped"] else ""
+        return (f"dataset {d['name']} ({d['path']}): {d['scored_objects']} of {d['pictures']} pictures scored "
+                f"against their object masks{parts}{skipped}; at {d['image_size']} px{model}")
+    if "scenes" in result:
+        sc = result["scenes"]
+        return (f"dataset: the built-in synthetic scenes, {sc['count']} held-out scenes from seed {sc['first_seed']}, "
+                f"at {sc['image_size']} px{model}")
+    return f"scored{model}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glom_viz.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(SHIPPED), help="a glom-viz safetensors checkpoint")
+    parser.add_argument("--data", help="score a folder (or .zip) in the dataset layout (images/, masks/, parts/, "
+                                       "...) instead of the built-in scenes")
+    parser.add_argument("--fit", default="crop", choices=["crop", "pad", "stretch"],
+                        help="how --data pictures that are not square fit the model (the app's default: crop)")
     parser.add_argument("--scenes", type=int, default=DEFAULT_SCENES, help="held-out scenes to score")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="first scene seed")
     parser.add_argument("--iters", type=int, default=None, help="settling steps (default 2 * levels)")
@@ -388,10 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines,
-                     auto=args.auto_count, translation=args.translation, shift=args.shift,
-                     sequences=args.sequences, clips=args.clips, frames=args.frames)
-    except (ConfigError, CheckpointError) as error:
+        if args.data is not None:
+            result = run_data(args.data, args.checkpoint, args.iters, outlines=args.outlines, auto=args.auto_count,
+                              fit=args.fit)
+        else:
+            result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines,
+                         auto=args.auto_count, translation=args.translation, shift=args.shift,
+                         sequences=args.sequences, clips=args.clips, frames=args.frames)
+    except (ConfigError, CheckpointError, DataError) as error:
         print(f"evaluation stopped: {error}", file=sys.stderr)
         return 2
     result["seconds"] = round(time.perf_counter() - started, 1)

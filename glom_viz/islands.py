@@ -866,6 +866,34 @@ def fg_ari(truth, labels, background: int = 0) -> float | None:
     return float(adjusted_rand_score(truth[foreground], labels[foreground]))
 
 
+def mean_best_overlap(truth, labels, background: int = 0) -> float | None:
+    """mBO: for each true segment that is not background, the best intersection-over-union any island
+    reaches with it, averaged over those segments; None when there are none.
+
+    Islands are taken whole (background patches included), as object-discovery papers score predicted
+    masks; noise (-1) is no island. Beside FG-ARI, which asks whether patches are grouped alike, mBO
+    asks whether each object has an island of its own shape, and is not lifted by over-splitting.
+    """
+    truth, labels = np.asarray(truth).ravel(), np.asarray(labels).ravel()
+    if truth.shape != labels.shape:
+        raise StatesError(f"truth has {truth.size} patches, labels {labels.size}: pass both per patch (N,)")
+    segments = np.unique(truth[truth != background])
+    if segments.size == 0:
+        return None
+    kept = labels >= 0
+    islands, island_index = np.unique(labels[kept], return_inverse=True)
+    segment_index = np.searchsorted(segments, truth)
+    foreground = truth != background
+    # (segments, islands) patch counts of every overlap
+    both = foreground & kept
+    overlap = np.zeros((segments.size, max(islands.size, 1)), np.int64)
+    np.add.at(overlap, (segment_index[both], np.searchsorted(islands, labels[both])), 1)
+    segment_sizes = np.bincount(segment_index[foreground], minlength=segments.size)
+    island_sizes = np.bincount(island_index, minlength=max(islands.size, 1))
+    union = segment_sizes[:, None] + island_sizes[None, :] - overlap
+    return float((overlap / np.maximum(union, 1)).max(axis=1).mean())
+
+
 def island_measures(states, labels, grid, truth=None, background: int = 0) -> list[dict]:
     """How well each step's islands agree, one dict per step (plain floats, JSON-able).
 
@@ -880,7 +908,7 @@ def island_measures(states, labels, grid, truth=None, background: int = 0) -> li
         per step: step, n_islands, within_cosine (mean cosine of a column to its island's mean
         direction, noise left out), neighbour_agreement (mean cosine of 4-neighbour grid pairs),
         silhouette (cosine distance, noise left out; None where undefined), change (mean 1 - cosine
-        to the same column at the previous step; 0 at step 0); with truth also ari and fg_ari.
+        to the same column at the previous step; 0 at step 0); with truth also ari, fg_ari and mbo.
     """
     vectors, _ = _as_steps(states)
     steps, n_patches, _ = vectors.shape
@@ -921,6 +949,7 @@ def island_measures(states, labels, grid, truth=None, background: int = 0) -> li
         if truth is not None:
             entry["ari"] = float(adjusted_rand_score(truth, ids))
             entry["fg_ari"] = fg_ari(truth, ids, background)
+            entry["mbo"] = mean_best_overlap(truth, ids, background)
         measures.append(entry)
     return measures
 

@@ -18,6 +18,13 @@ and 53 % of background patches get a group, and over 99 % of those groups are ri
 (``tests/test_motion.py`` checks this against the truth, which the training never sees). Training
 can lower that share (``TrainConfig.group_agreement``) so that patches on an outline join a group too.
 
+Real motion is not always an integer shift of regions: ``flow_motion`` groups pixels by their optical
+flow (scikit-image's TV-L1) instead, and ``common_fate`` picks, per pair of frames, the region shifts
+where they explain most of the picture and the flow where they do not. On flat sprites that move by
+non-integer steps and turn a little (experiments/sprites.py), a flat region's still test also asks
+that no moved shift explain it much better (``strict_still``), since a flat sprite that moved is
+explained by the still shift everywhere but along its outline.
+
 Similarity, the other Gestalt cue used here, needs one still image only: ``similarity_groups`` puts
 patches of one Felzenszwalb region of similar colour together. On these scenes such regions are parts.
 """
@@ -25,6 +32,8 @@ patches of one Felzenszwalb region of similar colour together. On these scenes s
 from __future__ import annotations
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from skimage.registration import optical_flow_tvl1
 from skimage.segmentation import felzenszwalb
 
 from glom_viz.errors import ConfigError
@@ -45,6 +54,18 @@ CLEAR_RATIO = 2.0
 # a patch joins a group when this share of its pixels has that group's shift
 PATCH_AGREEMENT = 0.75
 UNCLEAR = -1
+# optical flow (flow_motion): a pixel moving less than FLOW_STILL px is still; regions whose median
+# flows lie within FLOW_GAP px of each other move together, and a pixel whose own flow is further than
+# that from its region's is unclear. TV-L1's data attachment at 50 (scikit-image's default 15) keeps
+# the flow of a flat region from being smoothed into its still surroundings.
+FLOW_STILL = 0.5
+FLOW_GAP = 1.0
+FLOW_ATTACHMENT = 50.0
+FLOW_STILL_LABEL = 0
+# common_fate's "auto": the region shifts are used where at least this share of the pixels gets a clear one
+SHIFT_COVERAGE = 0.5
+MOTION_METHODS = ("shift", "flow", "auto")
+LUMINANCE = np.array([0.299, 0.587, 0.114])
 
 
 def shift_grid(max_shift: int) -> np.ndarray:
@@ -65,10 +86,12 @@ def shift_errors(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.nd
                      for down, across in shift_grid(max_shift)])
 
 
-def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still_prior: bool) -> np.ndarray:
+def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still_prior: bool,
+                  strict_still: bool = False) -> np.ndarray:
     """(shifts, s, s) errors and (s, s) region ids -> (s, s) each pixel's region's shift index, UNCLEAR where unclear.
 
-    With still_prior, a region the still shift explains is still, and other regions are UNCLEAR.
+    With still_prior, a region the still shift explains is still, and other regions are UNCLEAR; with
+    strict_still too, only if no shift of 1 px or more explains it CLEAR_RATIO times better.
     """
     shifts = shift_grid(max_shift)
     still = len(shifts) // 2
@@ -78,7 +101,12 @@ def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still
     mean = np.stack([np.bincount(regions.ravel(), weights=e.ravel(), minlength=count) for e in errors])
     mean /= np.maximum(sizes, 1)
     if still_prior:
-        return np.where(mean[still] < GOOD_ERROR, still, UNCLEAR)[regions]
+        explained = mean[still] < GOOD_ERROR
+        if strict_still:
+            moved = np.abs(shifts).max(1) >= 1
+            # the 1e-4 floor: pixel noise alone makes "better" meaningless where both errors are tiny
+            explained &= mean[still] <= CLEAR_RATIO * mean[moved].min(0) + 1e-4
+        return np.where(explained, still, UNCLEAR)[regions]
     best = mean.argmin(0)
     best_error = mean.min(0)
     far = np.abs(shifts[:, None, :] - shifts[best][None]).max(-1) >= 2  # (shifts, regions)
@@ -87,19 +115,77 @@ def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still
     return np.where(clear, best, UNCLEAR)[regions]
 
 
-def pixel_motion(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
-    """(s, s, 3) float frames in [0, 1] -> (s, s) int: each pixel's shift index (``shift_grid``), UNCLEAR where unclear."""
+def pixel_motion(first: np.ndarray, second: np.ndarray, max_shift: int, strict_still: bool = False) -> np.ndarray:
+    """(s, s, 3) float frames in [0, 1] -> (s, s) int: each pixel's shift index (``shift_grid``), UNCLEAR where unclear.
+
+    strict_still: a fine region is still only if no moved shift explains it much better (see ``region_shifts``).
+    """
     if first.shape != second.shape or first.ndim != 3 or first.shape[-1] != 3:
         raise ConfigError(f"two (s, s, 3) frames of one shape are needed, got {first.shape} and {second.shape}")
     first, second = first.astype(np.float64), second.astype(np.float64)
     errors = shift_errors(first, second, max_shift)
     fine = felzenszwalb(first, scale=STILL_SCALE, sigma=0.5, min_size=STILL_MIN_SIZE)
     coarse = felzenszwalb(first, scale=MOVING_SCALE, sigma=0.5, min_size=MOVING_MIN_SIZE)
-    still = region_shifts(errors, fine, max_shift, still_prior=True)
+    still = region_shifts(errors, fine, max_shift, still_prior=True, strict_still=strict_still)
     moving = region_shifts(errors, coarse, max_shift, still_prior=False)
     still_index = len(shift_grid(max_shift)) // 2
     # still where fine regions say so; a coarse "still" that fine regions did not confirm stays unclear
     return np.where(still == still_index, still_index, np.where(moving == still_index, UNCLEAR, moving))
+
+
+def flow_motion(first: np.ndarray, second: np.ndarray, still: float = FLOW_STILL, gap: float = FLOW_GAP) -> np.ndarray:
+    """(s, s, 3) x2 float frames -> (s, s) int motion groups from optical flow: FLOW_STILL_LABEL (0) for
+    still pixels, 1, 2, ... for the groups that move together, UNCLEAR where unclear.
+
+    TV-L1 flow (scikit-image) of the luminance; the first frame's coarse regions of similar colour each
+    take their median flow; a region most of whose pixels are still is still, and moving regions are
+    joined when their median flows differ by less than `gap` px (complete linkage), so that two
+    regions of one object that move alike are one group and objects moving apart are not.
+    """
+    if first.shape != second.shape or first.ndim != 3 or first.shape[-1] != 3:
+        raise ConfigError(f"two (s, s, 3) frames of one shape are needed, got {first.shape} and {second.shape}")
+    first, second = first.astype(np.float64), second.astype(np.float64)
+    flow = optical_flow_tvl1(first @ LUMINANCE, second @ LUMINANCE, attachment=FLOW_ATTACHMENT)  # (2, s, s)
+    regions = felzenszwalb(first, scale=MOVING_SCALE, sigma=0.5, min_size=MOVING_MIN_SIZE)
+    count = regions.max() + 1
+    speed = np.hypot(*flow)
+    sizes = np.bincount(regions.ravel(), minlength=count)
+    still_share = np.bincount(regions.ravel(), weights=(speed < still).ravel(), minlength=count) / np.maximum(sizes, 1)
+    order = np.argsort(regions.ravel(), kind="stable")
+    bounds = np.cumsum(sizes)[:-1]
+    median = np.stack([[np.median(chunk) if chunk.size else 0.0 for chunk in np.split(component.ravel()[order], bounds)]
+                       for component in flow], 1)  # (regions, 2)
+    group = np.full(count, FLOW_STILL_LABEL)
+    moving = np.flatnonzero(still_share < 0.5)
+    if moving.size == 1:
+        group[moving] = 1
+    elif moving.size > 1:
+        group[moving] = fcluster(linkage(median[moving], "complete"), gap, "distance")
+    labels = group[regions]
+    off = np.hypot(flow[0] - median[regions, 0], flow[1] - median[regions, 1])
+    unclear = np.where(labels == FLOW_STILL_LABEL, speed >= still, off > gap)
+    return np.where(unclear, UNCLEAR, labels)
+
+
+def common_fate(first: np.ndarray, second: np.ndarray, max_shift: int, method: str = "auto",
+                strict_still: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
+    """(s, s, 3) x2 -> (labels (s, s) int, still (s, s) bool, the method used): which pixels move together.
+
+    method: "shift" (``pixel_motion``, the region shifts), "flow" (``flow_motion``), or "auto": the
+    region shifts where at least SHIFT_COVERAGE of the pixels get a clear one, else the flow (a camera
+    that pans by a fraction of a pixel, light that changes, textures no integer shift maps). On flat
+    sprites (experiments/sprites.py) "auto" groups patches as the objects do with ARI 0.90 among the
+    grouped ones, against 0.87 for the shifts alone and 0.68 for the flow alone. Labels
+    of one method are its own ids (UNCLEAR where unclear); `still` marks the pixels seen not to move.
+    """
+    if method not in MOTION_METHODS:
+        raise ConfigError(f"the motion method is one of {', '.join(MOTION_METHODS)}, not {method!r}")
+    if method != "flow":
+        labels = pixel_motion(first, second, max_shift, strict_still)
+        if method == "shift" or (labels != UNCLEAR).mean() >= SHIFT_COVERAGE:
+            return labels, labels == len(shift_grid(max_shift)) // 2, "shift"
+    labels = flow_motion(first, second)
+    return labels, labels == FLOW_STILL_LABEL, "flow"
 
 
 def patch_groups(labels: np.ndarray, patch_size: int, agreement: float = PATCH_AGREEMENT) -> np.ndarray:

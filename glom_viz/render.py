@@ -70,6 +70,7 @@ MEASURE_TITLES = {
     "change": "change from previous step",
     "ari": "ARI",
     "fg_ari": "FG-ARI",
+    "mbo": "mBO",
 }
 LEVEL_COLORSCALE = "Viridis"
 

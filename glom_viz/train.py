@@ -1,6 +1,9 @@
-"""Self-supervised training of GLOM on synthetic scenes (``python -m glom_viz.train``).
+"""Self-supervised training of GLOM on synthetic scenes or your own folder (``python -m glom_viz.train``).
 
-Masks are never used: the scenes' images are the only thing the loss sees. The objective adds up
+Masks are never used: the pictures are the only thing the loss sees. The data are the project's
+synthetic scenes (``glom_viz.scenes``), or with ``--data DIR`` a folder (or zip) in ``glom_viz.data``'s
+layout: its pictures, their second frames in next/ and consecutive frames of its videos/ (masks/ and
+parts/ are never read). The objective adds up
 
 - **denoising** (glom-pytorch's README): reconstruct the clean image from one level of the columns
   of a noisy image, through a linear patch decoder;
@@ -21,6 +24,14 @@ Masks are never used: the scenes' images are the only thing the loss sees. The o
   on these scenes picks out parts, for the levels below the objects. With ``similarity_still`` the
   regions that the two frames show still join into one group, so the background is one whole here too.
 
+On a folder, common fate comes from its pairs of frames (``motion.common_fate``: the region shifts
+where they hold, optical flow where they do not), and similarity from each picture itself; each
+picture's groups are found once and kept. With ``--data`` and no other flag the run follows
+``DATA_RECIPE`` (the shipped model's last stages, at the CPU's batch of 16), common fate included
+when the folder has second frames or videos; ``--init`` takes the model's shape from the checkpoint;
+``--max-minutes M`` stops cleanly after M minutes of wall clock with a final checkpoint, the learning
+rate's cosine then following the clock.
+
 Every term is a mean over images, so data-parallel gradients equal single-process ones.
 
 The loop reports through callbacks (``Trainer.set_callback(event, fn)``, events in ``EVENTS``), so the
@@ -38,7 +49,7 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,10 +62,11 @@ from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from glom_viz.errors import CheckpointError, ConfigError
+from glom_viz.errors import CheckpointError, ConfigError, DataError
 from glom_viz.model import (FEEDFORWARD_MULT, Glom, GlomConfig, known_fields, patch_distances,
                             reduced_precision_is_fast, resize_position_embedding)
-from glom_viz.motion import PATCH_AGREEMENT, SIMILARITY_SCALE, patch_groups, pixel_motion, shift_grid, similarity_groups
+from glom_viz.motion import (MOTION_METHODS, PATCH_AGREEMENT, SIMILARITY_SCALE, common_fate, patch_groups,
+                             pixel_motion, shift_grid, similarity_groups)
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
@@ -77,6 +89,15 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
 SHAPE_FIELDS = ("dim", "levels", "patch_size")
 # the TrainConfig fields a scene's motion and similarity groups depend on, beside the scene itself
 GROUP_FIELDS = ("image_size", "patch_size", "max_shift", "similarity_scale", "similarity_still", "group_agreement")
+# the defaults of a run on a folder (--data): the shipped model's last stages (assets/shipped.json,
+# fine_tune), at batch 16 as its CPU stages ran; a fresh decoder trains alone for its first steps when
+# the run starts from --init. motion_weight is dropped where the folder has no second frames.
+DATA_RECIPE = dict(batch_size=16, contrast_weight=0.0, motion_weight=1.0, motion_levels=(2, 3),
+                   similarity_weight=1.0, similarity_levels=(1,), similarity_scale=200.0, group_agreement=0.3,
+                   iters_max=14, group_balance=0.5, warmup=20, lr=7e-4, steps=1000)
+DATA_DECODER_WARMUP = 50
+# with --max-minutes and no --steps, the schedule follows the clock and the step count only bounds it
+UNBOUNDED_STEPS = 10**9
 
 
 @dataclass
@@ -144,8 +165,16 @@ class TrainConfig:
     # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
     # --init is random, and its gradients would otherwise pull a trained model's recon level about
     decoder_warmup: int = 0
+    # a folder (or .zip) in glom_viz.data's layout to train on instead of the built-in scenes, made to
+    # fit the model by `fit` ("crop", "pad", "stretch"); its pairs' common fate by `motion_method`
+    # ("shift", "flow" or "auto": motion.common_fate). The built-in scenes always use the shifts.
+    data: str | None = None
+    fit: str = "crop"
+    motion_method: str = "auto"
     # optimisation
     steps: int = 1294
+    # stop cleanly after this many minutes of wall clock (0: no limit), with a final checkpoint
+    max_minutes: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 30
@@ -231,6 +260,17 @@ class TrainConfig:
             raise ConfigError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
+            raise ConfigError(f"max_minutes is a wall-clock budget in minutes, 0 (none) or more, got {self.max_minutes}")
+        if self.motion_method not in MOTION_METHODS:
+            raise ConfigError(f"motion_method is one of {', '.join(MOTION_METHODS)}, got {self.motion_method!r}")
+        from glom_viz.images import FITS
+
+        if self.fit not in FITS:
+            raise ConfigError(f"fit is one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.data is not None and not Path(self.data).exists():
+            raise ConfigError(f"--data {self.data}: no such folder. A dataset is a folder with its pictures in "
+                              f"images/ (and optionally next/, videos/): see the README, 'Bringing your own data'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -367,13 +407,24 @@ def batch_scenes(config: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray
 
     The same in every process, so data-parallel ranks split one batch.
     """
+    index, flips = _draw_batch(config, step, config.scenes)
+    return TRAIN_SEEDS.start + index, flips
+
+
+def batch_pictures(config: TrainConfig, step: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``batch_scenes`` for a dataset of `count` pictures: the step's picture indices and mirror flags."""
+    return _draw_batch(config, step, count)
+
+
+def _draw_batch(config: TrainConfig, step: int, pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """(batch_size,) indices drawn at random from range(pool) (0: fresh ones in order) and mirror flags."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    if config.scenes:
-        index = torch.randint(config.scenes, (config.batch_size,), generator=generator).numpy()
+    if pool:
+        index = torch.randint(pool, (config.batch_size,), generator=generator).numpy()
     else:
         index = np.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(TRAIN_SEEDS)
     flips = torch.rand(config.batch_size, generator=generator).numpy() < 0.5
-    return TRAIN_SEEDS.start + index, flips & config.flip
+    return index, flips & config.flip
 
 
 def settling_steps(config: TrainConfig, step: int) -> int:
@@ -444,11 +495,52 @@ def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[st
     return groups
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth."""
+def picture_groups(dataset, indices: np.ndarray, flips: np.ndarray, config: TrainConfig,
+                   cache: dict) -> dict[str, torch.Tensor]:
+    """``scene_groups`` for pictures of a dataset: (b,) indices and mirror flags -> per term (b, patches) long.
+
+    Each picture's groups are found once, unmirrored, and kept in `cache`; a mirrored picture's are
+    the same groups mirrored on the patch grid (its patches are the mirrored picture's, exactly).
+    """
+    terms = tuple(term for term in ("motion", "similarity") if getattr(config, f"{term}_weight") > 0)
+    side = config.image_size // config.patch_size
+    rows = {term: [] for term in terms}
+    for index, flip in zip(indices.tolist(), flips.tolist()):
+        key = (terms, index, config.motion_method, *(getattr(config, field) for field in GROUP_FIELDS))
+        groups = cache.get(key)
+        if groups is None:
+            groups = cache[key] = _groups_of_picture(dataset.samples[index], config, terms)
+        for term in terms:
+            found = groups[term]
+            rows[term].append(found.reshape(side, side)[:, ::-1].ravel() if flip else found)
+    return {term: torch.from_numpy(np.stack(row)).long() for term, row in rows.items()}
+
+
+def _groups_of_picture(sample, config: TrainConfig, terms: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One picture's (patches,) groups per term: common fate from its pair (none without a second
+    frame: every patch UNCLEAR), similarity from the picture, its still pixels joined where seen."""
+    first = sample.image.astype(np.float64) / 255.0
+    labels = still = None
+    if sample.next is not None and ("motion" in terms or config.similarity_still):
+        labels, still, _ = common_fate(first, sample.next.astype(np.float64) / 255.0, config.max_shift,
+                                       config.motion_method)
+    groups = {}
+    if "motion" in terms:
+        patches = (config.image_size // config.patch_size) ** 2
+        groups["motion"] = (np.full(patches, -1) if labels is None else
+                            patch_groups(labels, config.patch_size, config.group_agreement))
+    if "similarity" in terms:
+        groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale,
+                                                 still if config.similarity_still else None, config.group_agreement)
+    return groups
+
+
+def learning_rate(config: TrainConfig, step: int, clock_share: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to a tenth, over the steps or (with max_minutes) the clock,
+    whichever has gone further: `clock_share` is the share of the wall-clock budget spent."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    progress = max((step - config.warmup) / max(1, config.steps - config.warmup), clock_share)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -460,6 +552,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig):
+        self._clock = time.monotonic()  # the wall-clock budget counts from here: loading data is part of it
+        self.prior_seconds = 0.0  # wall-clock seconds of the run's earlier sessions (resume)
         config.validate()
         self.config = config
         self.device = torch.device(config.device)
@@ -477,11 +571,14 @@ class Trainer:
         if config.init:
             self._start_from(config.init)
         self._groups_cache: dict = {}
+        self.dataset = self._load_data() if config.data else None
         self.optimizer = torch.optim.AdamW(self.learner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.losses: dict[str, float] = {}
         self.history: list[dict] = []
         self.elapsed = 0.0
+        self.stopped_by_clock = False  # fit ended before its steps because max_minutes ran out
+        self._recent_steps: deque[float] = deque(maxlen=5)  # seconds of the last steps, to foresee the next
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self._parallel = (
             nn.parallel.DistributedDataParallel(self.learner) if self.world > 1 else self.learner
@@ -521,6 +618,28 @@ class Trainer:
             self.model.bottom_up.widen_from(glom.bottom_up)
             self.model.top_down.widen_from(glom.top_down)
 
+    def _load_data(self):
+        """The run's folder as the model sees it, masks unread; raises ConfigError where it cannot serve."""
+        from glom_viz.data import load_dataset
+
+        c = self.config
+        try:
+            dataset = load_dataset(c.data, c.image_size, c.fit, read_masks=False)
+        except DataError as error:
+            raise ConfigError(str(error)) from error
+        if c.motion_weight > 0 and not dataset.with_next():
+            raise ConfigError(f"--data {c.data}: none of its {len(dataset)} pictures has a second frame (next/ or "
+                              "videos/), and common fate needs one: add them, or set --motion-weight 0")
+        return dataset
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of the run: this session's since the trainer was made, and earlier sessions'."""
+        return self.prior_seconds + time.monotonic() - self._clock
+
+    def clock_share(self) -> float:
+        """The share of the max_minutes budget spent (0 without one)."""
+        return self.wall_seconds() / (60 * self.config.max_minutes) if self.config.max_minutes else 0.0
+
     def set_callback(self, event: str, fn: Callable) -> "Trainer":
         """Replace the callbacks of an event by fn."""
         self._check_event(event)
@@ -546,14 +665,19 @@ class Trainer:
         c = self.config
         part, parts = self.rank * c.accumulate + micro, self.world * c.accumulate
         share = slice(part * c.batch_size // parts, (part + 1) * c.batch_size // parts)
-        seeds, flips = batch_scenes(c, step)
-        images, _, _ = make_batch(seeds[share], c.image_size)
+        if self.dataset is not None:
+            indices, flips = batch_pictures(c, step, len(self.dataset))
+            images = self.dataset.images(indices[share])
+            found = picture_groups(self.dataset, indices[share], flips[share], c, self._groups_cache)
+        else:
+            seeds, flips = batch_scenes(c, step)
+            images, _, _ = make_batch(seeds[share], c.image_size)
+            cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
+            found = scene_groups(seeds[share], flips[share], c, cache)
         images = torch.where(torch.from_numpy(flips[share])[:, None, None, None], images.flip(-1), images)
         views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
                  for noise, masked in draw_views(c, step)]
-        cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
-        groups = {term: value.to(self.device)
-                  for term, value in scene_groups(seeds[share], flips[share], c, cache).items()}
+        groups = {term: value.to(self.device) for term, value in found.items()}
         return (images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views],
                 groups)
 
@@ -567,7 +691,7 @@ class Trainer:
         """One optimisation step; raises FloatingPointError, keeping the weights, if the loss is not finite."""
         c = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(c, self.step)
+            group["lr"] = learning_rate(c, self.step, self.clock_share())
         self.optimizer.zero_grad(set_to_none=True)
         summed = {}
         for micro in range(c.accumulate):
@@ -606,28 +730,39 @@ class Trainer:
         """train_step, its time added to `elapsed`, then the on_step_end callbacks."""
         started = time.perf_counter()
         losses = self.train_step()
-        self.elapsed += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.elapsed += seconds
+        self._recent_steps.append(seconds)
         self._fire("on_step_end")
         return losses
 
     def fit(self, steps: int | None = None) -> list[dict]:
-        """Train up to `steps` (default config.steps), checkpointing every checkpoint_every steps."""
+        """Train up to `steps` (default config.steps), checkpointing every checkpoint_every steps; with
+        max_minutes, stop before the step that would end past the budget (with a final checkpoint)."""
         c = self.config
         last = c.steps if steps is None else min(c.steps, steps)
+        budget = 60 * c.max_minutes
         if c.checkpoint_every and c.keep_checkpoints and self.step == 0:
             self.keep()  # the untrained start, where the run's islands over training time begin
         try:
             while self.step < last:
+                if budget and self.wall_seconds() + self._step_seconds() > budget:
+                    self.stopped_by_clock = True
+                    break
                 self.timed_step()
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save()
         except FloatingPointError:
             self._fire("on_train_end")
             raise
-        if c.checkpoint_every:
+        if c.checkpoint_every or budget:
             self.save()
         self._fire("on_train_end")
         return self.history
+
+    def _step_seconds(self) -> float:
+        """What the next step will take, from the last few (0 before the first)."""
+        return float(np.mean(self._recent_steps)) if self._recent_steps else 0.0
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -646,6 +781,7 @@ class Trainer:
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
+            "wall": self.wall_seconds(),
             "decoder": self.learner.decoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "history": json.dumps(self.history),
@@ -680,6 +816,7 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])
         trainer.elapsed = float(state["elapsed"])
+        trainer.prior_seconds = float(state.get("wall", state["elapsed"]))
         trainer.history = json.loads(state["history"])
         return trainer
 
@@ -726,11 +863,46 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         if text is not None:
             values[f.name] = _parse_value(text, f)
     args.given = values  # what the command line set, for --resume
-    return TrainConfig.from_dict(values), args
+    if args.resume:
+        return TrainConfig.from_dict(values), args
+    return TrainConfig.from_dict({**recipe_defaults(values), **values}), args
+
+
+def recipe_defaults(given: dict) -> dict:
+    """What a run takes for the fields `given` leaves out, where it differs from TrainConfig's defaults.
+
+    With ``init``: the model's shape and options are the checkpoint's (ours, or a glom-pytorch state
+    dict's as its tensors tell). With ``data``: ``DATA_RECIPE``, without common fate where the folder
+    holds no second frames or videos (a listing, nothing read), with a decoder warm-up after ``init``,
+    and with ``max_minutes`` a schedule that follows the clock.
+    """
+    values = {}
+    if given.get("init") is not None and Path(given["init"]).is_file():
+        from glom_viz.checkpoints import read_checkpoint
+
+        stored = read_checkpoint(given["init"]).config
+        values.update({name: getattr(stored, name) for name in MODEL_FIELDS})
+    if given.get("data") is not None:
+        from glom_viz.data import NEXT, VIDEOS, layout_counts
+
+        recipe = dict(DATA_RECIPE)
+        counts = layout_counts(given["data"])
+        if not counts[NEXT] and not counts[VIDEOS]:
+            recipe["motion_weight"] = 0.0
+        if given.get("init") is not None:
+            recipe["decoder_warmup"] = DATA_DECODER_WARMUP
+        if given.get("max_minutes"):
+            recipe["steps"] = UNBOUNDED_STEPS
+        values.update(recipe)
+    return {name: value for name, value in values.items() if name not in given}
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, args = parse_args(argv)
+    try:
+        config, args = parse_args(argv)
+    except (ConfigError, CheckpointError) as error:
+        print(f"training stopped: {error}", file=sys.stderr)
+        return 2
     if args.stop_at is not None and args.stop_at < 1:
         print(f"training stopped: --stop-at must be a step of at least 1, got {args.stop_at}", file=sys.stderr)
         return 2
@@ -745,7 +917,12 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(config)
         if trainer.rank == 0:
             _attach_cli_reporting(trainer, quiet=args.quiet)
+            if trainer.dataset is not None:
+                print(trainer.dataset.summary(), file=sys.stderr)
         trainer.fit(args.stop_at)
+        if trainer.rank == 0 and trainer.stopped_by_clock:
+            print(f"stopped after {trainer.wall_seconds() / 60:.1f} of {config.max_minutes:g} minutes at step "
+                  f"{trainer.step}; the model is in {Path(config.out) / MODEL_FILE}", file=sys.stderr)
     except (ConfigError, CheckpointError, FloatingPointError) as error:
         print(f"training stopped: {error}", file=sys.stderr)
         return 2
@@ -784,7 +961,8 @@ def _attach_cli_reporting(trainer: Trainer, quiet: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _drop_steps_after(out / LOG_FILE, trainer.step)
     log = open(out / LOG_FILE, "a")
-    bar = tqdm(total=trainer.config.steps, initial=trainer.step, disable=quiet, unit="step")
+    total = None if trainer.config.max_minutes and trainer.config.steps >= UNBOUNDED_STEPS else trainer.config.steps
+    bar = tqdm(total=total, initial=trainer.step, disable=quiet, unit="step")
 
     def on_step(t: Trainer):
         log.write(json.dumps(log_record(t)) + "\n")

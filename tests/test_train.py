@@ -1,21 +1,25 @@
 """Training: the loss goes down, checkpoints round-trip and resume exactly, bad configs stop with a
 message keeping the last good checkpoint, and 2-process DDP gives one process's gradients."""
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from glom_viz.checkpoints import load_checkpoint, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.motion import UNCLEAR
-from glom_viz.train import MODEL_FILE, TrainConfig, Trainer, batch_scenes, main, scene_groups, settling_steps
+from glom_viz.train import (DATA_DECODER_WARMUP, DATA_RECIPE, MODEL_FILE, UNBOUNDED_STEPS, TrainConfig, Trainer,
+                            batch_scenes, learning_rate, main, parse_args, scene_groups, settling_steps)
 
 TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4, warmup=2, lr=3e-3,
             checkpoint_every=0, consensus_cosine=True, attention_scale=8.0, level_norm="layernorm",
@@ -34,13 +38,18 @@ def params(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in trainer.learner.named_parameters()}
 
 
-def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
-    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST, **MOTION))
+def losses_before_and_after(trainer: Trainer) -> tuple[dict, dict]:
+    """The losses of step 0's batch before and after the trainer's run."""
     with torch.no_grad():
         before = trainer.compute_losses(0)
     trainer.fit()
     with torch.no_grad():
-        after = trainer.compute_losses(0)
+        return before, trainer.compute_losses(0)
+
+
+def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
+    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST, **MOTION))
+    before, after = losses_before_and_after(trainer)
     assert after["reconstruction"] < 0.7 * before["reconstruction"]
     assert after["motion"] < before["motion"]
     assert after["total"] < before["total"]
@@ -50,11 +59,7 @@ def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
 @pytest.mark.parametrize("still", [True, False])
 def test_the_similarity_term_is_learnt(still):
     trainer = Trainer(tiny(steps=30, scenes=4, similarity_weight=1.0, similarity_levels=(1,), similarity_still=still))
-    with torch.no_grad():
-        before = trainer.compute_losses(0)
-    trainer.fit()
-    with torch.no_grad():
-        after = trainer.compute_losses(0)
+    before, after = losses_before_and_after(trainer)
     assert after["similarity"] < before["similarity"] - 0.05
     assert after["total"] < before["total"]
 
@@ -436,3 +441,112 @@ def test_decoder_warmup_keeps_the_reconstruction_from_moving_the_glom():
     during, after = gradient_norms(1), gradient_norms(2)
     assert during["glom"] == 0 and during["decoder"] > 0
     assert after["glom"] > 0 and after["decoder"] > 0
+
+
+# -- training on a folder (--data) ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sprite_folder(tmp_path_factory) -> Path:
+    """Six 32 px sprite scenes in the folder layout (pictures, second frames, masks), and one bad file."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "experiments"))
+    from sprites import TRAIN_SEEDS, write_split
+
+    root = write_split(tmp_path_factory.mktemp("sprites") / "train", TRAIN_SEEDS[:6], 32)
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return root
+
+
+def test_a_few_data_steps_lower_the_loss_and_never_read_a_mask(sprite_folder, tmp_path, monkeypatch):
+    import glom_viz.data
+
+    def refuse(*_):
+        raise AssertionError("training read a mask")
+
+    monkeypatch.setattr(glom_viz.data, "read_mask", refuse)
+    # the whole folder every step; common fate at level 1, which a 3-level model of dim 16 learns in a few steps
+    trainer = Trainer(tiny(data=str(sprite_folder), steps=20, batch_size=6, motion_weight=0.5, motion_levels=(1,),
+                           **SIMILARITY, checkpoint_every=20, out=str(tmp_path)))
+    assert len(trainer.dataset) == 6  # the bad file skipped, the run going on
+    assert any("broken.png" in name for name, _ in trainer.dataset.skipped)
+    before, after = losses_before_and_after(trainer)
+    assert after["reconstruction"] < 0.7 * before["reconstruction"]
+    assert after["motion"] < before["motion"] and after["similarity"] < before["similarity"]
+    assert (tmp_path / MODEL_FILE).exists()
+    # groups are found once per picture and kept: mirrored draws reuse them
+    assert len(trainer._groups_cache) <= 6
+
+
+def test_mirrored_pictures_take_their_groups_mirrored(sprite_folder):
+    from glom_viz.data import load_dataset
+    from glom_viz.train import picture_groups
+
+    config = tiny(data=str(sprite_folder), **MOTION, **SIMILARITY)
+    dataset = load_dataset(sprite_folder, 32, read_masks=False)
+    cache = {}
+    plain = picture_groups(dataset, np.array([0, 1]), np.array([False, False]), config, cache)
+    mirrored = picture_groups(dataset, np.array([0, 1]), np.array([True, True]), config, cache)
+    assert len(cache) == 2
+    for term in ("motion", "similarity"):
+        assert torch.equal(mirrored[term].view(2, 8, 8), plain[term].view(2, 8, 8).flip(-1))
+        assert (plain[term] >= 0).any()
+
+
+def test_the_command_trains_on_a_folder_with_the_data_recipe(sprite_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--dim", "16", "--levels", "4", "--image-size", "32", "--iters", "2", "--iters-max", "0",
+             "--consensus-radii", "1.5,2,3,4", "--batch-size", "2", "--quiet", "--out", str(out)]
+    assert main(["--data", str(sprite_folder), "--steps", "2", *small]) == 0
+    assert read_checkpoint(out / MODEL_FILE).metadata["step"] == "2"
+    assert "6 pictures at 32 px (6 with a second frame" in capsys.readouterr().err
+    config, _ = parse_args(["--data", str(sprite_folder), "--init", str(out / MODEL_FILE), "--max-minutes", "12"])
+    for name, value in DATA_RECIPE.items():
+        if name != "steps":
+            assert getattr(config, name) == value, name
+    assert config.steps == UNBOUNDED_STEPS and config.max_minutes == 12 and config.decoder_warmup == DATA_DECODER_WARMUP
+    assert (config.dim, config.levels, config.image_size) == (16, 4, 32)  # the checkpoint's shape
+    # flags given win over the recipe; a folder without second frames trains without common fate
+    assert parse_args(["--data", str(sprite_folder), "--lr", "1e-3"])[0].lr == 1e-3
+    still = tmp_path / "still"
+    shutil.copytree(sprite_folder / "images", still / "images")
+    assert parse_args(["--data", str(still)])[0].motion_weight == 0
+    assert main(["--data", str(still), "--motion-weight", "1", "--steps", "1", *small]) == 2
+    assert "none of its 6 pictures has a second frame" in capsys.readouterr().err
+
+
+def test_a_missing_folder_or_checkpoint_stops_with_a_message(tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "nowhere"), "--quiet", "--out", str(tmp_path)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["--init", str(tmp_path / "nothing.safetensors"), "--quiet", "--out", str(tmp_path)]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_max_minutes_stops_on_the_clock_and_saves(sprite_folder, tmp_path):
+    trainer = Trainer(tiny(data=str(sprite_folder), steps=10_000, warmup=0, max_minutes=0.02, out=str(tmp_path)))
+    trainer.fit()
+    assert trainer.stopped_by_clock and 1 <= trainer.step < 10_000
+    assert int(read_checkpoint(tmp_path / MODEL_FILE).metadata["step"]) == trainer.step
+    # the next step was foreseen: the run ends within one step of its budget
+    assert trainer.wall_seconds() < 1.2 + 2 * max(trainer._recent_steps)
+    # the schedule followed the clock (10,000 steps alone would keep it at its peak)
+    assert trainer.history[-1]["lr"] < learning_rate(trainer.config, trainer.step - 1)
+
+
+def test_the_learning_rate_follows_the_clock_when_it_runs_ahead():
+    config = tiny(steps=1000, warmup=0, lr=1.0)
+    assert learning_rate(config, 10) > 0.99
+    assert learning_rate(config, 10, clock_share=0.5) == pytest.approx(0.55)
+    assert learning_rate(config, 10, clock_share=1.5) == pytest.approx(0.1)
+
+
+def test_init_takes_a_glom_pytorch_state_dicts_shape(tmp_path):
+    glom_pytorch = pytest.importorskip("glom_pytorch")
+    torch.manual_seed(0)
+    reference = glom_pytorch.Glom(dim=16, levels=3, image_size=32, patch_size=4)
+    torch.save(reference.state_dict(), tmp_path / "theirs.pt")
+    config, _ = parse_args(["--init", str(tmp_path / "theirs.pt"), "--consensus-radii", "none",
+                            "--contribution-weights", "none", "--recon-level", "0", "--contrast-levels", "1,2",
+                            "--contrast-radii", "1.5,3"])
+    assert (config.dim, config.levels, config.image_size, config.patch_size) == (16, 3, 32, 4)
+    trainer = Trainer(dataclasses.replace(config, steps=1, batch_size=2, iters=2, checkpoint_every=0))
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
