@@ -340,7 +340,7 @@ def test_random_model_with_its_own_config(at):
     run(at.radio(key="model_source").set_value("random"))
     run(at.number_input(key="model_seed").set_value(3))
     run(at.number_input(key="model_levels").set_value(3))
-    assert any("random GLOM (seed 3)" in c.value for c in at.caption)
+    assert any(plain("random GLOM (seed 3)") in c.value for c in at.caption)
     assert len(at.button_group(key="level").options) == 3 + 1  # three levels and "all"
     run(at.number_input(key="model_patch_size").set_value(5))  # 64 px is not a multiple of 5
     assert any("not divisible by patch_size" in e.value for e in at.sidebar.error)
