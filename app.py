@@ -18,6 +18,7 @@ from explorer.limits import WARM_UP, run_size_problem
 from explorer.models import load_model
 from explorer.running import runs_for
 from glom_viz.errors import GlomInputError
+from glom_viz.text import plain
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
 
     found, problems = pictures.gather(image_settings, config.image_size)
     for problem in problems:
-        st.error(problem)
+        st.error(plain(problem))
     if not found:
         st.info("No images: pick bundled images or upload your own in the sidebar.")
         return
@@ -53,7 +54,7 @@ def main() -> None:
         for run in runs:  # the runs show their progress here; later page runs find them cached
             run()
     except GlomInputError as error:
-        st.error(str(error))
+        st.error(plain(str(error)))
         return
     viewer.show(Page(loaded, tuple(frames), runs, image_settings.sequence, run_settings, image_settings.fit,
                      island_settings, state.playing()))

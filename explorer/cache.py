@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
 import streamlit as st
 
-from explorer.limits import (DERIVED_CACHE_BYTES, DERIVED_CACHE_ENTRIES, MODEL_CACHE_ENTRIES, PICTURE_CACHE_BYTES,
-                             PICTURE_CACHE_ENTRIES, RUN_CACHE_BYTES, RUN_CACHE_ENTRIES)
+from explorer.limits import (DERIVED_CACHE_BYTES, DERIVED_CACHE_ENTRIES, MODEL_CACHE_BYTES, MODEL_CACHE_ENTRIES,
+                             PICTURE_CACHE_BYTES, PICTURE_CACHE_ENTRIES, RUN_CACHE_BYTES, RUN_CACHE_ENTRIES)
 from glom_viz import export
-from glom_viz.errors import ExportError
+from glom_viz.errors import CheckpointError, ConfigError, ExportError
 from glom_viz.project import warm_up_umap
 from glom_viz.runs import Run
 
@@ -32,12 +34,89 @@ def content_key(*parts) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
-@st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner="Loading the model…")
+def model_bytes(module) -> int:
+    """What a model holds: its weights and buffers, in bytes."""
+    return sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+class ModelStore:
+    """The models every visitor shares, bounded in bytes and in entries: the least recently used go first.
+
+    ``st.cache_resource`` bounds entries only, and one upload may ask for a model of hundreds of MB. Each
+    model is loaded once (visitors asking for the same one at once wait for the first), counted by its
+    weights and buffers; refusals are remembered too, so a hostile or misfit checkpoint left in an
+    uploader is not parsed again on every rerun.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int, max_refusals: int = 64):
+        self.max_bytes, self.max_entries, self.max_refusals = max_bytes, max_entries, max_refusals
+        self._models: OrderedDict[str, tuple[object, int]] = OrderedDict()
+        self._refused: OrderedDict[str, tuple[type[Exception], str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    @property
+    def bytes(self) -> int:
+        """What the models held now weigh."""
+        return sum(size for _, size in self._models.values())
+
+    def keys(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, key: str, load: Callable[[], T], refusals: tuple[type[Exception], ...] = ()) -> T:
+        """The model under ``key``, loaded with ``load`` when missing; ``refusals`` it raises are remembered."""
+        with self._lock:
+            found = self._held(key)
+            if found is not None:
+                return found
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per key at a time
+            with self._lock:
+                found = self._held(key)
+                if found is not None:
+                    return found
+            try:
+                loaded = load()
+            except refusals as error:
+                with self._lock:
+                    self._refused[key] = (type(error), str(error))
+                    while len(self._refused) > self.max_refusals:
+                        self._refused.popitem(last=False)
+                raise
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self._models[key] = (loaded, model_bytes(loaded.model))
+                while len(self._models) > 1 and (len(self._models) > self.max_entries or self.bytes > self.max_bytes):
+                    self._models.popitem(last=False)
+            return loaded
+
+    def _held(self, key: str):
+        """The model under ``key`` (now the most recently used), None, or its refusal raised again."""
+        if key in self._refused:
+            kind, message = self._refused[key]
+            raise kind(message)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key][0]
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def models() -> ModelStore:
+    """The server's one model store."""
+    return ModelStore(MODEL_CACHE_BYTES, MODEL_CACHE_ENTRIES)
+
+
 def model(key: str, _load: Callable[[], T]) -> T:
     """A loaded model (explorer.models.LoadedModel), shared by every visitor: read only."""
-    loaded = _load()
-    loaded.model.eval().requires_grad_(False)
-    return loaded
+    def load() -> T:
+        with st.spinner("Loading the model…"):
+            loaded = _load()
+        loaded.model.eval().requires_grad_(False)
+        return loaded
+    return models().get(key, load, refusals=(CheckpointError, ConfigError))
 
 
 @st.cache_resource(show_spinner=False)
@@ -50,6 +129,12 @@ def shared(key: str, _make: Callable[[], T]) -> T:
 def pictures(key: str, _load: Callable[[], T]) -> T:
     """Pictures as loaded (a scene, or an upload's frames), keyed by the file's or scene's hash."""
     return _load()
+
+
+@st.cache_data(max_entries=PICTURE_CACHE_ENTRIES, max_size=PICTURE_CACHE_BYTES, show_spinner=False)
+def masks(key: str, _read: Callable[[], T]) -> T:
+    """An uploaded mask as read (its labels, or why it cannot be used), keyed by the file's hash and its picture."""
+    return _read()
 
 
 @st.cache_data(max_entries=PICTURE_CACHE_ENTRIES, max_size=PICTURE_CACHE_BYTES, show_spinner=False)

@@ -14,13 +14,16 @@ from explorer import cache, state
 from explorer.context import ViewContext
 from explorer.derived import level_measures
 from glom_viz import export, render
+from glom_viz.text import short_name
+
+STEM_CHARS = 60  # file systems take 255 bytes a name; a picture's name may be kilobytes
 
 ISLANDS_SEED = 0  # the page's islands and projections draw with find_islands' and project's default seed
 
 
 def stem_of(name: str) -> str:
-    """A file name's stem from a picture's name: letters and digits, dashes between."""
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-") or "image"
+    """A file name's stem from a picture's name: letters and digits, dashes between, at most STEM_CHARS."""
+    return "".join(c if c.isalnum() else "-" for c in short_name(name, STEM_CHARS)).strip("-") or "image"
 
 
 def all_measures(context: ViewContext) -> dict[int, list[dict]]:

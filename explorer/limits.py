@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from glom_viz.checkpoints import LIMITS as SERVER_CHECKPOINT_LIMITS
+from glom_viz.checkpoints import CheckpointLimits
 from glom_viz.images import LIMITS
 from glom_viz.model import GlomConfig
 from glom_viz.runs import STATES_DTYPE
@@ -28,12 +30,20 @@ CHECKPOINT_UPLOAD_MB = 100  # the default GLOM (dim 512, 6 levels) is ~92 MB in 
 # server.maxCacheDataSize). A run of the default GLOM (224 px, dim 512, 6 levels, 12 iterations) is
 # ~20 MB in float16, so the run cache holds a few dozen of them at most, across all visitors.
 MODEL_CACHE_ENTRIES = 4
+# the models every visitor shares, by their weights and buffers: the default GLOM is 90 MB, the largest
+# random model the sidebar offers (dim 1024, 8 levels) 500 MB; a model larger than this is refused unbuilt
+MODEL_CACHE_BYTES = 768 * 2**20
 RUN_CACHE_ENTRIES = 48
 RUN_CACHE_BYTES = "600MB"
 DERIVED_CACHE_ENTRIES = 256
 DERIVED_CACHE_BYTES = "200MB"
 PICTURE_CACHE_ENTRIES = 64
 PICTURE_CACHE_BYTES = "300MB"
+# a checkpoint is checked against these before its weights are allocated (glom_viz.checkpoints)
+CHECKPOINT_LIMITS = CheckpointLimits(
+    max_checkpoint_bytes=min(SERVER_CHECKPOINT_LIMITS.max_checkpoint_bytes, CHECKPOINT_UPLOAD_MB * 2**20),
+    max_parameters=min(SERVER_CHECKPOINT_LIMITS.max_parameters, MODEL_CACHE_BYTES // 4),  # float32 weights
+    max_patches=min(SERVER_CHECKPOINT_LIMITS.max_patches, MAX_PATCHES))
 # what one visitor's page remembers (uploads seen, probes asked for): the oldest go first
 REMEMBERED_KEYS = 256
 

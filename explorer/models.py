@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from explorer import cache
+from explorer.limits import CHECKPOINT_LIMITS
 from explorer.settings import RANDOM_CONFIG, RANDOM_SEED, ModelSettings
-from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash, read_checkpoint
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, check_limits, checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig
-from glom_viz.text import plain
+from glom_viz.text import plain, plain_name
 from glom_viz.training_runs import TrainingRun
 
 SHIPPED_TITLE = "trained GLOM (shipped)"
@@ -118,6 +119,10 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, ModelProblem | Non
     """The model the settings ask for, and why it could not be had if it could not (then a stand-in)."""
     if settings.source == "random":
         seed, config = settings.seed, settings.config
+        try:  # before it is built: a tiny patch size asks for gigabytes of consensus masks
+            check_limits(config, CHECKPOINT_LIMITS, "this random GLOM")
+        except CheckpointError as error:
+            return _shipped(), ModelProblem(plain(str(error)))
         return cache.model(cache.content_key("random", seed, config), lambda: random_model(
             seed, config, f"random GLOM (seed {seed})",
             "Untrained weights: islands come from the architecture alone.")), None
@@ -129,21 +134,23 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, ModelProblem | Non
         given = dict(settings.checkpoint_config)
 
         def load() -> LoadedModel:
-            checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self, **given})
-            return LoadedModel(checkpoint.model, cache.content_key(sha, checkpoint.config),
-                               f"checkpoint {name}", state_dict_note(checkpoint), sha)
+            checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self, **given},
+                                         limits=CHECKPOINT_LIMITS)
+            note = state_dict_note(checkpoint)
+            return LoadedModel(checkpoint.model, cache.content_key(sha, checkpoint.config), f"checkpoint {name}",
+                               plain(note) if note else None, sha)  # a note is shown as Markdown
         try:
             return cache.model(cache.content_key(sha, consensus_self, settings.checkpoint_config), load), None
         except CheckpointError as error:
             if error.fields:
                 return _shipped(), ModelProblem(
-                    f"Could not use the checkpoint **{plain(name)}**: {plain(error.reason)}. Give the config it "
-                    "was trained with in the sidebar, under the uploader.", error.fields,
+                    f"Could not use the checkpoint **{plain_name(name)}**: {plain(error.reason)}. Give the config "
+                    "it was trained with in the sidebar, under the uploader.", error.fields,
                     tuple(sorted({**error.read, **given}.items())))
-            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain(name)}**: {plain(error)}")
+            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
         except ConfigError as error:
-            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain(name)}**: {plain(error)}")
+            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
     try:
         return _shipped(), None
     except (CheckpointError, ConfigError) as error:
-        return _stand_in(), ModelProblem(f"The shipped model could not be loaded: {plain(error)}")
+        return _stand_in(), ModelProblem(f"The shipped model could not be loaded: {plain(str(error))}")

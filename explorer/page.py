@@ -13,7 +13,7 @@ from explorer.pictures import Frame, Picture, frame_of, show_new_upload
 from explorer.settings import ImageSettings, RunSettings
 from explorer.sidebar import mask_upload
 from glom_viz.errors import ImageLoadError, StatesError
-from glom_viz.text import plain
+from glom_viz.text import plain, plain_name, short_name
 
 TITLE = "glom-viz · islands of agreement"
 PAGE_CSS = """
@@ -39,7 +39,7 @@ def header(loaded: LoadedModel, run: RunSettings, model_error: ModelProblem | No
     title, chooser, badge = st.columns([3, 3, 3], vertical_alignment="bottom")
     title.markdown("#### glom-viz")
     title.caption("Islands of agreement in GLOM (Hinton, 2021), level by level, step by step")
-    badge.caption(f"**{plain(loaded.title)}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
+    badge.caption(f"**{plain_name(loaded.title)}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
                   f"{run.iterations} iterations · {run.path}")
     if model_error:
         st.error(model_error.message + " Showing the default model meanwhile.")
@@ -62,7 +62,7 @@ def choose_pictures(pictures: list[Picture], settings: ImageSettings, chooser) -
                         "frame beside the step slider."
                         + (" The bundled pictures are left out of it." if left_out else ""))
         return pictures
-    names = [p.name for p in pictures]
+    names = [short_name(p.name) for p in pictures]  # a select box's options are plain text
     show_new_upload(pictures, len(settings.bundled))
     state.clamp(state.PICTURE, 0, len(pictures) - 1, 0)
     chosen = chooser.selectbox("Image", range(len(pictures)), format_func=names.__getitem__, key=state.PICTURE)
@@ -79,7 +79,7 @@ def frames_of(pictures: list[Picture], loaded: LoadedModel, settings: ImageSetti
         try:
             frame = frame_of(picture, loaded, settings.fit, previous, settings_key, mask)
         except (ImageLoadError, StatesError) as error:
-            st.error(f"{picture.name} cannot be shown: {error}")
+            st.error(f"{plain_name(picture.name)} cannot be shown: {plain(str(error))}")
             return None
         frames.append(frame)
         previous = frame.run_key if settings.sequence else ""

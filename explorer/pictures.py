@@ -39,6 +39,14 @@ class Picture:
 
 
 @dataclass(frozen=True, eq=False)
+class Mask:
+    """A ground-truth mask a visitor uploaded for a picture: (H, W) labels, 0 = background."""
+
+    key: str  # of the file's bytes and the picture it belongs to
+    labels: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class ModelInput:
     """A picture made to fit the model's square input."""
 
@@ -155,13 +163,14 @@ def model_input(picture: Picture, image_size: int, fit: str) -> ModelInput:
 
 
 def frame_of(picture: Picture, model: LoadedModel, fit: str, previous_run: str, settings_key: str,
-             mask: np.ndarray | None) -> Frame:
+             mask: Mask | None) -> Frame:
     """The frame of a picture: its model input, its truth per patch (the scenes' own and the user's mask)."""
     image_size = model.model.config.image_size
     fitted = model_input(picture, image_size, fit)
     grid = model.model.grid
     truth = [(name, islands.patch_truth(fit_mask(m, fit), grid)) for name, m in picture.masks]
-    if mask is not None:
-        truth.append(("your mask", islands.patch_truth(fit_mask(mask, fit), grid)))
+    if mask is not None:  # once per mask, fit and grid: a big mask takes a while to count
+        truth.append(("your mask", cache.derived("truth", cache.content_key(mask.key, fit, grid),
+                                                 lambda: islands.patch_truth(fit_mask(mask.labels, fit), grid))))
     run_key = cache.content_key(model.key, picture.key, image_size, fit, settings_key, previous_run)
     return Frame(picture, fitted, tuple(truth), run_key)

@@ -17,6 +17,7 @@ from explorer.pictures import Frame
 from explorer.settings import RunSettings
 from glom_viz import runs
 from glom_viz.runs import Run
+from glom_viz.text import plain_name
 
 RunLookup = Callable[[], Run]
 
@@ -38,7 +39,8 @@ def runs_for(loaded: LoadedModel, frames: list[Frame], sequence: bool, settings:
     lookups: list[RunLookup] = []
     for index, frame in enumerate(frames):
         previous = lookups[index - 1] if sequence and index > 0 else None
-        label = f"frame {index + 1} of {len(frames)} · {frame.picture.name}" if sequence else frame.picture.name
+        name = plain_name(frame.picture.name)  # the progress bar's text is Markdown
+        label = f"frame {index + 1} of {len(frames)} · {name}" if sequence else name
 
         def lookup(frame=frame, previous=previous, label=label) -> Run:
             return cache.run(frame.run_key, lambda: compute(loaded, frame, previous, settings, label))

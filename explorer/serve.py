@@ -31,6 +31,13 @@ def free_port() -> int:
 @contextmanager
 def serve_app(env: dict | None = None, log_path: Path | None = None, script: Path = APP):
     """`streamlit run app.py` (or another script) headless on a free localhost port; yields its URL, stops it after."""
+    with serve_process(env, log_path, script) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve_process(env: dict | None = None, log_path: Path | None = None, script: Path = APP):
+    """Like ``serve_app``, yielding ``(url, process)``: the server's process, for measuring it."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
@@ -52,7 +59,7 @@ def serve_app(env: dict | None = None, log_path: Path | None = None, script: Pat
             if time.monotonic() > deadline:
                 raise RuntimeError(f"streamlit did not answer on {url} within {SERVER_START_TIMEOUT_S} s")
             time.sleep(0.3)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

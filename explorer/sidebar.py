@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+
 import streamlit as st
 
-from explorer import state
+from explorer import cache, state
 from explorer.limits import CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_UPLOADS
 from explorer.models import SHIPPED_KNOWS, LoadedModel, ModelProblem
-from explorer.pictures import Picture
+from explorer.pictures import Mask, Picture
 from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
                                MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
                                RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, ImageSettings, IslandSettings,
@@ -17,7 +18,7 @@ from glom_viz import islands
 from glom_viz.errors import ConfigError, ImageLoadError
 from glom_viz.images import FITS, read_mask
 from glom_viz.model import PRECISIONS, GlomConfig, run_path
-from glom_viz.text import plain
+from glom_viz.text import plain, plain_name
 
 
 # the fields a checkpoint's config form asks for (the shapes of a GLOM's tensors): name, low, high, step
@@ -95,7 +96,7 @@ def model_summary(loaded: LoadedModel) -> None:
     config = loaded.model.config
     h, w = config.grid
     st.sidebar.caption(
-        f"**{plain(loaded.title)}** · expects **{config.image_size}×{config.image_size} px** images in "
+        f"**{plain_name(loaded.title)}** · expects **{config.image_size}×{config.image_size} px** images in "
         f"**{config.patch_size} px** patches ({h}×{w} = {h * w} columns) · {config.levels} levels of "
         f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
     if loaded.shipped:
@@ -146,22 +147,35 @@ def images_panel() -> ImageSettings:
     return ImageSettings(tuple(bundled), uploads, fit, animations, sequence)
 
 
-def mask_upload(picture: Picture) -> np.ndarray | None:
-    """A ground-truth mask for a picture without its own: (H, W) labels, or None (an error shown if unusable)."""
+def mask_upload(picture: Picture) -> Mask | None:
+    """A ground-truth mask for a picture without its own, or None (an error shown if unusable).
+
+    Read once per file and picture (explorer.cache.masks), its refusal too: a mask of 6000 x 6000 pixels
+    is not decoded again on every rerun.
+    """
     if picture.masks:  # the scenes bring their own truth
         return None
     upload = st.sidebar.file_uploader(
-        f"Ground-truth mask for {picture.name} (optional)", type=list(MASK_TYPES), key=state.mask_key(picture.key),
+        f"Ground-truth mask for {plain_name(picture.name)} (optional)", type=list(MASK_TYPES), key=state.mask_key(picture.key),
         max_upload_size=IMAGE_UPLOAD_MB,
-        help="A label image of the picture's size: one flat colour per object or part, black background. "
-             "The islands are then scored against it (ARI).")
+        help="A label image of the picture's size: one flat colour per object or part, black background; "
+             "or greyscale (8 or 16 bit) or palette ids, 0 the background. The islands are then scored against "
+             "it (ARI).")
     if upload is None:
         return None
-    try:
-        return read_mask(upload.getvalue(), upload.name, picture.rgb.shape[:2], picture.name)
-    except ImageLoadError as error:
-        st.error(f"{error}. The islands are shown without a score.")
+    data, name, shape = upload.getvalue(), upload.name, picture.rgb.shape[:2]
+    key = cache.content_key("mask", hashlib.sha256(data).hexdigest(), name, shape, picture.name)
+
+    def read():  # the labels, or the sentence saying why they cannot be had
+        try:
+            return read_mask(data, name, shape, picture.name)
+        except ImageLoadError as error:
+            return str(error)
+    read_or_refusal = cache.masks(key, read)
+    if isinstance(read_or_refusal, str):
+        st.error(f"{plain(read_or_refusal)}. The islands are shown without a score.")
         return None
+    return Mask(key, read_or_refusal)
 
 
 def run_panel(levels: int, path: str) -> RunSettings:

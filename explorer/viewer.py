@@ -16,6 +16,7 @@ from explorer.context import ALL_LEVELS, DEFAULT_LEVEL, Page, ViewContext, level
 from explorer.export_row import export_row
 from explorer.views import VIEWS
 from glom_viz.errors import StatesError
+from glom_viz.text import plain_name
 
 PLAY_INTERVAL_S = 0.7
 CONTROLS = [5.0, 1.4, 4.6]  # step, play, level
@@ -64,7 +65,7 @@ def viewer(page: Page) -> None:
     run = page.runs[index]()
     if not run.finite:
         bad_step, bad_level = run.first_nonfinite
-        st.error(f"GLOM's columns for **{frame.picture.name}** became NaN or Inf at step {bad_step}, level "
+        st.error(f"GLOM's columns for **{plain_name(frame.picture.name)}** became NaN or Inf at step {bad_step}, level "
                  f"{bad_level}, so no islands are drawn. This comes from the weights or an extreme input: try fp32 "
                  "precision, fewer iterations, or another checkpoint.")
         return
@@ -80,7 +81,7 @@ def viewer(page: Page) -> None:
     figure = VIEWS[view](context)
     export_row(context, figure, view)
     # last on the page: when it shows this step, everything above it (the export buttons too) is current
-    where = f"{frame.picture.name} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")
+    where = f"{plain_name(frame.picture.name)} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")
     st.caption(f"{where} · step {step} · drawn in {(time.perf_counter() - started) * 1000:.0f} ms on the server · "
                f"GLOM ran {run.seconds:.2f} s for this frame ({run.path}) · islands: "
                f"{page.island_settings.describe()}")

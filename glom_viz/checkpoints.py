@@ -636,6 +636,44 @@ def _radius_of_mask(mask: torch.Tensor) -> float | None:
     return float(unmasked.max()) if unmasked.numel() else None
 
 
+def check_limits(config: GlomConfig, limits: CheckpointLimits | None = None, label: str = "this GLOM") -> None:
+    """Raise ``CheckpointError`` when a model of ``config`` is above ``limits`` (patches, weights).
+
+    Found on the meta device, so asking costs nothing; the app asks before building a random model.
+    """
+    limits = LIMITS if limits is None else limits
+    _check_patches(config, label, limits)
+    _check_parameters(_meta_model(config, label), config, label, limits)
+
+
+def _check_patches(config: GlomConfig, label: str, limits: CheckpointLimits) -> None:
+    patches = config.num_patches
+    if patches > limits.max_patches:
+        raise CheckpointError(
+            f"{label} has {patches:,} patches ({config.image_size} px images in {config.patch_size} px patches), "
+            f"above the limit of {limits.max_patches:,} (consensus attention grows with their square): use a "
+            "model with larger patches or smaller images (a private server can raise the limit: docs/LIMITS.md)"
+        )
+
+
+def _meta_model(config: GlomConfig, label: str) -> Glom:
+    try:
+        with torch.device("meta"):
+            return Glom(**config.to_dict())
+    except (ConfigError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{label}: no GLOM can be built from its config ({_short(error)})") from error
+
+
+def _check_parameters(meta: Glom, config: GlomConfig, label: str, limits: CheckpointLimits) -> None:
+    parameters = sum(p.numel() for p in meta.parameters())
+    if parameters > limits.max_parameters:
+        raise CheckpointError(
+            f"{label} has {parameters:,} weights ({_settings(config)}), above the limit of "
+            f"{limits.max_parameters:,} ({limits.max_parameters * 4 / 2**30:.1f} GB in float32): use a smaller "
+            "model (a private server with the memory for it can raise the limit: docs/LIMITS.md)"
+        )
+
+
 def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits,
                read: dict | None = None) -> None:
     """The model ``config`` asks for fits the limits and ``tensors`` (real or meta): names, shapes, dtypes.
@@ -645,18 +683,8 @@ def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str,
     read: for a state dict, the fields read from its tensors: a tensor that does not fit then names the
     fields that shape it (CheckpointError.fields), to be given.
     """
-    patches = config.num_patches
-    if patches > limits.max_patches:
-        raise CheckpointError(
-            f"{label} is a GLOM of {patches:,} patches ({config.image_size} px images in {config.patch_size} px "
-            f"patches), above the limit of {limits.max_patches:,} (consensus attention grows with their square): "
-            "use a model with larger patches or smaller images, or raise GLOM_VIZ_MAX_PATCHES on a private server"
-        )
-    try:
-        with torch.device("meta"):
-            meta = Glom(**config.to_dict())
-    except (ConfigError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{label}: no GLOM can be built from its config ({_short(error)})") from error
+    _check_patches(config, label, limits)
+    meta = _meta_model(config, label)
     expected = meta.state_dict()
     settings = _settings(config)
     missing = [name for name in expected if name not in tensors]
@@ -685,13 +713,7 @@ def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str,
                 f"{label}: tensor {quoted(name)} holds {tensor.dtype} values where the model keeps {kind}: "
                 f"glom-viz takes {DTYPES_TAKEN}; save the model's state dict in one of those"
             )
-    parameters = sum(p.numel() for p in meta.parameters())
-    if parameters > limits.max_parameters:
-        raise CheckpointError(
-            f"{label} is a GLOM of {parameters:,} weights ({settings}), above the limit of "
-            f"{limits.max_parameters:,} ({limits.max_parameters * 4 / 2**30:.1f} GB in float32): use a smaller "
-            "model, or raise GLOM_VIZ_MAX_PARAMETERS on a private server with the memory for it"
-        )
+    _check_parameters(meta, config, label, limits)
 
 
 def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -20,6 +21,7 @@ from glom_viz.images import to_model_input
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom
 from glom_viz.runs import Run, run
 from glom_viz.scenes import make_scene
+from glom_viz.text import WORD_JOINER
 
 ITERATE = Glom.iterate  # references run through this, outside any count of the app's runs
 
@@ -92,6 +94,11 @@ def frame_index(rgb: np.ndarray) -> int:
     """The index moving_square wrote into a frame."""
     height = rgb.shape[0]
     return sum(1 << bit for bit in range(INDEX_BITS) if rgb[height - 6:height - 2, bit * 8 + 2:bit * 8 + 6].mean() > 128)
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of Markdown that glom_viz.text.plain escaped: its backslashes and word joiners gone."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace(WORD_JOINER, "")
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

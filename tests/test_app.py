@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, default_model, png_bytes, reference_labels, reference_run, scene_rgb
+from conftest import APP, default_model, png_bytes, reference_labels, reference_run, scene_rgb, shown
 from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
 from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
 from explorer.views import OTHER_MODELS, VIEWS
@@ -26,7 +26,6 @@ from glom_viz import islands
 from glom_viz import model as glom_model
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
-from glom_viz.text import plain
 
 
 TIMEOUT_S = 120
@@ -255,7 +254,7 @@ def test_uploaded_photo_and_its_mask(at, photo_rgb, photo_png):
     run(at.selectbox(key="picture").set_value(len(names) - 1))
     model = default_model()
     size = model.config.image_size
-    assert any(f"cropped 160x120 to 120x120, resized to {size}x{size}" in c.value for c in at.caption)
+    assert any(f"cropped 160x120 to 120x120, resized to {size}x{size}" in shown(c.value) for c in at.caption)
     labels = reference_labels(reference_run(model, photo_rgb).states, model.grid)
     run(at.button_group(key="level").set_value(model.config.levels - 1))
     assert legend(at) == expected_legend(labels[-1, model.config.levels - 1])
@@ -271,7 +270,7 @@ def test_uploaded_photo_and_its_mask(at, photo_rgb, photo_png):
 
     wrong = png_bytes(np.zeros((10, 10, 3), np.uint8))
     run(mask_uploader(at).set_value(("small.png", wrong, "image/png")))
-    assert any("upload a label image of the picture's size" in e.value for e in at.error)
+    assert any("upload a label image of the picture's size" in shown(e.value) for e in at.error)
     assert legend(at)  # the islands are still drawn
 
 
@@ -283,7 +282,7 @@ def test_bad_uploads_are_refused_and_the_rest_keeps_working(at, photo_png):
                ("notes.jpg", b"just some text, not a picture", "image/jpeg"),
                ("good.png", photo_png, "image/png")]
     run(at.file_uploader(key="images_upload").set_value(uploads))
-    messages = [e.value for e in at.error]
+    messages = [shown(e.value) for e in at.error]
     for name in ("empty.png", "drawing.png", "cut.png", "notes.jpg"):
         assert any(name in m for m in messages), f"no message names {name}: {messages}"
     assert not any("good.png" in m for m in messages)
@@ -340,15 +339,16 @@ def test_random_model_with_its_own_config(at):
     run(at.radio(key="model_source").set_value("random"))
     run(at.number_input(key="model_seed").set_value(3))
     run(at.number_input(key="model_levels").set_value(3))
-    assert any(plain("random GLOM (seed 3)") in c.value for c in at.caption)
+    assert any("random GLOM (seed 3)" in shown(c.value) for c in at.caption)
     assert len(at.button_group(key="level").options) == 3 + 1  # three levels and "all"
     run(at.number_input(key="model_patch_size").set_value(5))  # 64 px is not a multiple of 5
     assert any("not divisible by patch_size" in e.value for e in at.sidebar.error)
     assert legend(at)
     run(at.number_input(key="model_patch_size").set_value(2))  # 32 x 32 = 1024 patches: the most allowed
     assert legend(at)
-    run(at.number_input(key="model_image_size").set_value(72))  # 36 x 36 patches: refused before it runs
-    assert any("runs at most" in e.value for e in at.error) and not any("line-height:1.9" in m.value for m in at.markdown)
+    run(at.number_input(key="model_image_size").set_value(72))  # 36 x 36 patches: refused before it is built
+    assert any("has 1,296 patches" in shown(e.value) and "default model instead" in e.value for e in at.error)
+    assert any("trained GLOM (shipped)" in shown(c.value) for c in at.caption) and legend(at)
 
 
 def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
@@ -359,7 +359,7 @@ def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
     ours = Glom.from_config(TINY).eval()
     run(at.file_uploader(key="model_checkpoint").set_value(("tiny.safetensors", checkpoint_bytes(ours, tmp_path),
                                                             "application/octet-stream")))
-    assert any(f"checkpoint {plain('tiny.safetensors')}" in c.value for c in at.caption)
+    assert any("checkpoint tiny.safetensors" in shown(c.value) for c in at.caption)
     labels = reference_labels(reference_run(ours, scene_rgb(0, TINY.image_size)).states, ours.grid)
     assert legend(at) == expected_legend(labels[-1, at.button_group(key="level").value])
 
@@ -369,7 +369,7 @@ def test_uploaded_checkpoints_ours_and_glom_pytorchs(at, tmp_path):
     torch.save(theirs.state_dict(), buffer)
     run(at.file_uploader(key="model_checkpoint").set_value(("theirs.pt", buffer.getvalue(),
                                                             "application/octet-stream")))
-    assert not at.error and any(f"checkpoint {plain('theirs.pt')}" in c.value for c in at.caption)
+    assert not at.error and any("checkpoint theirs.pt" in shown(c.value) for c in at.caption)
 
     run(at.file_uploader(key="model_checkpoint").set_value(("junk.pt", b"not a checkpoint at all",
                                                             "application/octet-stream")))

@@ -439,11 +439,14 @@ def test_an_archive_that_unpacks_beyond_the_limit_is_refused_before_unpacking(mo
 def test_a_model_above_the_limits_is_refused_from_its_meta_model():
     data = torch_bytes(glom_pytorch_state())
     weights = sum(p.numel() for p in Glom(**TINY).parameters())
-    with pytest.raises(CheckpointError, match=f"is a GLOM of {weights:,} weights .* above the limit of 1,000"):
+    with pytest.raises(CheckpointError, match=f"has {weights:,} weights .* above the limit of 1,000"):
         load_checkpoint(data, limits=CheckpointLimits(max_parameters=1000))
-    with pytest.raises(CheckpointError, match="is a GLOM of 16 patches .* above the limit of 8"):
+    with pytest.raises(CheckpointError, match="has 16 patches .* above the limit of 8"):
         load_checkpoint(data, limits=CheckpointLimits(max_patches=8))
     assert load_checkpoint(data, limits=CheckpointLimits(max_parameters=weights, max_patches=16)).config.dim == 16
+    with pytest.raises(CheckpointError, match="the random GLOM has 16 patches"):
+        checkpoints.check_limits(Glom(**TINY).config, CheckpointLimits(max_patches=8), "the random GLOM")
+    checkpoints.check_limits(Glom(**TINY).config)  # within the defaults
 
 
 def test_our_format_is_checked_against_its_header_before_its_tensors_are_read(monkeypatch, tmp_path):

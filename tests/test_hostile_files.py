@@ -132,3 +132,48 @@ def test_a_mask_of_the_wrong_size_is_refused_from_its_header(monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", forbidden)
     with pytest.raises(ImageLoadError, match="is 64x64 px but the picture is 32x48"):
         read_mask(data, "mask.png", (48, 32))
+
+
+# -- in the page: one sentence each, and the rest keeps working ----------------------------------------
+
+
+def test_each_hostile_file_gets_a_sentence_in_the_page_and_the_rest_keeps_working(monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import APP, png_bytes, shown
+
+    monkeypatch.setenv("GLOM_VIZ_WARM_UP", "0")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["model_precision"] = "fp32"
+    at.run()
+
+    def page_ok() -> None:
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("line-height:1.9" in m.value for m in at.markdown)  # an island legend is drawn
+
+    picture = np.random.default_rng(1).integers(0, 256, (40, 50, 3), np.uint8)
+    at.file_uploader(key="images_upload").set_value([
+        ("claims.jpg", hostile.tiny_jpeg_claiming(6000, 6000), "image/jpeg"),
+        ("photo.png", png_bytes(picture), "image/png")]).run()
+    page_ok()
+    assert any("claims 6000x6000 pixels" in shown(e.value) and "truncated" in shown(e.value) for e in at.error)
+    mask, ids = hostile.instance_mask_16bit(ids=(0, 1, 2, 3, 4), height=40, width=50)
+    uploader = next(u for u in at.sidebar.file_uploader if u.key.startswith("mask_"))
+    uploader.set_value(("instances.png", mask, "image/png")).run()
+    page_ok()
+    ari = next(m for m in at.metric if m.label == "ARI")
+    assert ari.value not in ("0.000", "–")  # 16-bit ids are objects, not all background
+
+    at.radio(key="model_source").set_value("upload").run()
+    for name, data, words in [
+        ("views.pt", hostile.zero_stride_state_dict(dim=2048, levels=6), "is a view with strides"),
+        ("bomb.pt", hostile.torch_zip_bomb(2**24), "zip bomb"),
+        ("f8.safetensors", hostile.float8_checkpoint(), "glom-viz takes float32"),
+    ]:
+        at.file_uploader(key="model_checkpoint").set_value((name, data, "application/octet-stream")).run()
+        page_ok()
+        errors = [shown(e.value) for e in at.error if "Could not use the checkpoint" in e.value]
+        assert len(errors) == 1 and name in errors[0] and words in errors[0], errors

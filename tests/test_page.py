@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, default_model, reference_labels, reference_run, scene_rgb
+from conftest import APP, default_model, reference_labels, reference_run, scene_rgb, shown
 from glom_viz import islands
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT
 from glom_viz.images import sample_images
@@ -92,11 +92,7 @@ def markdown_with(at: AppTest, words: str) -> str:
 
 def texts(elements) -> list[str]:
     """The elements' text as a visitor reads it: the page escapes what came from a file (glom_viz.text.plain)."""
-    return [unescaped(e.value) for e in elements]
-
-
-def unescaped(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown)
+    return [shown(e.value) for e in elements]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -319,7 +315,7 @@ def test_two_models_side_by_side_with_their_islands_matched(at):
     level, step = at.button_group(key="level").value, at.slider(key="step").value
     matched = islands.match_islands(theirs[:, level], mine[:, level])
     assert legends(at) == [expected_legend(mine[step, level]), expected_legend(matched[step])]
-    table = unescaped(markdown_with(at, "| in-island cos |"))
+    table = shown(markdown_with(at, "| in-island cos |"))
     assert "untrained GLOM (seed 0)" in table
     between = islands.compare_islands(mine[step, level], matched[step])
     assert any(f"ARI **{between['ari']:.3f}**" in c for c in texts(at.caption))

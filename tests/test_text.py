@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glom_viz.text import ELLIPSIS, NAME_CHARS, plain, quoted, short_name
+from glom_viz.text import ELLIPSIS, NAME_CHARS, TEXT_CHARS, WORD_JOINER, plain, plain_html, quoted, short_name
 
 markdown_it = pytest.importorskip("markdown_it")
 RENDERER = markdown_it.MarkdownIt("gfm-like")
@@ -39,14 +39,15 @@ def rendered_text(markdown: str) -> tuple[str, list[str]]:
     """(the text a reader sees, the HTML tags other than the paragraph) of a Markdown string."""
     out = RENDERER.render(markdown)
     tags = [tag for tag in re.findall(r"</?([a-zA-Z0-9]+)", out) if tag != "p"]
-    return html.unescape(re.sub(r"</?p>", "", out)).strip(), tags
+    seen = html.unescape(re.sub(r"</?p>", "", out)).replace(WORD_JOINER, "")
+    return seen.strip(), tags
 
 
 @pytest.mark.parametrize("name", INJECTIONS)
 def test_plain_shows_exactly_the_characters_and_no_markup(name):
     seen, tags = rendered_text(plain(name))
     assert tags == []  # no <img>, <a>, <strong>, <code>, <h1>, <table>, <script>...
-    assert seen == short_name(name).strip()
+    assert seen == short_name(name, TEXT_CHARS).strip()
 
 
 @settings(max_examples=300, deadline=None)
@@ -54,7 +55,7 @@ def test_plain_shows_exactly_the_characters_and_no_markup(name):
 def test_plain_of_any_text_renders_as_that_text(text):
     seen, tags = rendered_text(plain(text))
     assert tags == []
-    assert seen == short_name(text).strip()
+    assert seen == short_name(text, TEXT_CHARS).strip()
 
 
 def test_an_injected_image_becomes_visible_text():
@@ -78,5 +79,20 @@ def test_short_name_puts_a_name_on_one_line_and_shows_hidden_reordering():
 
 def test_plain_shortens_a_long_message():
     message = "could not read '" + "x" * 5000 + "': upload it again"
-    assert len(plain(message, max_chars=300).replace("\\", "")) == 300
+    assert len(plain(message, max_chars=300).replace("\\", "").replace(WORD_JOINER, "")) == 300
     assert plain(message, max_chars=300).endswith("upload it again")
+
+
+def test_plain_html_is_text_in_html_and_plotly_titles():
+    assert plain_html('<a href="http://x">x</a> & <b>') == "&lt;a href=&quot;http://x&quot;&gt;x&lt;/a&gt; &amp; &lt;b&gt;"
+    assert len(plain_html("y" * 5000, max_chars=100)) == 100 and len(plain_html("y" * 5000)) == NAME_CHARS
+
+
+def test_autolinks_are_broken_where_the_renderer_finds_them_in_the_text():
+    shown = plain("see http://127.0.0.1:9/x and www.example.com and me@example.com")
+    assert "://" not in shown.replace("\\", "") and f"http\\:{WORD_JOINER}" in shown
+    assert f"www{WORD_JOINER}" in shown and f"me{WORD_JOINER}" in shown
+
+
+def test_messages_keep_their_colons_untouched():
+    assert WORD_JOINER not in plain("'a.png' is empty (0 bytes): upload the image file again")

@@ -22,7 +22,7 @@ from explorer.views.islands import legend_html
 from glom_viz import islands, render
 from glom_viz.checkpoints import checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, RunError, StatesError
-from glom_viz.text import plain
+from glom_viz.text import plain, plain_html
 
 CHOICES = {"untrained": "an untrained model of its shape", "run": "a checkpoint of a training run",
            "upload": "a checkpoint you upload"}
@@ -125,6 +125,6 @@ def view(context: ViewContext):
     table.caption(f"Between the two: ARI **{fmt(between['ari'])}**; **{between['same_island']:.0%}** of the patches "
                f"are in the island of the same id; **{between['matched']}** of its islands matched one of the "
                "page's model (the same colour where they overlap most).")
-    figure_title = f"{context.frame.picture.name}: level {level}, step {step}"
+    figure_title = f"{plain_html(context.frame.picture.name)}: level {level}, step {step}"
     return lambda: render.islands_row_figure(context.frame.display, np.stack([mine[step], theirs[step]]), grid,
-                                             list(titles), title=figure_title)
+                                             [plain_html(title) for title in titles], title=figure_title)

@@ -17,7 +17,7 @@ from explorer.context import ALL_LEVELS, ViewContext
 from explorer.models import SHIPPED_KNOWS
 from explorer.views.common import fmt, islands_summary, plural, truth_choice
 from glom_viz import islands, render
-from glom_viz.text import plain
+from glom_viz.text import plain, plain_html, plain_name
 
 # the overlay goes to the browser as JPEG: ~1 ms to encode a 448 px photograph against ~75 ms for PNG
 # (zlib), which was most of a scrub's server time; the exports stay lossless PNG
@@ -55,7 +55,7 @@ def all_levels(context: ViewContext):
                      width="stretch", output_format=OVERLAY_FORMAT, caption=caption)
     st.caption("An island that spans levels has one colour at all of them.")
     return lambda: render.islands_row_figure(frame.display, labels[step, order], grid, captions,
-                                             title=f"{frame.picture.name}: all levels at step {step}")
+                                             title=f"{plain_html(frame.picture.name)}: all levels at step {step}")
 
 
 def view(context: ViewContext):
@@ -69,7 +69,7 @@ def view(context: ViewContext):
     left, right = st.columns([3, 2], gap="large")
     left.image(derived.overlay(frame, labels, settings, grid, step, level), width="stretch",
                output_format=OVERLAY_FORMAT,
-               caption=f"{frame.picture.name} · level {level} · step {step} of {labels.shape[0] - 1}")
+               caption=f"{plain_name(frame.picture.name)} · level {level} · step {step} of {labels.shape[0] - 1}")
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)
         truth_name = truth_choice(context, state.TRUTH_ISLANDS)
@@ -93,7 +93,7 @@ def view(context: ViewContext):
         st.divider()
         model_input(context)
     return lambda: render.island_map_figure(frame.display, level_labels, grid,
-                                            title=f"{frame.picture.name} · level {level} · step {step}")
+                                            title=f"{plain_html(frame.picture.name)} · level {level} · step {step}")
 
 
 def model_input(context: ViewContext) -> None:
@@ -104,7 +104,7 @@ def model_input(context: ViewContext) -> None:
     inner[0].image(frame.display, caption="the picture", width="stretch")
     inner[1].image(frame.shown, caption=f"model input {size}×{size}", width=MODEL_INPUT_PX)
     height, width = frame.picture.rgb.shape[:2]
-    inner[1].caption(f"**{plain(frame.picture.name)}** · {width}×{height} px · {frame.info}"
+    inner[1].caption(f"**{plain_name(frame.picture.name)}** · {width}×{height} px · {plain(frame.info)}"
                      + (f" · {plain(frame.picture.note)}" if frame.picture.note else ""))
     if context.page.model.shipped and not frame.truth:
         st.caption(f"**What the shipped model knows.** {SHIPPED_KNOWS}")

@@ -21,7 +21,7 @@ from explorer.views.common import choose_run, fmt, islands_summary, plural
 from explorer.views.islands import legend_html
 from glom_viz import islands, render, runs
 from glom_viz.errors import CheckpointError, RunError
-from glom_viz.text import plain
+from glom_viz.text import plain, plain_html
 from glom_viz.training_runs import TrainingRun
 
 FILMSTRIP = 8  # checkpoints shown side by side under the chosen one, spread over the run
@@ -133,8 +133,8 @@ def view(context: ViewContext):
                 for step in shown]
     strip = render.islands_row_figure(frame.display, np.stack([labels[step][glom_step] for step in shown]),
                                       loaded.model.grid, captions, tile_px=TILE_PX,
-                                      title=f"{context.frame.picture.name}: level {level}, GLOM step {glom_step}, "
-                                            f"over training (run {name})")
+                                      title=f"{plain_html(context.frame.picture.name)}: level {level}, GLOM step "
+                                            f"{glom_step}, over training (run {name})")
     columns = st.columns(len(shown))
     for step, column, caption in zip(shown, columns, captions):
         column.image(render.draw_islands(frame.display, labels[step][glom_step], loaded.model.grid),

@@ -1,0 +1,347 @@
+"""Many visitors at once on one server: N browser sessions (Playwright driving Debian's Chromium).
+
+    python benchmarks/load.py [--sessions 1 2 4 8] [--rounds 4] [--heavy] [--torch-threads 1]
+
+Starts `streamlit run app.py` on a free port, then for each N opens N sessions at once, each in its own
+browser context, each uploading its own picture and then scrubbing the step slider with the keyboard
+and switching views (Islands -> Levels x steps -> Islands), as people would. Latency is measured in
+each page, on the page's own clock: from the keydown (or click) event to the moment the overlay of the
+new step (or view) is on the page and its image has loaded; the harness only presses keys, so a session
+never waits on another's measurement. Every time an overlay appears, the page checks that its caption
+names the session's own picture and that the model-input thumbnail has its picture's colours (each
+session's photograph is tinted its own way): no session may ever show another's picture.
+
+With --heavy, one more session loads a 224 px GLOM (random weights, dim 512, 6 levels, 14 px patches)
+and keeps running it, one more iteration each time (a new run), while the others scrub: a heavy run
+must not freeze them. Its runs are timed from the key press to the end of its progress bar.
+
+The server's resident memory is sampled every half second. Printed: per N, scrub and view-switch
+latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
+the peak RSS against the caches' configured bound, the overlays and thumbnails that were not the
+session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
+p50/p95), the server's CPU use (1 core = 100%) and the machine's load average. Speed is never asserted
+in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import statistics
+import threading
+import time
+import tomllib
+
+import numpy as np
+from PIL import Image
+from skimage import data
+
+from explorer import limits, serve
+from glom_viz.images import to_model_input
+
+WAIT_MS = 180_000
+VIEWPORT = {"width": 1400, "height": 1000}
+SCRUBS_PER_ROUND = 4
+RSS_EVERY_S = 0.5
+# each session's photograph, tinted its own way (RGB factors), so their model inputs differ in colour
+TINTS = [(1.0, 0.35, 0.35), (0.35, 1.0, 0.35), (0.35, 0.35, 1.0), (1.0, 1.0, 0.3), (1.0, 0.3, 1.0),
+         (0.3, 1.0, 1.0), (0.6, 0.6, 0.6), (1.0, 0.65, 0.2), (0.2, 0.65, 1.0)]
+COLOUR_TOLERANCE = 12.0  # mean RGB distance (0-255) within which a thumbnail is taken for a picture
+CHROMIUM_ARGS = [*serve.CHROMIUM_ARGS, "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows"]
+HEAVY = {"dim": "512", "levels": "6", "image size": "224", "patch size": "14"}  # glom-pytorch's default GLOM
+
+# In the page: remember when each key or click happened and when each overlay appeared, and check every
+# overlay against the session's own picture (caption and thumbnail colour).
+RECORDER = """
+({name, colour, others, tolerance}) => {
+  const log = {events: [], shown: [], wrong: [], drawn: [], lastDrawn: ''};
+  window.__glom = log;
+  document.addEventListener('keydown', e => log.events.push({t: performance.now(), kind: 'key'}), true);
+  document.addEventListener('click', e => log.events.push({t: performance.now(), kind: 'click'}), true);
+  const canvas = document.createElement('canvas');
+  const meanColour = img => {
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const context = canvas.getContext('2d', {willReadFrequently: true});
+    context.drawImage(img, 0, 0);
+    const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    const sum = [0, 0, 0];
+    for (let i = 0; i < pixels.length; i += 4) { sum[0] += pixels[i]; sum[1] += pixels[i + 1]; sum[2] += pixels[i + 2]; }
+    const n = pixels.length / 4;
+    return sum.map(s => s / n);
+  };
+  const distance = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+  let last = null;
+  log.thumbnails = 0;
+  const check = () => {
+    const now = performance.now();
+    let current = null;
+    for (const element of document.querySelectorAll('[data-testid="stImage"]')) {
+      const caption = element.innerText;
+      const img = element.querySelector('img');
+      if (!img || !img.complete || !img.naturalWidth) continue;
+      if (/ · level \\d+ · step \\d+ of \\d+/.test(caption) && !caption.startsWith(name + ' · ')) {
+        log.wrong.push({t: now, what: 'caption', caption});
+      }
+      if (caption.startsWith('model input') && img.dataset.checked !== img.src) {
+        img.dataset.checked = img.src;
+        log.thumbnails += 1;
+        const seen = meanColour(img);
+        const own = distance(seen, colour);
+        if (own > tolerance || others.some(other => distance(seen, other) < own)) {
+          log.wrong.push({t: now, what: 'thumbnail', seen, own});
+        }
+      }
+      const match = caption.match(/ · level (\\d+) · step (\\d+) of/);
+      if (match && caption.startsWith(name + ' · ')) {
+        current = {key: caption + '|' + img.src, step: +match[2], level: +match[1]};
+      }
+    }
+    if ((current && current.key) !== (last && last.key)) {  // an overlay appeared, changed or went away
+      if (current) log.shown.push({t: now, step: current.step, level: current.level});
+      last = current;
+    }
+    for (const element of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
+      const drawn = element.innerText.match(/step (\\d+) · drawn in (\\d+) ms on the server/);
+      if (drawn && element.innerText !== log.lastDrawn) {
+        log.lastDrawn = element.innerText;
+        log.drawn.push({t: now, step: +drawn[1], ms: +drawn[2]});
+      }
+    }
+  };
+  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                      attributes: true, attributeFilter: ['src']});
+  document.addEventListener('load', check, true);
+  setInterval(check, 50);
+}
+"""
+
+
+def photograph(index: int) -> tuple[bytes, tuple[float, float, float]]:
+    """Session `index`'s picture (PNG bytes) and the mean colour (RGB) of its 64 px model input."""
+    tint = np.array(TINTS[index % len(TINTS)])
+    rgb = np.clip(data.coffee()[index * 5:, index * 9:].astype(float) * tint, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    _, shown, _ = to_model_input(rgb, 64, "crop")
+    return buffer.getvalue(), tuple(shown.reshape(-1, 3).mean(axis=0).tolist())
+
+
+def load_average() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (/proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def overlay_at(page, name: str, step: int | None = None) -> None:
+    await page.wait_for_function(
+        """([name, step]) => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
+               element.innerText.startsWith(name + ' · level') &&
+               (step === null || element.innerText.includes(` · step ${step} of`)) &&
+               [...element.querySelectorAll('img')].some(img => img.complete && img.naturalWidth > 0))""",
+        arg=[name, step], timeout=WAIT_MS)
+
+
+async def visitor(browser, url: str, index: int, colours: list, rounds: int, start: asyncio.Event) -> dict:
+    """One session: upload its own picture, then scrub and switch views; its page's log, read at the end."""
+    picture, colour = photograph(index)
+    name = f"visitor-{index}.png"
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    await page.goto(url)
+    await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
+    uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
+    await uploader.locator("input[type='file']").set_input_files({"name": name, "mimeType": "image/png",
+                                                                   "buffer": picture})
+    await overlay_at(page, name)
+    others = [c for i, c in enumerate(colours) if i != index]
+    await page.evaluate(RECORDER, {"name": name, "colour": colour, "others": others, "tolerance": COLOUR_TOLERANCE})
+    caption = await page.get_by_text(re.compile(re.escape(name) + r" · level \d+ · step \d+ of \d+")).first.inner_text()
+    last = int(re.search(r"of (\d+)", caption).group(1))
+    step = int(re.search(r"step (\d+) of", caption).group(1))
+    await start.wait()
+    slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+    expected = []  # (kind, step) per key press or view switch, in order
+    for round_ in range(rounds):
+        await slider.focus()
+        for _ in range(SCRUBS_PER_ROUND):
+            key, step = ("ArrowLeft", step - 1) if step > 0 else ("ArrowRight", step + 1)
+            expected.append(("scrub", step))
+            await page.keyboard.press(key)
+            await overlay_at(page, name, step)
+        views = page.get_by_role("radiogroup", name="View")
+        await views.get_by_role("radio", name="Levels × steps", exact=True).click()
+        await page.get_by_text("Rows are levels").first.wait_for(timeout=WAIT_MS)
+        expected.append(("view", step))
+        await views.get_by_role("radio", name="Islands", exact=True).click()
+        await overlay_at(page, name, step)
+    log = await page.evaluate("() => window.__glom")
+    await context.close()
+    return {"name": name, "last": last, **latencies(log, expected)}
+
+
+def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
+    """Scrub and view-switch latencies (s) from the page's log: each key press (or the click back to
+    Islands) to the first overlay of its step shown after it."""
+    keys = [e["t"] for e in log["events"] if e["kind"] == "key"]
+    clicks = [e["t"] for e in log["events"] if e["kind"] == "click"]
+    scrub, view = [], []
+    key_index = click_index = 0
+    for kind, step in expected:
+        if kind == "scrub":
+            pressed = keys[key_index]
+            key_index += 1
+            out = scrub
+        else:  # two clicks: to the sheet, back to Islands; timed from the second
+            pressed = clicks[click_index + 1]
+            click_index += 2
+            out = view
+        shown = next((s["t"] for s in log["shown"] if s["t"] >= pressed and s["step"] == step), None)
+        if shown is not None:
+            out.append((shown - pressed) / 1000)
+    server = [d["ms"] / 1000 for d in log["drawn"] if keys and d["t"] >= keys[0]]
+    return {"scrub": scrub, "view": view, "wrong": log["wrong"], "thumbnails": log["thumbnails"], "server": server}
+
+
+async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.Event) -> list[float]:
+    """A session that loads a 224 px GLOM and keeps running it (a new iteration count each time)."""
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    await page.goto(url)
+    await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
+    await page.get_by_text("Random weights (seeded)").click()
+    for label, value in HEAVY.items():
+        field = page.get_by_label(label, exact=True)
+        await field.fill(value)
+        await field.press("Enter")
+        await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
+    await page.get_by_text(re.compile(r"224 px · 6 levels · dim 512")).first.wait_for(timeout=WAIT_MS)
+    ready.set()
+    seconds = []
+    iterations = page.locator("[data-testid='stSlider']").filter(has_text="Iterations").get_by_role("slider")
+    while not stop.is_set():
+        badge = await page.get_by_text(re.compile(r"dim 512 · \d+ iterations")).first.inner_text()
+        count = int(re.search(r"(\d+) iterations", badge).group(1)) + 1  # a count not run yet: a new run
+        if count > limits.MAX_ITERATIONS:
+            break
+        await iterations.focus()
+        started = time.perf_counter()
+        await page.keyboard.press("ArrowRight")
+        await page.wait_for_function(  # its progress bar, then none: the run is over
+            """count => [...document.querySelectorAll('[data-testid="stProgress"]')].some(
+                   element => element.innerText.includes(`of ${count}`))""", arg=count, timeout=WAIT_MS)
+        await page.wait_for_function("() => !document.querySelector('[data-testid=\"stProgress\"]')",
+                                     timeout=WAIT_MS)
+        seconds.append(time.perf_counter() - started)
+    await context.close()
+    return seconds
+
+
+async def one_load(url: str, sessions: int, rounds: int, heavy: bool) -> dict:
+    from playwright.async_api import async_playwright
+
+    colours = [photograph(i)[1] for i in range(sessions)]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=serve.CHROMIUM, args=CHROMIUM_ARGS)
+        start, stop, ready = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        heavy_task = asyncio.create_task(heavy_visitor(browser, url, stop, ready)) if heavy else None
+        tasks = [asyncio.create_task(visitor(browser, url, i, colours, rounds, start)) for i in range(sessions)]
+        if heavy:
+            await ready.wait()
+        await asyncio.sleep(1.0)  # every session is set up (or close): start together
+        start.set()
+        results = await asyncio.gather(*tasks)
+        stop.set()
+        heavy_runs = await heavy_task if heavy_task else []
+        await browser.close()
+    return {"visitors": results, "heavy_runs": heavy_runs}
+
+
+def cache_bound_mb() -> float:
+    """What the caches may hold in all: st.cache_data's functions by their byte bounds (at most the server's
+    server.maxCacheDataSize in all), and the model store's bound."""
+    def mb(text: str) -> float:
+        number, unit = re.fullmatch(r"(\d+)\s*([KMG]B)", text.upper()).groups()
+        return float(number) * {"KB": 1 / 1024, "MB": 1, "GB": 1024}[unit]
+    data = sum(mb(c) for c in (limits.RUN_CACHE_BYTES, limits.DERIVED_CACHE_BYTES, limits.PICTURE_CACHE_BYTES,
+                               limits.PICTURE_CACHE_BYTES))
+    config = serve.ROOT / ".streamlit" / "config.toml"
+    if config.is_file():
+        server = tomllib.loads(config.read_text()).get("server", {}).get("maxCacheDataSize")
+        data = min(data, mb(server)) if server else data
+    return data + limits.MODEL_CACHE_BYTES / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--rounds", type=int, default=4, help=f"rounds of {SCRUBS_PER_ROUND} scrubs and a view switch")
+    parser.add_argument("--heavy", action="store_true", help="one more session keeps running a 224 px GLOM")
+    parser.add_argument("--torch-threads", type=int, default=None, help="GLOM_VIZ_TORCH_THREADS for the server")
+    args = parser.parse_args()
+    env = {} if args.torch_threads is None else {"GLOM_VIZ_TORCH_THREADS": str(args.torch_threads)}
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; load average before: {load_average()}; "
+          f"torch threads {args.torch_threads or limits.TORCH_THREADS}; heavy run: {args.heavy}")
+    with serve.serve_process(env=env) as (url, process):
+        samples: list[tuple[float, float]] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                samples.append((time.monotonic(), rss_mb(process.pid)))
+                time.sleep(RSS_EVERY_S)
+
+        threading.Thread(target=sample, daemon=True).start()
+        asyncio.run(one_load(url, 1, 1, False))  # warm: the model loaded, the first runs made
+        idle_mb = rss_mb(process.pid)
+        single_p95 = None
+        print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
+        print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
+              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'load':>16}")
+        for n in args.sessions:
+            begun, cpu_before = time.monotonic(), cpu_seconds(process.pid)
+            result = asyncio.run(one_load(url, n, args.rounds, args.heavy))
+            server_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - begun)
+            scrub = [s for v in result["visitors"] for s in v["scrub"]]
+            view = [s for v in result["visitors"] for s in v["view"]]
+            worst = max(percentile(v["scrub"], 95) for v in result["visitors"])
+            wrong = sum(len(v["wrong"]) for v in result["visitors"])
+            thumbnails = sum(v["thumbnails"] for v in result["visitors"])
+            drawn = [s for v in result["visitors"] for s in v["server"]]
+            peak = max(mb for t, mb in samples if t >= begun)
+            p95 = percentile(scrub, 95)
+            single_p95 = p95 if single_p95 is None and n == 1 else single_p95
+            ratio = p95 / single_p95 if single_p95 else float("nan")
+            runs = result["heavy_runs"]
+            heavy = f"{statistics.median(runs):.2f} s x{len(runs)}" if runs else "-"
+            print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
+                  f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
+                  f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
+                  f"{server_cpu:>5.0%} {load_average():>16}", flush=True)
+            for visitor_result in result["visitors"]:
+                for wrong_one in visitor_result["wrong"][:3]:
+                    print(f"   {visitor_result['name']} showed: {wrong_one}")
+        sampling.set()
+        print(f"server RSS: peak {max(mb for _, mb in samples):.0f} MB over the run, {rss_mb(process.pid):.0f} MB "
+              f"at the end; load average after: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
