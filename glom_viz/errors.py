@@ -36,6 +36,10 @@ class CheckpointError(ValueError):
         self.read = dict(read or {})
         self.reason = reason or message
 
+    def __reduce__(self):
+        # pickled (a cache keeps it, a process passes it on) with what the config form needs
+        return type(self), self.args, self.__dict__
+
 
 class RunError(ValueError):
     """A training-run name or folder that cannot be opened (not under the runs folder, or not a run)."""

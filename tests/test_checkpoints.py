@@ -207,6 +207,8 @@ def test_what_a_checkpoint_needs_is_named_for_a_page_to_ask_for():
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(torch_bytes(state), image_size=32)
     assert "feedforward_mult" in caught.value.fields and "pass" not in caught.value.reason
+    again = pickle.loads(pickle.dumps(error))  # as a cache or another process hands it back
+    assert (again.fields, again.read, again.reason, str(again)) == (error.fields, error.read, error.reason, str(error))
 
 
 def test_nested_and_ddp_state_dicts_load():
