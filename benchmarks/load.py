@@ -19,7 +19,7 @@ The server's resident memory is sampled every half second. Printed: per N, scrub
 latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
 the peak RSS against the caches' configured bound, the overlays and thumbnails that were not the
 session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
-p50/p95), the server's CPU use (1 core = 100%) and the machine's load average. Speed is never asserted
+p50/p95), the server's and the browser's CPU use (1 core = 100%) and the machine's load average. Speed is never asserted
 in tests.
 """
 
@@ -145,6 +145,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants_cpu_seconds(root: int, program: str) -> float:
+    """CPU seconds of the running processes under ``root`` whose program's name contains ``program``."""
+    parents, total = {}, 0.0
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+                stats[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                continue
+    for pid, seconds in stats.items():
+        ancestor = pid
+        while ancestor in parents and ancestor != root:
+            ancestor = parents[ancestor]
+        if ancestor == root:
+            try:
+                if program in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode():
+                    total += seconds
+            except OSError:
+                continue
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -163,6 +188,7 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     picture, colour = photograph(index)
     name = f"visitor-{index}.png"
     context = await browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)  # on a busy machine eight pages take a while to draw
     page = await context.new_page()
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
@@ -222,6 +248,7 @@ def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
 async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.Event) -> list[float]:
     """A session that loads a 224 px GLOM and keeps running it (a new iteration count each time)."""
     context = await browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
     page = await context.new_page()
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
@@ -253,7 +280,8 @@ async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.E
     return seconds
 
 
-async def one_load(url: str, sessions: int, rounds: int, heavy: bool) -> dict:
+async def one_load(url: str, sessions: int, rounds: int, heavy: bool, browser_cpu: list | None = None) -> dict:
+    """N visitors (and the heavy one) at once; ``browser_cpu`` gets the CPU seconds Chromium used."""
     from playwright.async_api import async_playwright
 
     colours = [photograph(i)[1] for i in range(sessions)]
@@ -269,6 +297,8 @@ async def one_load(url: str, sessions: int, rounds: int, heavy: bool) -> dict:
         results = await asyncio.gather(*tasks)
         stop.set()
         heavy_runs = await heavy_task if heavy_task else []
+        if browser_cpu is not None:  # Chromium's processes, before they exit
+            browser_cpu.append(descendants_cpu_seconds(os.getpid(), "chromium"))  # Debian's runs /usr/lib/chromium/
         await browser.close()
     return {"visitors": results, "heavy_runs": heavy_runs}
 
@@ -292,6 +322,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=4, help=f"rounds of {SCRUBS_PER_ROUND} scrubs and a view switch")
+    parser.add_argument("--min-scrubs", type=int, default=64,
+                        help="more rounds for few sessions, so every N's p95 is over at least this many scrubs")
+    parser.add_argument("--passes", type=int, default=1, help="the whole table again, to see how noisy it is")
     parser.add_argument("--heavy", action="store_true", help="one more session keeps running a 224 px GLOM")
     parser.add_argument("--torch-threads", type=int, default=None, help="GLOM_VIZ_TORCH_THREADS for the server")
     args = parser.parse_args()
@@ -304,8 +337,11 @@ def main() -> None:
         sampling = threading.Event()
 
         def sample() -> None:
-            while not sampling.is_set():
-                samples.append((time.monotonic(), rss_mb(process.pid)))
+            while not sampling.is_set() and process.poll() is None:
+                try:
+                    samples.append((time.monotonic(), rss_mb(process.pid)))
+                except OSError:  # the server is gone
+                    return
                 time.sleep(RSS_EVERY_S)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -314,11 +350,15 @@ def main() -> None:
         single_p95 = None
         print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
         print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
-              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'load':>16}")
-        for n in args.sessions:
+              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'Chrome':>6} {'load':>16}")
+        for n in [n for _ in range(args.passes) for n in args.sessions]:
+            rounds = max(args.rounds, -(-args.min_scrubs // (SCRUBS_PER_ROUND * n)))
             begun, cpu_before = time.monotonic(), cpu_seconds(process.pid)
-            result = asyncio.run(one_load(url, n, args.rounds, args.heavy))
-            server_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - begun)
+            browser_cpu = []
+            result = asyncio.run(one_load(url, n, rounds, args.heavy, browser_cpu))
+            elapsed = time.monotonic() - begun
+            server_cpu = (cpu_seconds(process.pid) - cpu_before) / elapsed
+            browser_cpu = browser_cpu[0] / elapsed if browser_cpu else float("nan")
             scrub = [s for v in result["visitors"] for s in v["scrub"]]
             view = [s for v in result["visitors"] for s in v["view"]]
             worst = max(percentile(v["scrub"], 95) for v in result["visitors"])
@@ -327,14 +367,14 @@ def main() -> None:
             drawn = [s for v in result["visitors"] for s in v["server"]]
             peak = max(mb for t, mb in samples if t >= begun)
             p95 = percentile(scrub, 95)
-            single_p95 = p95 if single_p95 is None and n == 1 else single_p95
+            single_p95 = p95 if n == 1 else single_p95  # each pass against its own single session
             ratio = p95 / single_p95 if single_p95 else float("nan")
             runs = result["heavy_runs"]
             heavy = f"{statistics.median(runs):.2f} s x{len(runs)}" if runs else "-"
             print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
                   f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
                   f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
-                  f"{server_cpu:>5.0%} {load_average():>16}", flush=True)
+                  f"{server_cpu:>5.0%} {browser_cpu:>6.0%} {load_average():>16}", flush=True)
             for visitor_result in result["visitors"]:
                 for wrong_one in visitor_result["wrong"][:3]:
                     print(f"   {visitor_result['name']} showed: {wrong_one}")

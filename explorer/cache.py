@@ -13,15 +13,18 @@ import copy
 import gc
 import hashlib
 import itertools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import streamlit as st
 
 from explorer.limits import (DERIVED_CACHE_BYTES, DERIVED_CACHE_ENTRIES, MODEL_CACHE_BYTES, MODEL_CACHE_ENTRIES,
-                             PICTURE_CACHE_BYTES, PICTURE_CACHE_ENTRIES, RUN_CACHE_BYTES, RUN_CACHE_ENTRIES)
+                             PICTURE_CACHE_BYTES, PICTURE_CACHE_ENTRIES, RUN_CACHE_BYTES, RUN_CACHE_ENTRIES, RUN_NICE,
+                             RUN_WORKERS)
 from glom_viz import export
 from glom_viz.errors import CheckpointError, ConfigError, ExportError
 from glom_viz.project import warm_up_umap
@@ -206,6 +209,21 @@ def freeze_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def _lower_priority() -> None:
+    """A run worker's start: this thread (Linux schedules threads one by one) RUN_NICE below the server."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + RUN_NICE))
+    except (AttributeError, OSError):
+        pass  # no per-thread priorities here: runs compete at the server's own
+
+
+@st.cache_resource(show_spinner=False)
+def run_workers() -> ThreadPoolExecutor:
+    """The threads GLOM runs in, once per server: at most RUN_WORKERS runs at once, at a lower priority."""
+    return ThreadPoolExecutor(max_workers=RUN_WORKERS, thread_name_prefix="glom-run", initializer=_lower_priority)
 
 
 @st.cache_resource(show_spinner=False)

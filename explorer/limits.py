@@ -52,6 +52,11 @@ REMEMBERED_KEYS = 256
 # shipped model 4-20x slower (0.11 s vs 0.5-2 s, OpenMP threads waiting on each other). Raise it for big
 # models on an otherwise idle machine.
 TORCH_THREADS = int(os.environ.get("GLOM_VIZ_TORCH_THREADS", "1"))
+# GLOM runs in a few worker threads of their own, niced: where the cores are busy, a visitor scrubbing
+# (Streamlit's threads, at the server's priority) goes before another visitor's long run. Measured with
+# benchmarks/load.py: a 224 px model's run beside three scrubbing visitors (docs/LIMITS.md).
+RUN_WORKERS = int(os.environ.get("GLOM_VIZ_RUN_WORKERS", "2"))
+RUN_NICE = int(os.environ.get("GLOM_VIZ_RUN_NICE", "10"))  # added to the server's own nice (at most 19)
 # after the first page, UMAP's numba code is compiled (~20 s of CPU) and the browser behind PNG/SVG export
 # is started (a few s), both in the background; GLOM_VIZ_WARM_UP=0 skips them (tests, tiny servers)
 WARM_UP = os.environ.get("GLOM_VIZ_WARM_UP", "1") != "0"

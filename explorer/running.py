@@ -7,7 +7,10 @@ if they were evicted.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as NotYet
 
 import streamlit as st
 
@@ -20,6 +23,11 @@ from glom_viz.runs import Run
 from glom_viz.text import plain_name
 
 RunLookup = Callable[[], Run]
+POLL_S = 0.1  # how often the page's thread looks at a run's progress
+
+
+class Cancelled(Exception):
+    """The page that asked for a run went away (closed, or rerun): the run stops at its next step."""
 
 
 def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, settings: RunSettings,
@@ -27,9 +35,32 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
     """Run GLOM on one frame with a progress bar (the previous frame's run first, in a sequence)."""
     start = previous() if previous is not None else None
     bar = st.progress(0.0, text=f"{label}: step 0 of {settings.iterations}")
+    steps: queue.SimpleQueue = queue.SimpleQueue()
+    cancelled = threading.Event()
+
+    def progress(step: int, total: int) -> None:  # in the worker: report, or stop if nobody waits
+        if cancelled.is_set():
+            raise Cancelled
+        steps.put((step, total))
+
+    # in one of the server's niced run workers (explorer.cache.run_workers), while this thread, the
+    # page's own, draws the progress; Streamlit stops it here when the page goes away
+    future = cache.run_workers().submit(runs.run, loaded.model, frame.tensor, settings.iterations, start=start,
+                                        precision=settings.precision, progress=progress)
     try:
-        return runs.run(loaded.model, frame.tensor, settings.iterations, start=start, precision=settings.precision,
-                        progress=lambda step, total: bar.progress(step / total, text=f"{label}: step {step} of {total}"))
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except NotYet:
+                pass
+            finally:
+                while not steps.empty():
+                    step, total = steps.get()
+                    bar.progress(step / total, text=f"{label}: step {step} of {total}")
+    except BaseException:
+        cancelled.set()
+        future.cancel()
+        raise
     finally:
         bar.empty()
 

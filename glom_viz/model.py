@@ -50,9 +50,19 @@ TOKEN_ATTEND_SELF_VALUE = -5e-4
 CONTRIBUTIONS = ("previous", "bottom_up", "top_down", "consensus")
 LEVEL_NORMS = ("none", "layernorm", "l2")
 FEEDFORWARD_MULT = 4
-# CPU flags that make bf16 matrix products native (AVX512-BF16, AMX); without them torch emulates bf16
-# and a bf16 matmul runs tens of times slower than fp32 (measured 0.25 vs 12 GFLOP/s on an AVX2 EPYC)
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# per reduced dtype, the CPU flags of (native vector products, matrix units). Without the first torch emulates
+# the dtype: a bf16 matmul ran 0.25 GFLOP/s against fp32's 12 on an AVX2 EPYC. With the second (AMX) it is
+# several times faster than fp32. With the first alone it may well be slower: on a Xeon (family 6 model 207)
+# whose hypervisor hides AMX, bf16 ran 82 GFLOP/s a core against fp32's 160, and fp16 155
+NATIVE_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+# the timed probe where the flags do not settle it: (m, k, n) products like GLOM's nets at dim 128-512, the
+# fastest of PROBE_REPEATS in each of PROBE_ROUNDS rounds alternating the dtypes (a shared machine is noisy);
+# the reduced dtype must be PROBE_MARGIN times faster. On one thread, about 50 ms
+PROBE_SHAPE = (512, 256, 1024)
+PROBE_SHAPE_UNKNOWN = (64, 256, 256)
+PROBE_REPEATS = 3
+PROBE_ROUNDS = 3
+PROBE_MARGIN = 1.1
 # forces the path under autocast, whatever the probe says: 1 autocast's dtype, int8 int8 nets, 0 fp32
 REDUCED_PRECISION_ENV = "GLOM_VIZ_REDUCED_PRECISION"
 FORCED_PATHS = {"1": "autocast", "int8": "int8", "0": "fp32"}
@@ -65,6 +75,13 @@ INT8_WEIGHT_MAX = 127
 # below this dim fbgemm's int8 nets are no faster than fp32 (measured on an AVX2 EPYC: 0.3-1.0x at dim 32-64,
 # 1.2-1.4x at 128, 1.5-2x from 256), so an unforced autocast runs such models in fp32
 INT8_MIN_DIM = 128
+# the fused consensus: one attention call costs as much as this share of a whole level's n x n similarities
+BAND_COST = 1 / 8
+# with gradients the fused consensus (flash attention, which recomputes the attention in its backward) beats
+# the explicit one up to this dim: forward and backward of 6 levels of 256 columns took 91 against 121 ms at
+# dim 64 (16 images), 41 against 39 at 128 (4 images), 41 against 35 at 512 (1 image); without gradients it
+# was faster at every dim (21 against 35 ms at 64, 8.3 against 9.2 at 512)
+FUSED_TRAINING_MAX_DIM = 64
 
 
 @dataclass(frozen=True)
@@ -205,11 +222,38 @@ def forced_path() -> str | None:
     return FORCED_PATHS[value]
 
 
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if line is None else frozenset(line.split(":", 1)[-1].split())
+
+
+def _seconds_per_product(dtype: torch.dtype, shape: tuple[int, int, int], repeats: int) -> float:
+    """The fastest of ``repeats`` (m, k) @ (k, n) products in ``dtype`` on one thread, in CPU seconds of that
+    thread (the wall clock would also count the time other processes held the core)."""
+    m, k, n = shape
+    x, y = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    torch.mm(x, y)  # the first call warms the library up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.thread_time()
+        torch.mm(x, y)
+        best = min(best, time.thread_time() - start)
+    return best
+
+
 @functools.cache
 def reduced_precision_is_fast(device_type: str, dtype: torch.dtype) -> bool:
     """Whether matrix products in ``dtype`` beat fp32 on this device (always on CUDA).
 
-    On x86 CPUs the answer is read from the CPU flags; elsewhere a small timed probe decides.
+    On x86 CPUs the flags answer the clear cases: AMX (amx_bf16, amx_fp16) makes them fast, and without
+    AVX512-BF16 / AVX512-FP16 torch emulates them, tens of times slower. Where the flags say native
+    without AMX (a hypervisor may hide AMX), and where flags cannot be read, a timed probe decides:
+    once per process, products shaped like GLOM's, in rotation, the dtype taken only when clearly faster.
     GLOM_VIZ_REDUCED_PRECISION=1 makes it True, 0 or int8 False.
     """
     forced = forced_path()
@@ -217,23 +261,27 @@ def reduced_precision_is_fast(device_type: str, dtype: torch.dtype) -> bool:
         return forced == "autocast"
     if device_type != "cpu":
         return True
+    flags = cpu_flags()
+    name = next((path for path, value in PATH_DTYPES.items() if value == dtype), None)
+    if flags is not None and name in NATIVE_FLAGS:
+        native, matrix_units = NATIVE_FLAGS[name]
+        if matrix_units in flags:
+            return True
+        if native not in flags:
+            return False
+    # native vector instructions but no matrix units, or an unknown CPU: time it. Emulated products run
+    # some 50x slower, so an unknown CPU is probed small
+    shape, repeats = (PROBE_SHAPE, PROBE_REPEATS) if flags is not None else (PROBE_SHAPE_UNKNOWN, 2)
+    timings = {torch.float32: math.inf, dtype: math.inf}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a core's rate: on a shared machine a multi-threaded product waits for the slowest core
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if flags is not None:
-        return any(flag in flags.split() for flag in NATIVE_BF16_FLAGS) if dtype == torch.bfloat16 else False
-    a, b = torch.randn(64, 256), torch.randn(256, 256)
-    timings = {}
-    for probe_dtype in (torch.float32, dtype):
-        x, y = a.to(probe_dtype), b.to(probe_dtype)
-        torch.mm(x, y)
-        start = time.perf_counter()
-        for _ in range(3):
-            torch.mm(x, y)
-        timings[probe_dtype] = time.perf_counter() - start
-    return timings[dtype] < timings[torch.float32]
+        for _ in range(PROBE_ROUNDS):
+            for probe_dtype in timings:
+                timings[probe_dtype] = min(timings[probe_dtype], _seconds_per_product(probe_dtype, shape, repeats))
+    finally:
+        torch.set_num_threads(threads)
+    return timings[dtype] * PROBE_MARGIN < timings[torch.float32]
 
 
 def int8_is_available() -> bool:
@@ -478,6 +526,138 @@ class ConsensusAttention(nn.Module):
             return self.non_local_mask
         return None
 
+    def blocks(self, levels: int, side: int, scale: float, dtype: torch.dtype, device: torch.device,
+               diagonal: str = "constant", banded: bool | None = None) -> list["ConsensusBlock"]:
+        """The fused consensus's pieces: which levels, queries and keys each attention call takes, and its bias.
+
+        Columns attend to columns within their level's radius only, so on a CPU a band of query rows needs
+        only the key rows within the radius of it: a contiguous range of the row-major patches. Each level's
+        bands are chosen to do the least work (``consensus_bands``); levels sharing a mask share their calls.
+        Elsewhere one call takes every level, its bias stacked. The bias adds -inf where the mask forbids;
+        on the diagonal, ``diagonal`` says what becomes of a column's similarity to itself: "kept" (columns
+        attend to themselves) or "constant" (it becomes glom-pytorch's TOKEN_ATTEND_SELF_VALUE: with cosine
+        queries of unit keys it is ``scale``).
+        ``banded`` defaults to whether ``device`` is a CPU. Kept per (levels, side, scale, dtype, device,
+        diagonal, banded).
+        """
+        banded = device.type == "cpu" if banded is None else banded
+        key = (levels, side, scale, dtype, device, diagonal, banded)
+        cached = getattr(self, "_blocks", {})
+        if key not in cached:
+            self._blocks = cached
+            with torch.inference_mode(False):  # kept for forwards with gradients too
+                cached[key] = self._make_blocks(levels, side, scale, dtype, device, diagonal, banded)
+        return cached[key]
+
+    def _make_blocks(self, levels: int, side: int, scale: float, dtype: torch.dtype, device: torch.device,
+                     diagonal: str, banded: bool) -> list["ConsensusBlock"]:
+        n = side * side
+        mask = self.mask()
+        masks = torch.zeros(1, n, n, dtype=torch.bool) if mask is None else mask.cpu()
+        groups = []  # (first level, last level + 1, its mask): consecutive levels of one mask together
+        for level in range(levels):
+            level_mask = masks[min(level, len(masks) - 1)]
+            if groups and torch.equal(groups[-1][2], level_mask):
+                groups[-1][1] = level + 1
+            else:
+                groups.append([level, level + 1, level_mask])
+        biases = []
+        for first, last, level_mask in groups:
+            bias = torch.zeros(n, n).masked_fill_(level_mask, -math.inf)
+            if diagonal == "constant":
+                bias.diagonal().add_(TOKEN_ATTEND_SELF_VALUE - scale)
+            biases.append(bias)
+        needs_bias = mask is not None or diagonal != "kept"
+        if not banded:  # the banded calls are the CPU's flash attention
+            bias = torch.stack([bias for (first, last, _), bias in zip(groups, biases) for _ in range(first, last)])
+            bias = bias[:, None].to(device=device, dtype=dtype) if needs_bias else None
+            return [ConsensusBlock(slice(0, levels), slice(0, n), slice(0, n), bias)]
+        blocks = []
+        for (first, last, level_mask), bias in zip(groups, biases):
+            for q0, q1, k0, k1 in consensus_bands(level_mask, side):
+                block_bias = None
+                if needs_bias:
+                    block_bias = bias[q0:q1, k0:k1].to(device=device, dtype=dtype).expand(last - first, 1, -1, -1)
+                blocks.append(ConsensusBlock(slice(first, last), slice(q0, q1), slice(k0, k1), block_bias))
+        return blocks
+
+
+@dataclass(frozen=True)
+class ConsensusBlock:
+    """One fused attention call of the consensus: these levels' queries attend to these keys, plus the bias
+    (levels, 1, queries, keys) or None."""
+
+    levels: slice
+    queries: slice
+    keys: slice
+    bias: torch.Tensor | None
+
+    def of_levels(self, first: int, count: int) -> "ConsensusBlock":
+        """This block for the levels first..first + count - 1 alone, counted from first."""
+        start, stop = max(self.levels.start, first), min(self.levels.stop, first + count)
+        bias = None if self.bias is None else self.bias[start - self.levels.start:stop - self.levels.start]
+        return ConsensusBlock(slice(start - first, stop - first), self.queries, self.keys, bias)
+
+
+class BandedAttention(torch.autograd.Function):
+    """Attention in pieces (``ConsensusBlock``), each a fused flash-attention call on a band of the queries and
+    the span of keys they may attend: (L, b, n, d) x3 -> (L, b, n, d).
+
+    Its own backward adds each piece's gradients into one gradient per input, where autograd through slices
+    would fill and add a whole (L, b, n, d) tensor per piece.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, keys, values, blocks, scale):
+        out = queries.new_empty(queries.shape)
+        saved = []
+        for block in blocks:
+            rows = (block.levels, slice(None))
+            piece, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                queries[rows + (block.queries,)], keys[rows + (block.keys,)], values[rows + (block.keys,)],
+                attn_mask=block.bias, scale=scale)
+            out[rows + (block.queries,)] = piece
+            saved += [piece, logsumexp]
+        ctx.blocks, ctx.scale = blocks, scale
+        ctx.save_for_backward(queries, keys, values, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        queries, keys, values, *saved = ctx.saved_tensors
+        grads = [torch.zeros_like(queries), torch.zeros_like(keys), torch.zeros_like(values)]
+        for i, block in enumerate(ctx.blocks):
+            rows = (block.levels, slice(None))
+            spans = (rows + (block.queries,), rows + (block.keys,), rows + (block.keys,))
+            pieces = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out[spans[0]].contiguous(), queries[spans[0]], keys[spans[1]], values[spans[2]],
+                saved[2 * i], saved[2 * i + 1], 0.0, False, attn_mask=block.bias, scale=ctx.scale)
+            for grad, span, piece in zip(grads, spans, pieces):
+                grad[span] += piece
+        return (*grads, None, None)
+
+
+def consensus_bands(blocked: torch.Tensor, side: int) -> list[tuple[int, int, int, int]]:
+    """(n, n) bool, True where query i may not attend key j, on a side x side row-major grid ->
+    [(first query, last query + 1, first key, last key + 1)]: bands of whole grid rows and, for each, the
+    span of keys its queries may attend; the band height that does least work, a call costing BAND_COST."""
+    n = blocked.shape[0]
+    allowed = ~blocked
+    if bool(allowed.all()):
+        return [(0, n, 0, n)]
+    columns = torch.arange(n)
+    first = torch.where(allowed, columns, n).amin(1)
+    last = torch.where(allowed, columns, -1).amax(1)
+    best, best_cost = None, math.inf
+    for rows in range(1, side + 1):
+        height = rows * side
+        bands = [(q0, min(n, q0 + height), int(first[q0:q0 + height].min()), int(last[q0:q0 + height].max()) + 1)
+                 for q0 in range(0, n, height)]
+        cost = sum((q1 - q0) * (k1 - k0) for q0, q1, k0, k1 in bands) + BAND_COST * n * n * len(bands)
+        if cost < best_cost:
+            best, best_cost = bands, cost
+    return best
+
 
 class Glom(nn.Module):
     """GLOM's columns of levels, settling by bottom-up, top-down, previous value and consensus.
@@ -582,22 +762,56 @@ class Glom(nn.Module):
             cached = self._prepared_cache[path] = (key, (self.bottom_up.prepare(path), self.top_down.prepare(path)))
         return cached[1]
 
-    def _consensus(self, levels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """levels (L, b, n, d) fp32 -> consensus (L, b, n, d) fp32, attention (L, b, n, n) fp32."""
+    def _consensus(self, levels: torch.Tensor, dtype: torch.dtype, weights: bool = False,
+                   first_level: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """levels (l, b, n, d) fp32, levels first_level.. of the model -> consensus (l, b, n, d) fp32,
+        attention (l, b, n, n) fp32 or None.
+
+        The attention weights are made only when asked for (``weights``). Otherwise, where the diagonal's
+        replacement is a constant (cosine queries, or columns attending to themselves), the consensus runs
+        fused (``F.scaled_dot_product_attention``, no n x n matrix kept) on the bands of columns that the
+        consensus radii let attend each other (``ConsensusAttention.blocks``): with gradients off, and with
+        them up to dim FUSED_TRAINING_MAX_DIM.
+        """
         config = self.config
-        n, d = levels.shape[2], levels.shape[3]
+        d = levels.shape[3]
         keys = F.normalize(levels, dim=-1)
         queries = keys if config.consensus_cosine else levels
         scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
+        fused = not weights and (config.consensus_cosine or config.consensus_self)
+        if fused and (d <= FUSED_TRAINING_MAX_DIM or not torch.is_grad_enabled()):
+            diagonal = "kept" if config.consensus_self else "constant"
+            return self._fused_consensus(queries.to(dtype), keys.to(dtype), levels.to(dtype), scale, first_level,
+                                         diagonal), None
         sim = torch.matmul(queries.to(dtype), keys.to(dtype).transpose(-1, -2)).float() * scale
         if not config.consensus_self:
             sim.diagonal(dim1=-2, dim2=-1).fill_(TOKEN_ATTEND_SELF_VALUE)
         mask = self.attention.mask()
         if mask is not None:
+            if len(mask) > 1:  # one mask per level
+                mask = mask[first_level:first_level + len(levels)]
             sim = sim.masked_fill(rearrange(mask, "l i j -> l () i j"), -torch.finfo(sim.dtype).max)
         attention = sim.softmax(dim=-1)
         consensus = torch.matmul(attention.to(dtype), levels.to(dtype)).float()
         return consensus, attention
+
+    def _blocks_of(self, queries: torch.Tensor, scale: float, first_level: int, diagonal: str) -> list:
+        """The consensus blocks for the levels first_level.. that ``queries`` (l, b, n, d) hold."""
+        blocks = self.attention.blocks(self.config.levels, self.config.grid[0], scale, queries.dtype, queries.device,
+                                       diagonal)
+        if first_level or len(queries) < self.config.levels:
+            blocks = [block.of_levels(first_level, len(queries)) for block in blocks
+                      if block.levels.start < first_level + len(queries) and block.levels.stop > first_level]
+        return blocks
+
+    def _fused_consensus(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                         scale: float, first_level: int = 0, diagonal: str = "constant") -> torch.Tensor:
+        """(l, b, n, d) each, levels first_level.. in the products' dtype -> consensus (l, b, n, d) fp32."""
+        blocks = self._blocks_of(queries, scale, first_level, diagonal)
+        if len(blocks) == 1:
+            block = blocks[0]
+            return F.scaled_dot_product_attention(queries, keys, values, attn_mask=block.bias, scale=scale).float()
+        return BandedAttention.apply(queries, keys, values, blocks, scale).float()
 
     def _normalize(self, levels: torch.Tensor) -> torch.Tensor:
         if self.config.level_norm == "layernorm":
@@ -663,7 +877,10 @@ class Glom(nn.Module):
             with torch.autocast(device.type, enabled=False):
                 previous = state
                 uniform = step == 1 and levels is None  # every column still holds init_levels
-                state, parts, attention_weights = self._update(previous, from_image, pos, nets, dtype, uniform)
+                # from init_levels, the image has reached levels [0, step - 1) of the previous state
+                shared_from = None if levels is not None else min(step - 1, L)
+                state, parts, attention_weights = self._update(previous, from_image, pos, nets, dtype, uniform,
+                                                               weights=attention, shared_from=shared_from)
             step_contributions = step_attention = None
             if contributions:
                 step_contributions = {
@@ -675,33 +892,61 @@ class Glom(nn.Module):
             yield GlomStep(step, rearrange(state, "l b n d -> b n l d"), step_contributions, step_attention)
 
     def _update(self, state: torch.Tensor, from_image: torch.Tensor, pos: torch.Tensor, nets, dtype: torch.dtype,
-                uniform: bool = False):
+                uniform: bool = False, weights: bool = True, shared_from: int | None = None):
         """One GLOM step.
 
         state (L, b, n, d) fp32, contiguous; from_image (1, b n, d): the bottom-up into level 0; pos (n, d)
         or, told to some levels only, (L - 1, 1, n, d);
         nets: the prepared bottom-up and top-down nets; dtype: the consensus's; uniform: all columns hold the
-        same state, so the bottom-up nets run on one column.
-        Returns the new state, (bottom_up, top_down, consensus) each (L, b, n, d), attention (L, b, n, n).
+        same state, so the bottom-up nets run on one column and the consensus of equal columns is their
+        state; weights: make the attention weights; shared_from: the levels from this one up hold the same
+        columns in every image (the image reaches level l after l + 1 steps), so the nets fed by them and
+        their consensus run on the first image only and are shared (default: none are).
+        Returns the new state, (bottom_up, top_down, consensus) each (L, b, n, d), attention (L, b, n, n)
+        or None.
         """
         L, b, n, d = state.shape
         bottom_up_nets, top_down_nets = nets
+        shared = L if shared_from is None or b == 1 else shared_from  # levels [shared, L) alike in all images
         columns = state.view(L, b * n, d)
+
+        def on_first_image(values: torch.Tensor) -> torch.Tensor:  # (g, n, d) -> (g, b n, d)
+            return values[:, None].expand(-1, b, n, d).reshape(-1, b * n, d)
+
         # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
-        below = columns[:-1, :1] if uniform else columns[:-1]
-        from_below = bottom_up_nets(below, slice(1, L)).expand(L - 1, b * n, d)
-        bottom_up = torch.cat((from_image, from_below))
+        pieces = [from_image]
+        if uniform:
+            pieces.append(bottom_up_nets(columns[:-1, :1], slice(1, L)).expand(L - 1, b * n, d))
+        else:
+            own = min(shared, L - 1)  # inputs [0, own) differ between images
+            if own > 0:
+                pieces.append(bottom_up_nets(columns[:own], slice(1, 1 + own)))
+            if own < L - 1:
+                pieces.append(on_first_image(bottom_up_nets(state[own:L - 1, 0], slice(1 + own, L))))
+        bottom_up = torch.cat(pieces)
         # top-down into level l from level l + 1, with position; the top level gets none
-        above = (state[1:] + pos).view(L - 1, b * n, d)
-        from_above = top_down_nets(above, slice(0, L - 1))
-        top_down = torch.cat((from_above, from_above.new_zeros(1, b * n, d)))
-        consensus, attention_weights = self._consensus(state, dtype)
+        own = max(shared, 1)  # inputs [1, own) differ between images
+        pieces = []
+        if own > 1:
+            pieces.append(top_down_nets((state[1:own] + pos).view(own - 1, b * n, d), slice(0, own - 1)))
+        if own < L:
+            pieces.append(on_first_image(top_down_nets((state[own:, 0] + pos).contiguous(), slice(own - 1, L - 1))))
+        top_down = torch.cat((*pieces, columns.new_zeros(1, b * n, d)))
+        attention_weights = None
+        if uniform and not weights:
+            consensus = state  # attention among equal columns returns their state
+        elif weights or shared == L:
+            consensus, attention_weights = self._consensus(state, dtype, weights)
+        else:
+            pieces = [self._consensus(state[:shared], dtype)[0]] if shared else []
+            pieces.append(self._consensus(state[shared:, :1], dtype, first_level=shared)[0].expand(-1, b, n, d))
+            consensus = torch.cat(pieces)
         # the weighted mean of (previous, bottom_up, top_down, consensus), one weight per level
         weights = rearrange(self.update_weights, "c l -> c l () ()")
         new_state = torch.mul(columns, weights[0])
         new_state.addcmul_(bottom_up, weights[1]).addcmul_(top_down, weights[2])
-        new_state.addcmul_(consensus.view(L, b * n, d), weights[3])
-        parts = tuple(part.view(L, b, n, d) for part in (bottom_up, top_down, consensus))
+        new_state.addcmul_(consensus.reshape(L, b * n, d), weights[3])
+        parts = tuple(part.reshape(L, b, n, d) for part in (bottom_up, top_down, consensus))
         return self._normalize(new_state.view(L, b, n, d)), parts, attention_weights
 
     def forward(self, img: torch.Tensor, iters: int | None = None, levels: torch.Tensor | None = None,

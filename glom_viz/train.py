@@ -42,13 +42,18 @@ for data parallelism (DDP, gloo on CPU): each process takes an equal share of ev
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import sys
+import threading
 import time
+import warnings
+import zipfile
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +94,10 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GlomConfig))
 SHAPE_FIELDS = ("dim", "levels", "patch_size")
 # the TrainConfig fields a scene's motion and similarity groups depend on, beside the scene itself
 GROUP_FIELDS = ("image_size", "patch_size", "max_shift", "similarity_scale", "similarity_still", "group_agreement")
+# the trainer's own micro-batches hold at most this many scenes (benchmarks/train_step.py), each costing as
+# much again as this many scenes (the per-product overheads)
+MICRO_BATCH = 16
+MICRO_BATCH_OVERHEAD = 0.5
 # the defaults of a run on a folder (--data): the shipped model's last stages (assets/shipped.json,
 # fine_tune), at batch 16 as its CPU stages ran; a fresh decoder trains alone for its first steps when
 # the run starts from --init. motion_weight is dropped where the folder has no second frames.
@@ -130,8 +139,13 @@ class TrainConfig:
     batch_size: int = 64
     # micro-batches per step: each runs forward and backward alone and their gradients add up to the
     # batch's, so a large batch costs memory and cache for batch_size / accumulate scenes only (on a
-    # CPU a step at batch 256 ran 3.6x faster as 16 micro-batches of 16: benchmarks/train_step.py)
-    accumulate: int = 1
+    # CPU a step at batch 256 ran 3.6x faster as 16 micro-batches of 16: benchmarks/train_step.py).
+    # 0: the trainer picks (micro_batch_plan): micro-batches of at most MICRO_BATCH scenes, shared evenly
+    # among the threads
+    accumulate: int = 0
+    # CPU threads: micro-batches run side by side on this many threads, one core each (0: every core this
+    # process may use, shared among data-parallel processes)
+    threads: int = 0
     scenes: int = 30_000
     flip: bool = True  # mirror half of the scenes left-right
     # objective
@@ -185,6 +199,9 @@ class TrainConfig:
     # output
     out: str = "runs/glom"
     checkpoint_every: int = 100
+    # a folder that keeps the scenes' motion and similarity groups between runs (GroupsStore): the stages of
+    # a recipe with the same group settings find each scene's groups once. None: this run's memory only
+    groups_cache: str | None = None
     # also keep every checkpoint, the untrained start included, as checkpoints/step-NNNNNNN.safetensors
     # (the GLOM alone: 1 MB at the shipped size, 90 MB at glom-pytorch's default), so that the app can
     # scrub the run over training time (glom_viz.training_runs)
@@ -210,9 +227,14 @@ class TrainConfig:
         self.model_config()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}: there is no data to train on")
-        if self.accumulate < 1 or self.batch_size % self.accumulate:
+        if self.accumulate < 0 or self.accumulate > self.batch_size or (self.accumulate
+                                                                        and self.batch_size % self.accumulate):
             raise ConfigError(f"accumulate {self.accumulate} must be a count of equal micro-batches that splits "
-                              f"batch_size {self.batch_size}: use a divisor of it")
+                              f"batch_size {self.batch_size}: use a divisor of it, or 0 to let the trainer pick")
+        cpus = usable_cpus()
+        if not 0 <= self.threads <= cpus:
+            raise ConfigError(f"threads {self.threads} cannot run here: this process may use {cpus} CPU core(s); "
+                              f"pass 1 to {cpus}, or 0 for all of them")
         if self.scenes < 0:
             raise ConfigError(f"scenes must be 0 (a fresh scene every time) or a positive count, got {self.scenes}")
         if self.steps < 1:
@@ -470,6 +492,77 @@ def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
     return {term: torch.from_numpy(np.stack(row)).long() for term, row in rows.items()}
 
 
+class GroupsStore:
+    """The groups cache of ``scene_groups``, kept in a folder between runs: a dict of groups_key -> groups.
+
+    One file per set of group settings and process rank (``<settings hash>-<rank>.npz``, int16 rows of
+    patches), read when a key of those settings is first asked for; ``flush`` writes what is new. The files
+    are data (no pickles); one that cannot be read is ignored, so its scenes' groups are found again.
+    """
+
+    def __init__(self, directory: str | Path, rank: int = 0):
+        self.directory, self.rank = Path(directory), rank
+        self.groups: dict[tuple, dict[str, np.ndarray]] = {}
+        self.read: set[str] = set()
+        self.unsaved: set[str] = set()
+        self.reading = threading.Lock()  # micro-batches on threads ask at once: one reads, the others wait
+
+    @staticmethod
+    def _settings(key: tuple) -> tuple[str, tuple]:
+        """(the file stem of a key's settings, the settings): the terms and GROUP_FIELDS, without the scene."""
+        terms, settings = key[0], key[3:]
+        text = json.dumps([list(terms), list(settings)])
+        return hashlib.sha1(text.encode()).hexdigest()[:16], (terms, settings)
+
+    def _read(self, stem: str) -> None:
+        for path in sorted(self.directory.glob(f"{stem}-*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    terms = tuple(json.loads(str(stored["terms"])))
+                    settings = tuple(json.loads(str(stored["settings"])))
+                    rows = {term: stored[term] for term in terms}
+                    for i, (seed, flip) in enumerate(zip(stored["seeds"].tolist(), stored["flips"].tolist())):
+                        self.groups.setdefault((terms, seed, bool(flip), *settings),
+                                               {term: rows[term][i].astype(np.int64) for term in terms})
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+                warnings.warn(f"ignoring the unreadable groups cache {path} ({error}): its scenes' groups are "
+                              f"found again")
+        self.read.add(stem)
+
+    def get(self, key: tuple, default=None):
+        stem, _ = self._settings(key)
+        if stem not in self.read:
+            with self.reading:
+                if stem not in self.read:
+                    self._read(stem)
+        return self.groups.get(key, default)
+
+    def __setitem__(self, key: tuple, groups: dict[str, np.ndarray]) -> None:
+        self.groups[key] = groups
+        self.unsaved.add(self._settings(key)[0])
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def flush(self) -> None:
+        """Write the groups of every settings with new ones, each file whole (written aside, then renamed)."""
+        if not self.unsaved:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stem in sorted(self.unsaved):
+            keys = [key for key in self.groups if self._settings(key)[0] == stem]
+            terms, settings = self._settings(keys[0])[1]
+            path = self.directory / f"{stem}-{self.rank}.npz"
+            partial = path.with_suffix(".partial.npz")
+            # group ids run from -1 (none) to a few dozen
+            np.savez_compressed(partial, terms=json.dumps(list(terms)), settings=json.dumps(list(settings)),
+                                seeds=np.array([key[1] for key in keys]), flips=np.array([key[2] for key in keys]),
+                                **{term: np.stack([self.groups[key][term] for key in keys]).astype(np.int16)
+                                   for term in terms})
+            partial.replace(path)
+        self.unsaved.clear()
+
+
 def groups_key(config: TrainConfig, terms: tuple[str, ...], seed: int, flip: bool) -> tuple:
     """The groups cache's key of one scene: the terms, the scene, and the settings its groups depend on."""
     return (terms, seed, flip, *(getattr(config, field) for field in GROUP_FIELDS))
@@ -493,6 +586,27 @@ def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[st
         groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale, still,
                                                  config.group_agreement)
     return groups
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def micro_batch_plan(share: int, threads: int) -> int:
+    """How many micro-batches a process's share of a batch runs as, on ``threads`` side by side.
+
+    The count that finishes first, each micro-batch costing its scenes plus MICRO_BATCH_OVERHEAD and each
+    thread running its micro-batches one after another, among the even splits into at most MICRO_BATCH
+    scenes; the fewest micro-batches among equals. A CPU runs micro-batches of 16 several times faster per
+    scene than one large batch (their activations stay in cache), and two threads on two micro-batches
+    run twice as fast as two threads sharing each product.
+    """
+    counts = [count for count in range(1, share + 1) if share % count == 0 and share // count <= MICRO_BATCH]
+    return min(counts, key=lambda count: (-(-count // threads) * (share / count + MICRO_BATCH_OVERHEAD), count))
 
 
 def picture_groups(dataset, indices: np.ndarray, flips: np.ndarray, config: TrainConfig,
@@ -560,17 +674,27 @@ class Trainer:
         # bf16 only where it is native: emulated bf16 runs many times slower than fp32
         self.autocast = config.bf16 and reduced_precision_is_fast(self.device.type, torch.bfloat16)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if config.batch_size % (self.world * config.accumulate):
+        if config.batch_size % self.world:
+            raise ConfigError(f"batch_size {config.batch_size} does not split over {self.world} processes: "
+                              f"use a multiple of {self.world}")
+        # threads: this process's share of the cores; micro-batches side by side on them, one core each
+        # (data-parallel processes run theirs one after another, DDP adding up the gradients once)
+        self.threads = config.threads or max(1, usable_cpus() // self.world)
+        share = config.batch_size // self.world
+        self.accumulate = config.accumulate or micro_batch_plan(share, self.threads if self.world == 1 else 1)
+        if share % self.accumulate:
             raise ConfigError(
                 f"batch_size {config.batch_size} does not split over {self.world} processes x "
-                f"{config.accumulate} micro-batches: use a multiple of {self.world * config.accumulate}"
+                f"{self.accumulate} micro-batches: use a multiple of {self.world * self.accumulate}"
             )
+        self.workers = min(self.threads, self.accumulate) if self.world == 1 else 1
         torch.manual_seed(config.seed)
         self.learner = Learner(config).to(self.device)
         self.model = self.learner.glom
         if config.init:
             self._start_from(config.init)
-        self._groups_cache: dict = {}
+        self._groups_cache = GroupsStore(config.groups_cache, self.rank) if config.groups_cache else {}
+        self._picture_groups: dict = {}  # a folder's pictures: found once per run
         self.dataset = self._load_data() if config.data else None
         self.optimizer = torch.optim.AdamW(self.learner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
@@ -659,16 +783,20 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self, *args)
 
-    def shard(self, step: int, micro: int = 0) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
-        """One micro-batch of this process's share of the step's batch: clean images, their views, and
-        groups per term. The batch splits into world x accumulate equal parts, this process's in a row."""
+    def shard(self, step: int, micro: int | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """One micro-batch of this process's share of the step's batch (None: the whole share): clean images,
+        their views, and groups per term. The batch splits into world x accumulate equal parts, this
+        process's in a row."""
         c = self.config
-        part, parts = self.rank * c.accumulate + micro, self.world * c.accumulate
+        if micro is None:
+            part, parts = self.rank, self.world
+        else:
+            part, parts = self.rank * self.accumulate + micro, self.world * self.accumulate
         share = slice(part * c.batch_size // parts, (part + 1) * c.batch_size // parts)
         if self.dataset is not None:
             indices, flips = batch_pictures(c, step, len(self.dataset))
             images = self.dataset.images(indices[share])
-            found = picture_groups(self.dataset, indices[share], flips[share], c, self._groups_cache)
+            found = picture_groups(self.dataset, indices[share], flips[share], c, self._picture_groups)
         else:
             seeds, flips = batch_scenes(c, step)
             images, _, _ = make_batch(seeds[share], c.image_size)
@@ -681,7 +809,8 @@ class Trainer:
         return (images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views],
                 groups)
 
-    def compute_losses(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+    def compute_losses(self, step: int, micro: int | None = None) -> dict[str, torch.Tensor]:
+        """The losses of one micro-batch of the step (None: of this process's whole share at once)."""
         images, views, groups = self.shard(step, micro)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self._parallel(images, views, groups, iters=settling_steps(self.config, step),
@@ -693,21 +822,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(c, self.step, self.clock_share())
         self.optimizer.zero_grad(set_to_none=True)
+        threads = torch.get_num_threads()
+        # each worker's products on one core; a lone worker takes all of them
+        torch.set_num_threads(max(1, self.threads // self.workers))
+        try:
+            micro_losses = self._accumulate_gradients()
+        finally:
+            torch.set_num_threads(threads)
+        # each loss is a mean over its micro-batch's scenes, so the batch's is the mean of theirs
         summed = {}
-        for micro in range(c.accumulate):
-            losses = self.compute_losses(self.step, micro)
-            if not torch.isfinite(losses["total"]):
-                raise FloatingPointError(
-                    f"the loss became {losses['total'].item()} at step {self.step}: lower lr (now {c.lr}) "
-                    f"or noise_std; the last good checkpoint is kept in {c.out}"
-                )
-            # each loss is a mean over its micro-batch's scenes, so the batch's is the mean of theirs;
-            # DDP averages over processes once, at the last micro-batch
-            last = micro == c.accumulate - 1
-            with contextlib.nullcontext() if last or self.world == 1 else self._parallel.no_sync():
-                (losses["total"] / c.accumulate).backward()
+        for losses in micro_losses:
             for name, value in losses.items():
-                summed[name] = summed.get(name, 0) + value.detach().float() / c.accumulate
+                summed[name] = summed.get(name, 0) + value / self.accumulate
         losses = summed
         grad_norm = nn.utils.clip_grad_norm_(self.learner.parameters(), c.grad_clip)
         if not torch.isfinite(grad_norm):
@@ -725,6 +851,53 @@ class Trainer:
         self.losses["lr"] = self.optimizer.param_groups[0]["lr"]
         self.history.append({"step": self.step, **self.losses})
         return self.losses
+
+    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        losses = self.compute_losses(step, micro)
+        if not torch.isfinite(losses["total"]):
+            raise FloatingPointError(
+                f"the loss became {losses['total'].item()} at step {step}: lower lr (now {self.config.lr}) "
+                f"or noise_std; the last good checkpoint is kept in {self.config.out}"
+            )
+        return losses
+
+    def _accumulate_gradients(self) -> list[dict[str, torch.Tensor]]:
+        """The step's micro-batches, forward and backward, their gradients added into the parameters' grad
+        -> each micro-batch's losses (detached fp32), in order.
+
+        In one process the micro-batches run on ``workers`` threads side by side, and their gradients are
+        added up in micro-batch order, so the sum is the same however the threads ran. Data-parallel
+        processes run theirs one after another and DDP averages over processes once, at the last.
+        """
+        step, count = self.step, self.accumulate
+        if self.world > 1:
+            micro_losses = []
+            for micro in range(count):
+                losses = self._micro_batch(step, micro)
+                with contextlib.nullcontext() if micro == count - 1 else self._parallel.no_sync():
+                    (losses["total"] / count).backward()
+                micro_losses.append({name: value.detach().float() for name, value in losses.items()})
+            return micro_losses
+        parameters = [p for p in self.learner.parameters() if p.requires_grad]
+
+        def gradients(micro: int):
+            losses = self._micro_batch(step, micro)
+            grads = torch.autograd.grad(losses["total"] / count, parameters, allow_unused=True)
+            return {name: value.detach().float() for name, value in losses.items()}, grads
+
+        if self.workers == 1:
+            results = [gradients(micro) for micro in range(count)]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+                results = list(pool.map(gradients, range(count)))
+        for i, p in enumerate(parameters):
+            grads = [grad[i] for _, grad in results if grad[i] is not None]
+            if grads:
+                total = grads[0]
+                for grad in grads[1:]:
+                    total = total + grad
+                p.grad = total
+        return [losses for losses, _ in results]
 
     def timed_step(self) -> dict[str, float]:
         """train_step, its time added to `elapsed`, then the on_step_end callbacks."""
@@ -755,10 +928,16 @@ class Trainer:
         except FloatingPointError:
             self._fire("on_train_end")
             raise
+        finally:
+            self._flush_groups()
         if c.checkpoint_every or budget:
             self.save()
         self._fire("on_train_end")
         return self.history
+
+    def _flush_groups(self) -> None:
+        if isinstance(self._groups_cache, GroupsStore):  # every process keeps the groups it found
+            self._groups_cache.flush()
 
     def _step_seconds(self) -> float:
         """What the next step will take, from the last few (0 before the first)."""
@@ -771,6 +950,7 @@ class Trainer:
         from glom_viz.checkpoints import save_checkpoint
 
         directory = Path(directory or self.config.out)
+        self._flush_groups()
         if self.rank != 0:
             return directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -909,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("gloo")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+        torch.set_num_threads(max(1, usable_cpus() // dist.get_world_size()))
     try:
         if args.resume:
             trainer = Trainer.resume(config.out, **{k: v for k, v in args.given.items() if k != "out"})

@@ -77,7 +77,7 @@ def test_the_cpu_replay_chains_the_eleven_recorded_stages(tmp_path):
         config, _ = parse_args(entry["flags"])
         assert config.device == "cpu" and config.out == str(tmp_path / f"s{entry['stage']}")
         assert config.init == (previous and str(previous["out"] / "model.safetensors"))
-        assert config.batch_size // (2 * config.accumulate) <= replay_cpu.MICRO_BATCH
+        assert config.accumulate == 0 and config.groups_cache == str(tmp_path / "groups")  # the trainer picks
         assert entry["stop"] <= config.steps
     # stage 11 is stage 9's objective at another batch, rate and schedule
     objective = {k: v for k, v in parse_args(entries[8]["flags"])[0].to_dict().items()
@@ -97,6 +97,9 @@ def test_the_cpu_replay_stops_each_stage_where_recorded_and_goes_on_where_it_sto
     assert not runs.exists()  # --print runs nothing
     assert replay_cpu.main(["--runs", str(runs), "--processes", "1"]) == 0
     assert replay_cpu.step_of(runs / "s1") == 3 and replay_cpu.step_of(runs / "s2") == 2
+    timings = [json.loads(line) for line in (runs / replay_cpu.TIMINGS_FILE).read_text().splitlines()]
+    assert [(t["stage"], t["from_step"], t["to_step"]) for t in timings] == [(1, 0, 3), (2, 0, 2)]
+    assert all(t["cpu_seconds"] > 0 and t["wall_seconds"] > 0 for t in timings)
     stage_2 = read_checkpoint(runs / "s2" / "model.safetensors")
     assert json.loads(stage_2.metadata["train_config"])["init"] == str(runs / "s1" / "model.safetensors")
     stage_1 = (runs / "s1" / "model.safetensors").read_bytes()

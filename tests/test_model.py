@@ -121,6 +121,77 @@ def test_gradients_are_finite_and_reach_every_parameter():
         assert p.grad.abs().sum() > 0, name
 
 
+FUSED_CONFIGS = [  # the consensus runs fused where the diagonal's replacement is a constant
+    dict(dim=16, levels=4, image_size=32, patch_size=4, consensus_cosine=True, attention_scale=8.0,
+         consensus_radii=(1.5, 2.0, 0.0, 3.0)),  # per-level bands, one level global
+    dict(dim=24, levels=3, image_size=30, patch_size=5, consensus_self=True, local_consensus_radius=1.5),
+    dict(dim=16, levels=3, image_size=16, patch_size=4, consensus_cosine=True),  # global, no mask
+]
+
+
+@pytest.mark.parametrize("config", FUSED_CONFIGS, ids=["radii", "self-local", "cosine-global"])
+def test_the_fused_consensus_gives_the_explicit_attentions_states_and_gradients(config):
+    """The fused, banded consensus (no attention weights kept) against the explicit n x n attention."""
+    torch.manual_seed(0)
+    model = Glom(**config)
+    b, n = 2, model.num_patches
+    levels = torch.randn(config["levels"], b, n, config["dim"], requires_grad=True)
+    with torch.inference_mode():  # the pieces the consensus keeps serve forwards with gradients after inference
+        model._consensus(levels.detach(), torch.float32)
+    fused, none = model._consensus(levels, torch.float32)
+    explicit, attention = model._consensus(levels, torch.float32, weights=True)
+    assert none is None and attention.shape == (config["levels"], b, n, n)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    # off the CPU: one call over every level, the biases stacked
+    scale = config.get("attention_scale") or config["dim"] ** -0.5
+    diagonal = "kept" if config.get("consensus_self") else "constant"
+    (whole,) = model.attention.blocks(config["levels"], model.grid[0], scale, torch.float32, torch.device("cpu"),
+                                      diagonal, banded=False)
+    keys = F.normalize(levels, dim=-1)
+    queries = keys if config.get("consensus_cosine") else levels
+    unbanded = F.scaled_dot_product_attention(queries, keys, levels, attn_mask=whole.bias, scale=scale)
+    torch.testing.assert_close(unbanded, explicit, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(fused)
+    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), levels)
+    (explicit_grad,) = torch.autograd.grad((explicit * weights).sum(), levels)
+    torch.testing.assert_close(fused_grad, explicit_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [FUSED_CONFIGS[0], CONFIGS[1], dict(dim=16, levels=3, image_size=16, patch_size=4)],
+                         ids=["fused-radii", "explicit-local", "explicit-global"])
+def test_levels_the_image_has_not_reached_are_computed_once_for_the_batch(config, monkeypatch):
+    """Level l holds the same columns in every image for the first l steps: sharing their nets and consensus
+    gives every image's own computation, states and gradients."""
+    torch.manual_seed(0)
+    model = Glom(**config)
+    img = torch.rand(3, 3, config["image_size"], config["image_size"])
+    shared = model(img, iters=config["levels"] + 1, return_all=True)
+    (shared_grads) = torch.autograd.grad(shared[-1].square().sum(), list(model.parameters()))
+    original = Glom._update
+    monkeypatch.setattr(Glom, "_update", lambda self, *args, shared_from=None, **kwargs: original(self, *args, **kwargs))
+    alone = model(img, iters=config["levels"] + 1, return_all=True)
+    alone_grads = torch.autograd.grad(alone[-1].square().sum(), list(model.parameters()))
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)
+    for a, b in zip(shared_grads, alone_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for step in range(1, config["levels"]):  # the levels above the image's reach agree across images
+        assert torch.equal(shared[step, 0, :, step:], shared[step, 2, :, step:])
+
+
+@pytest.mark.parametrize("radius, side", [(1.5, 6), (2.0, 16), (4.0, 16), (6.0, 16), (20.0, 8)])
+def test_consensus_bands_hold_every_key_a_query_may_attend(radius, side):
+    blocked = glom_model.patch_distances(side) > radius
+    bands = glom_model.consensus_bands(blocked, side)
+    covered = torch.zeros_like(blocked)
+    for q0, q1, k0, k1 in bands:
+        assert (q1 - q0) % side == 0 or q1 == side * side  # whole grid rows
+        covered[q0:q1, k0:k1] = True
+    assert [band[0] for band in bands] == sorted(band[0] for band in bands) and bands[-1][1] == side * side
+    assert not (~blocked & ~covered).any()  # every allowed pair is computed
+    if radius < side / 4:
+        assert covered.sum() < blocked.numel()  # and local radii skip work
+
+
 @pytest.fixture
 def reduced_precision(monkeypatch):
     """Force a precision path under autocast with the environment variable: True runs autocast's bf16 even

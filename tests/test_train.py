@@ -18,8 +18,9 @@ import torch
 from glom_viz.checkpoints import load_checkpoint, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.motion import UNCLEAR
-from glom_viz.train import (DATA_DECODER_WARMUP, DATA_RECIPE, MODEL_FILE, UNBOUNDED_STEPS, TrainConfig, Trainer,
-                            batch_scenes, learning_rate, main, parse_args, scene_groups, settling_steps)
+from glom_viz.train import (DATA_DECODER_WARMUP, DATA_RECIPE, MICRO_BATCH, MODEL_FILE, UNBOUNDED_STEPS, TrainConfig,
+                             Trainer, batch_scenes, learning_rate, main, micro_batch_plan, parse_args, scene_groups,
+                             settling_steps, usable_cpus)
 
 TINY = dict(dim=16, levels=3, image_size=32, patch_size=4, iters=3, batch_size=4, warmup=2, lr=3e-3,
             checkpoint_every=0, consensus_cosine=True, attention_scale=8.0, level_norm="layernorm",
@@ -214,6 +215,35 @@ def test_a_lower_group_agreement_adds_patches_to_groups_and_is_cached_apart():
         assert (loose[term] != UNCLEAR).sum() > kept.sum()
 
 
+def test_a_groups_cache_folder_serves_later_runs_with_the_same_group_settings(tmp_path, monkeypatch):
+    import glom_viz.train as train
+
+    found = []
+    original = train._groups_of_scene
+    monkeypatch.setattr(train, "_groups_of_scene", lambda *args: found.append(args[:2]) or original(*args))
+    config = dict(**MOTION, **SIMILARITY, scenes=6, flip=True, steps=2, groups_cache=str(tmp_path / "groups"))
+    first = Trainer(tiny(**config, out=str(tmp_path / "a")))
+    first.fit()
+    assert found and list((tmp_path / "groups").glob("*-0.npz"))
+    computed = dict(first._groups_cache.groups)
+    found.clear()
+    second = Trainer(tiny(**config, out=str(tmp_path / "b")))
+    second.fit()
+    assert not found  # every scene's groups came from the folder
+    for key, groups in computed.items():
+        for term, row in groups.items():
+            assert (second._groups_cache.get(key)[term] == row).all()
+    other = Trainer(tiny(**{**config, "group_agreement": 0.5}, out=str(tmp_path / "c")))
+    other.fit()
+    assert found  # other settings, other groups
+    found.clear()
+    for path in (tmp_path / "groups").glob("*.npz"):
+        path.write_bytes(b"not a zip")
+    with pytest.warns(UserWarning, match="unreadable groups cache"):
+        Trainer(tiny(**config, out=str(tmp_path / "d"))).fit()
+    assert found  # found again
+
+
 def test_micro_batches_add_up_to_the_whole_batchs_gradients_and_losses():
     """accumulate=4 runs the batch in four parts; the step's gradients and losses are the whole batch's
     (fp32: under bf16 four parts round differently from one)."""
@@ -232,11 +262,41 @@ def test_micro_batches_add_up_to_the_whole_batchs_gradients_and_losses():
         assert parts.losses[name] == pytest.approx(whole.losses[name], rel=1e-5), name
 
 
-def test_micro_batches_that_do_not_split_the_batch_are_refused():
+def test_micro_batches_and_threads_that_cannot_work_are_refused_with_the_reason():
     with pytest.raises(ConfigError, match="accumulate 3 .* batch_size 4"):
         Trainer(tiny(accumulate=3))
-    with pytest.raises(ConfigError, match="accumulate 0"):
-        Trainer(tiny(accumulate=0))
+    for accumulate in (-1, 8):
+        with pytest.raises(ConfigError, match=f"accumulate {accumulate} .*0 to let the trainer pick"):
+            Trainer(tiny(accumulate=accumulate))
+    cores = usable_cpus()
+    for threads in (-1, cores + 1):
+        with pytest.raises(ConfigError, match=f"threads {threads} cannot run here: .* {cores} CPU core"):
+            Trainer(tiny(threads=threads))
+
+
+@pytest.mark.parametrize("share, threads, expected", [
+    (64, 2, 4), (16, 2, 2), (256, 2, 16), (64, 1, 4), (15, 2, 5), (4, 2, 2), (1, 2, 1), (48, 3, 3), (8, 4, 4),
+])
+def test_the_trainer_picks_even_micro_batches_of_at_most_sixteen_scenes(share, threads, expected):
+    count = micro_batch_plan(share, threads)
+    assert count == expected
+    assert share % count == 0 and share // count <= MICRO_BATCH
+
+
+def test_micro_batches_on_threads_give_the_gradients_of_one_thread_exactly():
+    """Side by side on two threads, the micro-batches' gradients add up in order: the same bits as one
+    thread running them one after another."""
+    if usable_cpus() < 2:
+        pytest.skip("needs two CPU cores")
+    config = tiny(**MOTION, **SIMILARITY, mask_ratio=0.4, flip=True, bf16=False, batch_size=8, accumulate=4, steps=1)
+    one, two = Trainer(TrainConfig(**{**config.to_dict(), "threads": 1})), Trainer(TrainConfig(**{**config.to_dict(), "threads": 2}))
+    assert (one.workers, two.workers) == (1, 2)
+    for trainer in (one, two):
+        trainer.optimizer.step = lambda: None
+        trainer.train_step()
+    for (name, a), b in zip(one.learner.named_parameters(), two.learner.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    assert one.losses == two.losses
 
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -248,7 +308,7 @@ DDP_SCRIPT = textwrap.dedent("""
     trainer.optimizer.step = lambda: None  # the step's gradients, as DDP leaves them
     trainer.train_step()
     grads = {n: p.grad for n, p in trainer.learner.named_parameters()}
-    grads["share"] = torch.tensor(len(trainer.shard(0)[0]))
+    grads["share"] = torch.tensor(len(trainer.shard(0, 0)[0]))  # one micro-batch
     if dist.get_rank() == 0:
         torch.save(grads, sys.argv[2])
     dist.destroy_process_group()
