@@ -42,7 +42,7 @@ def header(loaded: LoadedModel, run: RunSettings, model_error: ModelProblem | No
     badge.caption(f"**{plain_name(loaded.title)}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
                   f"{run.iterations} iterations · {run.path}")
     if model_error:
-        st.error(model_error.message + " Showing the default model meanwhile.")
+        st.error(model_error.message + " Showing the default model instead.")
     if loaded.note:
         (st.warning if loaded.stand_in else st.info)(loaded.note)
     return chooser

@@ -220,9 +220,8 @@ def test_a_checkpoint_whose_tensors_do_not_tell_its_config_gets_the_fields_to_gi
     assert "pass " not in error, "no advice for the Python API the page cannot follow"
     assert at.number_input(key="checkpoint_field_dim").value == 16  # read from the tensors
     assert at.number_input(key="checkpoint_field_patch_size").value == 4
-    run(at.number_input(key="checkpoint_field_image_size").set_value(32))
-    submit = next(b for b in at.button if b.label == "Load with this config")
-    run(submit.click())
+    at.number_input(key="checkpoint_field_image_size").set_value(32)  # a form sends its fields on submit only
+    run(next(b for b in at.button if b.label == "Load with this config").click())
     error = next(e for e in texts(at.error) if "odd.pt" in e)
     assert "pos_emb.weight" in error and "(20, 16)" in error and "pass " not in error
     assert legends(at), "the default model's islands are still drawn"
