@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer import cache, page, pictures, sidebar, state, viewer
+from explorer import cache, dataset, page, pictures, sidebar, state, viewer
 from explorer.context import Page
 from explorer.limits import WARM_UP, run_size_problem
 from explorer.models import load_model
@@ -58,6 +58,9 @@ def main() -> None:
         return
     viewer.show(Page(loaded, tuple(frames), runs, image_settings.sequence, run_settings, image_settings.fit,
                      island_settings, state.playing()))
+    uploaded_set = dataset.usable(image_settings, config.image_size)  # read with the pictures above: cached
+    if uploaded_set is not None:  # under the viewer: the islands are drawn first, the set is scored after
+        dataset.panel(loaded, uploaded_set, run_settings)
     cache.heap_frozen()
     if WARM_UP:
         cache.warm_up()

@@ -1,6 +1,6 @@
 """Many visitors at once on one server: N browser sessions (Playwright driving Debian's Chromium).
 
-    python benchmarks/load.py [--sessions 1 2 4 8] [--rounds 4] [--heavy] [--torch-threads 1]
+    python benchmarks/load.py [--sessions 1 2 4 8] [--rounds 4] [--passes 1] [--heavy] [--torch-threads 1] [--run-nice 10]
 
 Starts `streamlit run app.py` on a free port, then for each N opens N sessions at once, each in its own
 browser context, each uploading its own picture and then scrubbing the step slider with the keyboard
@@ -19,7 +19,9 @@ The server's resident memory is sampled every half second. Printed: per N, scrub
 latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
 the peak RSS against the caches' configured bound, the overlays and thumbnails that were not the
 session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
-p50/p95), the server's and the browser's CPU use (1 core = 100%) and the machine's load average. Speed is never asserted
+p50/p95), the server's CPU use while they scrub (1 core = 100%), its CPU ms per scrub or view switch
+(the work itself, which the machine's other load does not change much), the part of it in GLOM's niced run workers, the
+browser's CPU use, the machine's load average, and the server's RSS over time. Speed is never asserted
 in tests.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import os
 import re
 import statistics
@@ -53,6 +56,9 @@ COLOUR_TOLERANCE = 12.0  # mean RGB distance (0-255) within which a thumbnail is
 CHROMIUM_ARGS = [*serve.CHROMIUM_ARGS, "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
                  "--disable-backgrounding-occluded-windows"]
 HEAVY = {"dim": "512", "levels": "6", "image size": "224", "patch size": "14"}  # glom-pytorch's default GLOM
+# each heavy session's model has a seed of its own: runs are cached across sessions by content, so a second
+# pass's heavy runs would otherwise be found in the cache and never run
+HEAVY_SEEDS = itertools.count(1000)
 
 # In the page: remember when each key or click happened and when each overlay appeared, and check every
 # overlay against the session's own picture (caption and thumbnail colour).
@@ -145,10 +151,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def descendants_cpu_seconds(root: int, program: str) -> float:
-    """CPU seconds of the running processes under ``root`` whose program's name contains ``program``."""
-    parents, total = {}, 0.0
-    stats = {}
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of a process's threads by their nice value (GLOM's run workers are niced, Streamlit's
+    threads are at the server's own)."""
+    by_nice: dict[int, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:  # a thread that ended
+            continue
+        nice = int(fields[16])
+        by_nice[nice] = by_nice.get(nice, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return by_nice
+
+
+BROWSER_SEEN: dict[int, float] = {}  # Chromium's processes (pid) and the CPU seconds each was last seen with
+
+
+def browser_cpu_seconds(program: str = "chromium") -> float:
+    """CPU seconds used so far by this process's descendants whose program's name contains ``program``
+    (Debian's runs /usr/lib/chromium/): Chromium's pages come and go, so each process's time is kept as
+    last seen (the sampler calls this every RSS_EVERY_S)."""
+    parents, stats = {}, {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -157,6 +181,7 @@ def descendants_cpu_seconds(root: int, program: str) -> float:
                 stats[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             except OSError:
                 continue
+    root = os.getpid()
     for pid, seconds in stats.items():
         ancestor = pid
         while ancestor in parents and ancestor != root:
@@ -164,10 +189,10 @@ def descendants_cpu_seconds(root: int, program: str) -> float:
         if ancestor == root:
             try:
                 if program in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode():
-                    total += seconds
+                    BROWSER_SEEN[pid] = max(seconds, BROWSER_SEEN.get(pid, 0.0))
             except OSError:
                 continue
-    return total
+    return sum(BROWSER_SEEN.values())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -183,7 +208,8 @@ async def overlay_at(page, name: str, step: int | None = None) -> None:
         arg=[name, step], timeout=WAIT_MS)
 
 
-async def visitor(browser, url: str, index: int, colours: list, rounds: int, start: asyncio.Event) -> dict:
+async def visitor(browser, url: str, index: int, colours: list, rounds: int, start: asyncio.Event,
+                  ready: asyncio.Event) -> dict:
     """One session: upload its own picture, then scrub and switch views; its page's log, read at the end."""
     picture, colour = photograph(index)
     name = f"visitor-{index}.png"
@@ -201,6 +227,7 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     caption = await page.get_by_text(re.compile(re.escape(name) + r" · level \d+ · step \d+ of \d+")).first.inner_text()
     last = int(re.search(r"of (\d+)", caption).group(1))
     step = int(re.search(r"step (\d+) of", caption).group(1))
+    ready.set()
     await start.wait()
     slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
     expected = []  # (kind, step) per key press or view switch, in order
@@ -253,7 +280,7 @@ async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.E
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
     await page.get_by_text("Random weights (seeded)").click()
-    for label, value in HEAVY.items():
+    for label, value in {"Seed": str(next(HEAVY_SEEDS)), **HEAVY}.items():
         field = page.get_by_label(label, exact=True)
         await field.fill(value)
         await field.press("Enter")
@@ -280,8 +307,9 @@ async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.E
     return seconds
 
 
-async def one_load(url: str, sessions: int, rounds: int, heavy: bool, browser_cpu: list | None = None) -> dict:
-    """N visitors (and the heavy one) at once; ``browser_cpu`` gets the CPU seconds Chromium used."""
+async def one_load(url: str, sessions: int, rounds: int, heavy: bool, mark=None) -> dict:
+    """N visitors (and the heavy one) at once; ``mark(when, browser CPU seconds)`` is called as they start
+    scrubbing ("start", every page set up and its picture uploaded) and as they are done ("end")."""
     from playwright.async_api import async_playwright
 
     colours = [photograph(i)[1] for i in range(sessions)]
@@ -289,16 +317,22 @@ async def one_load(url: str, sessions: int, rounds: int, heavy: bool, browser_cp
         browser = await playwright.chromium.launch(executable_path=serve.CHROMIUM, args=CHROMIUM_ARGS)
         start, stop, ready = asyncio.Event(), asyncio.Event(), asyncio.Event()
         heavy_task = asyncio.create_task(heavy_visitor(browser, url, stop, ready)) if heavy else None
-        tasks = [asyncio.create_task(visitor(browser, url, i, colours, rounds, start)) for i in range(sessions)]
+        set_up = [asyncio.Event() for _ in range(sessions)]
+        tasks = [asyncio.create_task(visitor(browser, url, i, colours, rounds, start, set_up[i]))
+                 for i in range(sessions)]
         if heavy:
             await ready.wait()
-        await asyncio.sleep(1.0)  # every session is set up (or close): start together
+        # every page drawn and its picture in (or one failed, which the gather below raises): start together
+        everyone = asyncio.ensure_future(asyncio.gather(*(event.wait() for event in set_up)))
+        await asyncio.wait([everyone, *tasks], return_when=asyncio.FIRST_COMPLETED)
         start.set()
+        if mark is not None:
+            mark("start", browser_cpu_seconds())
         results = await asyncio.gather(*tasks)
         stop.set()
         heavy_runs = await heavy_task if heavy_task else []
-        if browser_cpu is not None:  # Chromium's processes, before they exit
-            browser_cpu.append(descendants_cpu_seconds(os.getpid(), "chromium"))  # Debian's runs /usr/lib/chromium/
+        if mark is not None:  # Chromium's processes, before they exit
+            mark("end", browser_cpu_seconds())
         await browser.close()
     return {"visitors": results, "heavy_runs": heavy_runs}
 
@@ -327,11 +361,15 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=1, help="the whole table again, to see how noisy it is")
     parser.add_argument("--heavy", action="store_true", help="one more session keeps running a 224 px GLOM")
     parser.add_argument("--torch-threads", type=int, default=None, help="GLOM_VIZ_TORCH_THREADS for the server")
+    parser.add_argument("--run-nice", type=int, default=None, help="GLOM_VIZ_RUN_NICE for the server (0: runs "
+                                                                   "at the priority of the pages' threads)")
     args = parser.parse_args()
     env = {} if args.torch_threads is None else {"GLOM_VIZ_TORCH_THREADS": str(args.torch_threads)}
+    env |= {} if args.run_nice is None else {"GLOM_VIZ_RUN_NICE": str(args.run_nice)}
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average before: {load_average()}; "
-          f"torch threads {args.torch_threads or limits.TORCH_THREADS}; heavy run: {args.heavy}")
+          f"torch threads {args.torch_threads or limits.TORCH_THREADS}; GLOM runs in {limits.RUN_WORKERS} threads "
+          f"niced +{limits.RUN_NICE if args.run_nice is None else args.run_nice}; heavy run: {args.heavy}")
     with serve.serve_process(env=env) as (url, process):
         samples: list[tuple[float, float]] = []
         sampling = threading.Event()
@@ -340,7 +378,8 @@ def main() -> None:
             while not sampling.is_set() and process.poll() is None:
                 try:
                     samples.append((time.monotonic(), rss_mb(process.pid)))
-                except OSError:  # the server is gone
+                    browser_cpu_seconds()  # before a closed page's process is gone
+                except (OSError, StopIteration):  # the server is gone (or going: no VmRSS line)
                     return
                 time.sleep(RSS_EVERY_S)
 
@@ -350,17 +389,28 @@ def main() -> None:
         single_p95 = None
         print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
         print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
-              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'Chrome':>6} {'load':>16}")
+              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'ms/act':>6} {'runs':>5} {'Chrome':>6} "
+              f"{'load':>16}")
         for n in [n for _ in range(args.passes) for n in args.sessions]:
             rounds = max(args.rounds, -(-args.min_scrubs // (SCRUBS_PER_ROUND * n)))
-            begun, cpu_before = time.monotonic(), cpu_seconds(process.pid)
-            browser_cpu = []
-            result = asyncio.run(one_load(url, n, rounds, args.heavy, browser_cpu))
-            elapsed = time.monotonic() - begun
-            server_cpu = (cpu_seconds(process.pid) - cpu_before) / elapsed
-            browser_cpu = browser_cpu[0] / elapsed if browser_cpu else float("nan")
+            begun, marks = time.monotonic(), {}
+
+            def mark(when: str, browser_seconds: float) -> None:  # the scrubbing alone, not the pages' setup
+                marks[when] = (time.monotonic(), cpu_seconds(process.pid), thread_cpu_seconds(process.pid),
+                               browser_seconds)
+
+            result = asyncio.run(one_load(url, n, rounds, args.heavy, mark))
+            (t0, server0, threads0, browser0), (t1, server1, threads1, browser1) = marks["start"], marks["end"]
+            elapsed = t1 - t0
+            server_seconds = server1 - server0
+            server_cpu = server_seconds / elapsed
+            own_nice = os.getpriority(os.PRIO_PROCESS, process.pid)  # the server's main thread
+            runs_cpu = sum(seconds - threads0.get(nice, 0.0) for nice, seconds in threads1.items()
+                           if nice > own_nice) / elapsed  # in the niced run workers
+            browser_cpu = (browser1 - browser0) / elapsed
             scrub = [s for v in result["visitors"] for s in v["scrub"]]
             view = [s for v in result["visitors"] for s in v["view"]]
+            per_action = server_seconds / max(1, len(scrub) + len(view))  # the server's CPU per scrub or switch
             worst = max(percentile(v["scrub"], 95) for v in result["visitors"])
             wrong = sum(len(v["wrong"]) for v in result["visitors"])
             thumbnails = sum(v["thumbnails"] for v in result["visitors"])
@@ -374,11 +424,14 @@ def main() -> None:
             print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
                   f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
                   f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
-                  f"{server_cpu:>5.0%} {browser_cpu:>6.0%} {load_average():>16}", flush=True)
+                  f"{server_cpu:>5.0%} {per_action * 1000:>6.0f} {runs_cpu:>5.0%} {browser_cpu:>6.0%} {load_average():>16}", flush=True)
             for visitor_result in result["visitors"]:
                 for wrong_one in visitor_result["wrong"][:3]:
                     print(f"   {visitor_result['name']} showed: {wrong_one}")
         sampling.set()
+        begun = samples[0][0]
+        every = max(1, len(samples) // 24)
+        print("server RSS over time (s: MB): " + ", ".join(f"{t - begun:.0f}: {mb:.0f}" for t, mb in samples[::every]))
         print(f"server RSS: peak {max(mb for _, mb in samples):.0f} MB over the run, {rss_mb(process.pid):.0f} MB "
               f"at the end; load average after: {load_average()}")
 

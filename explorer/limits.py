@@ -17,6 +17,10 @@ from glom_viz.model import GlomConfig
 from glom_viz.runs import STATES_DTYPE
 
 MAX_UPLOADS = 12  # pictures uploaded at once; more are left out, with a message
+# a set (a zip of the dataset layout): its pictures are read at the model's size and scored together,
+# so a few dozen keep the page responsive (20 pictures of the shipped model score in a few seconds)
+MAX_SET_PICTURES = 64
+SET_UPLOAD_MB = 100  # the zip itself; each file in it is held to the image limits
 MAX_FRAMES = 16  # frames of one sequence (an animation's frames, or the pictures in order)
 MAX_ITERATIONS = 48
 # consensus attention is (patches x patches) per level: 1024 patches (448 px in 14 px patches) is ~4 MB a
@@ -25,6 +29,9 @@ MAX_PATCHES = 1024
 MAX_RUN_BYTES = 256 * 2**20  # the states one frame keeps: (iterations + 1) x patches x levels x dim in float16
 IMAGE_UPLOAD_MB = LIMITS.max_upload_bytes // 2**20
 CHECKPOINT_UPLOAD_MB = 100  # the default GLOM (dim 512, 6 levels) is ~92 MB in fp32
+# Streamlit's upload route answers 400 to a file whose name is longer than this in UTF-8 (python-multipart's
+# limit on a part's header): the file never reaches the app, so the uploaders say it beforehand
+UPLOAD_NAME_BYTES = 2_000
 
 # caches: bounded in entries and in bytes (st.cache_data pickles; the server's total is
 # server.maxCacheDataSize). A run of the default GLOM (224 px, dim 512, 6 levels, 12 iterations) is

@@ -14,8 +14,8 @@ from explorer.limits import MAX_UPLOADS
 from explorer.models import LoadedModel
 from explorer.settings import PHOTOS, SCENE_NAMES, SCENE_SEEDS, ImageSettings
 from glom_viz import islands
-from glom_viz.errors import ImageLoadError
-from glom_viz.images import fit_mask, load_frames, load_image, sample_images, to_model_input
+from glom_viz.errors import DataError, ImageLoadError
+from glom_viz.images import SNIFF_BYTES, fit_mask, load_frames, load_image, sample_images, sniff_video, to_model_input
 from glom_viz.scenes import EVAL_SEEDS, make_scene
 
 DISPLAY_PX = 448  # overlays are drawn at this size: the model's 64 px input is tiny on a screen
@@ -106,7 +106,7 @@ def scene(seed: int, image_size: int) -> Picture:
 def upload(data: bytes, name: str, as_frames: bool) -> list[Picture]:
     """Check and decode an upload (glom_viz.images); raises ImageLoadError saying what to do."""
     def load() -> list[Picture]:
-        if as_frames:
+        if as_frames or sniff_video(data[:SNIFF_BYTES]):  # a video is a sequence of frames, like an animation's
             loaded = load_frames(data, name)
             many = len(loaded) > 1
             return [Picture(f"{name} · frame {image.frame + 1}" if many else name, f"{image.sha256}:{image.frame}",
@@ -114,6 +114,17 @@ def upload(data: bytes, name: str, as_frames: bool) -> list[Picture]:
         image = load_image(data, name)
         return [Picture(name, image.sha256, image.rgb, note=image.note, sha256=image.sha256)]
     return cache.pictures(cache.content_key("upload", hashlib.sha256(data).hexdigest(), name, as_frames), load)
+
+
+def set_pictures(settings: ImageSettings, image_size: int) -> tuple[list[Picture], list[str]]:
+    """The uploaded set's pictures with their masks (explorer.dataset), and what is wrong with the set."""
+    from explorer import dataset  # it builds Pictures: imported here so that the import stays one-way
+
+    try:
+        found = dataset.of(settings, image_size)
+    except DataError as error:
+        return [], [f"The set {settings.dataset[0]} cannot be used: {error}"]
+    return ([], []) if found is None else (dataset.pictures_of(found), [])
 
 
 def gather(settings: ImageSettings, image_size: int) -> tuple[list[Picture], list[str]]:
@@ -136,7 +147,8 @@ def gather(settings: ImageSettings, image_size: int) -> tuple[list[Picture], lis
             pictures.extend(upload(data, name, settings.animations_as_frames))
         except ImageLoadError as error:
             problems.append(str(error))
-    return pictures, problems
+    in_set, set_problems = set_pictures(settings, image_size)
+    return pictures + in_set, problems + set_problems
 
 
 def show_new_upload(pictures: list[Picture], bundled: int) -> None:

@@ -25,6 +25,7 @@ SCENE_SEEDS = tuple(EVAL_SEEDS[i] for i in (0, 1, 2))  # held-out scenes, never 
 SCENE_NAMES = tuple(f"scene {i + 1}" for i in range(len(SCENE_SEEDS)))
 PHOTOS = ("china", "flower", "astronaut", "coffee", "chelsea")
 IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
+VIDEO_TYPES = ("mp4", "mov", "m4v", "webm")  # read through PyAV; a clip becomes a sequence of frames
 MASK_TYPES = ("png", "bmp", "gif", "tif", "tiff", "webp")
 FIT_LABELS = {"crop": "crop the centre", "pad": "pad with white", "stretch": "stretch"}
 
@@ -59,6 +60,7 @@ class ImageSettings:
     fit: str
     animations_as_frames: bool
     sequence: bool  # carry each frame's final state into the next
+    dataset: tuple[str, bytes] | None = field(default=None, repr=False)  # a zip of the dataset layout (name, bytes)
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,24 @@ import hashlib
 import streamlit as st
 
 from explorer import cache, state
-from explorer.limits import CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_UPLOADS
+from explorer.limits import (CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_SET_PICTURES, MAX_UPLOADS,
+                             SET_UPLOAD_MB, UPLOAD_NAME_BYTES)
 from explorer.models import SHIPPED_KNOWS, LoadedModel, ModelProblem
 from explorer.pictures import Mask, Picture
 from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
                                MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
-                               RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, ImageSettings, IslandSettings,
-                               ModelSettings, RunSettings)
+                               RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, VIDEO_TYPES, ImageSettings,
+                               IslandSettings, ModelSettings, RunSettings)
 from glom_viz import islands
 from glom_viz.errors import ConfigError, ImageLoadError
 from glom_viz.images import FITS, read_mask
 from glom_viz.model import PRECISIONS, GlomConfig, run_path
 from glom_viz.text import plain, plain_name
+
+# every uploader's help ends with it: Streamlit's own "status code 400" beside such a file says nothing of why
+LONG_NAMES = (f"A file whose name is longer than about {UPLOAD_NAME_BYTES:,} bytes ({UPLOAD_NAME_BYTES:,} plain "
+              f"letters, half as many accented ones) is refused by the upload itself (\"status code 400\" beside "
+              "it): rename it and upload it again.")
 
 
 # the fields a checkpoint's config form asks for (the shapes of a GLOM's tensors): name, low, high, step
@@ -57,7 +63,8 @@ def model_panel() -> ModelSettings:
     elif source == "upload":
         upload = st.sidebar.file_uploader(
             "Checkpoint (.safetensors from glom-viz, or a glom-pytorch .pt state dict)",
-            type=["safetensors", "pt", "pth"], key=state.MODEL_CHECKPOINT, max_upload_size=CHECKPOINT_UPLOAD_MB)
+            type=["safetensors", "pt", "pth"], key=state.MODEL_CHECKPOINT, max_upload_size=CHECKPOINT_UPLOAD_MB,
+            help=LONG_NAMES)
         consensus_self = st.sidebar.checkbox(
             "consensus_self (glom-pytorch .pt files do not store it)", key=state.MODEL_CHECKPOINT_SELF,
             help="dim, levels, patch size, image size and the local radius are read from the tensor shapes; "
@@ -133,8 +140,16 @@ def images_panel() -> ImageSettings:
                                      help="Synthetic scenes with ground-truth objects and parts, and photographs "
                                           "that scikit-learn and scikit-image ship.")
     files = st.sidebar.file_uploader(
-        f"Your images ({', '.join(t.upper() for t in IMAGE_TYPES[:5])}, TIFF, GIF; up to {MAX_UPLOADS})",
-        type=list(IMAGE_TYPES), accept_multiple_files=True, key=state.IMAGES_UPLOAD, max_upload_size=IMAGE_UPLOAD_MB)
+        f"Your images or videos ({', '.join(t.upper() for t in IMAGE_TYPES[:5])}, TIFF, GIF, MP4, MOV, WebM; "
+        f"up to {MAX_UPLOADS})",
+        type=[*IMAGE_TYPES, *VIDEO_TYPES], accept_multiple_files=True, key=state.IMAGES_UPLOAD,
+        max_upload_size=IMAGE_UPLOAD_MB,
+        help=f"A video becomes a sequence of frames, evenly spaced over the clip, like an animated GIF's. {LONG_NAMES}")
+    dataset = st.sidebar.file_uploader(
+        "A set with masks (zip)", type=["zip"], key=state.IMAGES_SET, max_upload_size=SET_UPLOAD_MB,
+        help=f"A zip of a folder with images/ and masks/ (object ids per pixel, 0 = background), optionally "
+             f"parts/ and next/: each picture is scored against its masks, and the set as a whole "
+             f"(at most {MAX_SET_PICTURES} pictures). {LONG_NAMES}")
     fit = st.sidebar.selectbox("Fit to the model's square input", FITS, key=state.IMAGES_FIT,
                                format_func=FIT_LABELS.get)
     animations = st.sidebar.toggle("Animated files: all frames", key=state.IMAGES_FRAMES,
@@ -144,7 +159,8 @@ def images_panel() -> ImageSettings:
                                  help="Process the images in order, each starting from the previous one's final "
                                       "columns (GLOM's slow video: `levels=` of the last frame).")
     uploads = tuple((f.name, f.getvalue()) for f in (files or []))
-    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence)
+    zipped = None if dataset is None else (dataset.name, dataset.getvalue())
+    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence, zipped)
 
 
 def mask_upload(picture: Picture) -> Mask | None:
@@ -160,7 +176,7 @@ def mask_upload(picture: Picture) -> Mask | None:
         max_upload_size=IMAGE_UPLOAD_MB,
         help="A label image of the picture's size: one flat colour per object or part, black background; "
              "or greyscale (8 or 16 bit) or palette ids, 0 the background. The islands are then scored against "
-             "it (ARI).")
+             f"it (ARI). {LONG_NAMES}")
     if upload is None:
         return None
     data, name, shape = upload.getvalue(), upload.name, picture.rgb.shape[:2]

@@ -36,7 +36,7 @@ from safetensors.torch import save as safetensors_save
 
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.limits import Limits
-from glom_viz.model import Glom, GlomConfig
+from glom_viz.model import Glom, GlomConfig, patch_distances
 from glom_viz.text import quoted
 
 FORMAT = "glom-viz"
@@ -629,10 +629,7 @@ def _radius_of_mask(mask: torch.Tensor) -> float | None:
     side = math.isqrt(int(mask.shape[-1]))
     if side * side != mask.shape[-1] or mask.shape != (1, side * side, side * side):
         return None
-    coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).float()
-    coords = coords.reshape(2, -1).T
-    distances = torch.cdist(coords, coords)
-    unmasked = distances[~mask[0]]
+    unmasked = patch_distances(side)[~mask[0]]
     return float(unmasked.max()) if unmasked.numel() else None
 
 

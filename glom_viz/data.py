@@ -353,10 +353,11 @@ def mask_to_input(mask: np.ndarray, image_size: int, name: str = "the mask") -> 
 
 def _nothing_usable(label: str, by_folder: dict, top_pictures: list, skipped: list) -> str:
     """The message of a folder with nothing to read: what it found, and what the layout wants."""
-    found = [f"{len(by_folder[folder])} files in {folder}/" for folder in LAYOUT if by_folder[folder]]
+    found = [f"{len(by_folder[folder])} file{'s' if len(by_folder[folder]) > 1 else ''} in {folder}/"
+             for folder in LAYOUT if by_folder[folder]]
     if top_pictures and by_folder[PICTURES]:
         found.append(f"{len(top_pictures)} pictures at its top")
-    what = ", ".join(found) if found else f"no {PICTURES}/ or {VIDEOS}/ folder and no pictures"
+    what = ", ".join(found) if found else f"no files in {PICTURES}/ or {VIDEOS}/ and no pictures at its top"
     problems = ""
     if skipped:
         problems = "; none could be used: " + "; ".join(f"{name}: {why}" for name, why in skipped[:3])

@@ -36,6 +36,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from glom_viz import invariance
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, DataError
 from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth, pixel_patches
 from glom_viz.model import Glom
@@ -44,7 +45,7 @@ from glom_viz.runs import final_columns
 from glom_viz.scenes import EVAL_SEEDS, make_batch
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED = ASSETS / "shipped.safetensors"
+SHIPPED = SHIPPED_CHECKPOINT  # the default --checkpoint
 DENOISE_ONLY = ASSETS / "denoise_only.safetensors"
 # one scene's FG-ARI ranges from below 0 to 1, so a mean over 32 scenes is good to about +-0.02 and
 # cannot tell a model at 0.88 from one at 0.9; 256 give about +-0.008 and run in under a minute
@@ -135,17 +136,23 @@ def patch_truths(objects, parts, grid: tuple[int, int]) -> list[tuple[np.ndarray
     return [(patch_truth(o, grid), None if p is None else patch_truth(p, grid)) for o, p in zip(objects, parts)]
 
 
-def score_columns(columns: np.ndarray, grid: tuple[int, int], objects, parts) -> dict:
+def score_columns(columns: np.ndarray, grid: tuple[int, int], objects, parts, per_scene: bool = False) -> dict:
     """``evaluate`` on columns already run: (b, patches, levels, dim) -> {"levels": [...], "standard_errors": [...]}.
 
     objects: (b, H, W) masks; parts: the same, or a list holding None for a scene without parts.
+    With `per_scene`, also "per_scene": each scene's rows, one per level.
     """
     truths = patch_truths(objects, parts, grid)
     levels, errors = [], []
+    scenes = [[] for _ in range(len(columns))]
     for level in range(columns.shape[2]):
         rows = [score(columns[i, :, level], *truths[i], grid, seed=i) for i in range(len(columns))]
         levels.append({"level": level, **_mean(rows)})
         errors.append({"level": level, **_standard_error(rows)})
+        for scene, row in zip(scenes, rows):
+            scene.append({"level": level, **row})
+    if per_scene:
+        return {"levels": levels, "standard_errors": errors, "per_scene": scenes}
     # scenes differ a lot (one scene's FG-ARI ranges from below 0 to 1): at 64 scenes a mean is good
     # to about +-0.02, so two checkpoints closer than that are not told apart
     return {"levels": levels, "standard_errors": errors}
@@ -279,8 +286,6 @@ def summary(result: dict) -> dict:
 
 
 def load_model(path: str | Path) -> Glom:
-    from glom_viz.checkpoints import load_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: train one with python -m glom_viz.train, or leave "
@@ -332,11 +337,7 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
 @sklearn.config_context(skip_parameter_validation=True, assume_finite=True)
 def run_data(data: str | Path, checkpoint: str | Path = SHIPPED, iters: int | None = None, baselines: bool = True,
              outlines: bool = False, auto: bool = False, fit: str = "crop") -> dict:
-    """``run`` on a folder (or zip) in ``glom_viz.data``'s layout: its pictures with object masks are
-    scored, the part metrics over those with part masks; the baselines see the same pictures.
-
-    The denoising-only baseline runs where its input size is the model's (its position embedding fixes
-    its grid, and a folder's pictures are made to fit the model once).
+    """``run`` on a folder (or zip) in ``glom_viz.data``'s layout (``score_dataset``).
 
     Raises:
         DataError: no such folder, nothing usable in it, or no picture with an object mask.
@@ -344,8 +345,30 @@ def run_data(data: str | Path, checkpoint: str | Path = SHIPPED, iters: int | No
     from glom_viz.data import load_dataset
 
     model = load_model(checkpoint)
+    dataset = load_dataset(data, model.config.image_size, fit=fit)
+    result = score_dataset(model, dataset, iters, baselines, outlines, auto)
+    result["checkpoint"] = str(checkpoint)
+    return result
+
+
+@sklearn.config_context(skip_parameter_validation=True, assume_finite=True)
+def score_dataset(model: Glom, dataset, iters: int | None = None, baselines: bool = True, outlines: bool = False,
+                  auto: bool = False, per_picture: bool = False) -> dict:
+    """Every level of a model scored on a ``glom_viz.data.Dataset`` at the model's input size: its pictures
+    with object masks are scored, the part metrics over those with part masks (left out where none
+    has one); the baselines see the same pictures.
+
+    The denoising-only baseline runs where its input size is the model's (its position embedding fixes
+    its grid, and a folder's pictures are made to fit the model once). With `per_picture`, also
+    "pictures": each scored picture's name and its metrics per level.
+
+    Raises:
+        DataError: no picture has an object mask.
+    """
     config = model.config
-    dataset = load_dataset(data, config.image_size, fit=fit)
+    if dataset.image_size != config.image_size:
+        raise DataError(f"the dataset was read at {dataset.image_size} px but the model takes {config.image_size} px: "
+                        "read it again at the model's image_size")
     scored = dataset.with_masks("objects")
     if not scored:
         raise DataError(f"{dataset.path}: none of its {len(dataset)} pictures has an object mask, so there is "
@@ -358,15 +381,19 @@ def run_data(data: str | Path, checkpoint: str | Path = SHIPPED, iters: int | No
     def denoiser_scenes(image_size: int):
         return (images, objects, parts) if image_size == config.image_size else None
 
-    result = score_model(model, images, objects, parts, iters, baselines, outlines, auto, denoiser_scenes)
+    result = score_model(model, images, objects, parts, iters, baselines, outlines, auto, denoiser_scenes,
+                         per_scene=per_picture)
     with_parts = sum(p is not None for p in parts)
+    if per_picture:
+        result["pictures"] = [{"name": dataset.samples[i].name, "levels": rows}
+                              for i, rows in zip(scored, result.pop("per_scene"))]
     if not with_parts:  # no parts/ to score: the part metrics are left out, not reported as NaN
         for row in [*result["levels"], *result["standard_errors"], *result.get("baselines", {}).values(),
-                    *(r for levels in result.get("baseline_levels", {}).values() for r in levels)]:
+                    *(r for levels in result.get("baseline_levels", {}).values() for r in levels),
+                    *(r for picture in result.get("pictures", []) for r in picture["levels"])]:
             for key in PART_METRICS:
                 row.pop(key, None)
     result["dataset"] = {**dataset.describe(), "scored_objects": len(scored), "scored_parts": with_parts}
-    result["checkpoint"] = str(checkpoint)
     return result
 
 
@@ -378,7 +405,7 @@ def _skipped_masks(dataset) -> str:
 
 
 def score_model(model: Glom, images: torch.Tensor, objects, parts, iters: int | None, baselines: bool,
-                outlines: bool, auto: bool, denoiser_scenes) -> dict:
+                outlines: bool, auto: bool, denoiser_scenes, per_scene: bool = False) -> dict:
     """Every level of a model scored on these scenes, with the baselines on the same scenes.
 
     ``denoiser_scenes(image_size)`` gives (images, objects, parts) at the denoising-only model's input
@@ -386,7 +413,7 @@ def score_model(model: Glom, images: torch.Tensor, objects, parts, iters: int | 
     """
     config = model.config
     columns = final_columns(model, images, iters)
-    result = score_columns(columns, model.grid, objects, parts)
+    result = score_columns(columns, model.grid, objects, parts, per_scene=per_scene)
     if outlines:
         level = best_level(result["levels"], "fg_ari_objects")["level"]
         result["outlines"] = {"level": level, **outline_errors(columns[:, :, level], objects, model.grid)}

@@ -33,6 +33,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
 
+from glom_viz.columns import as_array, as_steps, check_grid, grid_shape, pixel_patches, unit_vectors
 from glom_viz.errors import StatesError
 from glom_viz.project import one_blas_thread
 
@@ -105,56 +106,6 @@ COUNT_CRITERIA = ("davies_bouldin", "silhouette")  # how they pick it when n_isl
 # input checks
 
 
-def _as_array(values, name: str) -> np.ndarray:
-    """numpy or torch -> float32 numpy, refusing NaN/Inf."""
-    if hasattr(values, "detach"):  # torch tensor, without importing torch here
-        values = values.detach().cpu().float().numpy()
-    array = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(array).all():
-        bad = int(np.size(array) - np.isfinite(array).sum())
-        raise StatesError(
-            f"{name} hold {bad} NaN or Inf values: the model diverged or the states were cut; "
-            "pass finite states (rerun the model, or lower its iterations)"
-        )
-    return array
-
-
-def _as_steps(states) -> tuple[np.ndarray, bool]:
-    """states (T, N, D) or (N, D) -> (T, N, D) float32 and whether a single step was given."""
-    vectors = _as_array(states, "states")
-    if vectors.ndim == 2:
-        return vectors[None], True
-    if vectors.ndim != 3:
-        raise StatesError(
-            f"states have shape {tuple(vectors.shape)}: pass one level's states as (steps, patches, dim) "
-            "or (patches, dim); for all levels use find_islands_all_levels with (steps, patches, levels, dim)"
-        )
-    return vectors, False
-
-
-def _grid_shape(grid) -> tuple[int, int]:
-    """(h, w) as two positive ints, or a StatesError."""
-    try:
-        h, w = (int(side) for side in grid)
-    except (TypeError, ValueError):
-        raise StatesError(f"grid {grid!r} is not a pair of ints: pass grid=(rows, columns) of the patch grid") from None
-    if h < 1 or w < 1:
-        raise StatesError(f"grid {(h, w)} has an empty side: pass grid=(rows, columns), both 1 or more")
-    return h, w
-
-
-def _check_grid(grid, n_patches: int) -> tuple[int, int]:
-    h, w = _grid_shape(grid)
-    if h * w != n_patches:
-        side = int(round(n_patches**0.5))
-        hint = f", such as {(side, side)}" if side * side == n_patches else ""
-        raise StatesError(
-            f"grid {(h, w)} holds {h * w} patches but the states have {n_patches}: "
-            f"pass the model's patch grid (rows x columns = {n_patches}){hint}"
-        )
-    return h, w
-
-
 def _check_settings(method: str, n_islands, space: str, n_patches: int, params: dict) -> dict:
     """Validate the clustering settings; return the method's parameters with defaults filled in."""
     if method not in METHODS:
@@ -202,12 +153,6 @@ def _check_settings(method: str, n_islands, space: str, n_patches: int, params: 
 
 # ----------------------------------------------------------------------------------------------
 # geometry
-
-
-def _directions(vectors: np.ndarray) -> np.ndarray:
-    """(..., D) -> unit vectors (..., D); a zero vector stays zero (it agrees with nothing)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _spread(directions: np.ndarray) -> np.ndarray:
@@ -556,11 +501,11 @@ def find_islands(
         StatesError: NaN/Inf states, a grid that does not hold N patches, n_islands > N, an unknown
             method, space or parameter.
     """
-    vectors, single = _as_steps(states)
+    vectors, single = as_steps(states)
     steps, n_patches, _ = vectors.shape
-    grid = _check_grid(grid, n_patches)
+    grid = check_grid(grid, n_patches)
     settings = _check_settings(method, n_islands, space, n_patches, params)
-    directions = _directions(vectors)
+    directions = unit_vectors(vectors)
     degenerate = _spread(directions) < DEGENERATE_SPREAD
     agreement = np.linalg.norm(directions.mean(axis=1, dtype=np.float64), axis=-1)  # (T,) mean cosine to the mean
     labels = np.zeros((steps, n_patches), dtype=np.int64)
@@ -687,7 +632,7 @@ def find_islands_all_levels(states, grid, *, match_levels: bool = True, **settin
     match_levels: match each level's ids to the level above's (``align_levels``), so that an island
     that spans levels keeps one id (and colour) at all of them; ids stay stable across steps.
     """
-    vectors = _as_array(states, "states")
+    vectors = as_array(states, "states")
     if vectors.ndim != 4:
         raise StatesError(
             f"states have shape {tuple(vectors.shape)}: pass one image's states as (steps, patches, levels, dim); "
@@ -746,7 +691,7 @@ def align_checkpoints(labels_by_checkpoint, where=None) -> list[np.ndarray]:
 
 def same_grid(grid_a, grid_b, names: tuple[str, str] = ("the first model", "the second model")) -> tuple[int, int]:
     """The patch grid two models share, or a StatesError saying why their islands cannot be compared."""
-    a, b = _grid_shape(grid_a), _grid_shape(grid_b)
+    a, b = grid_shape(grid_a), grid_shape(grid_b)
     if a != b:
         raise StatesError(
             f"{names[0]} sees a {a[0]}x{a[1]} patch grid and {names[1]} a {b[0]}x{b[1]} one, so their islands "
@@ -808,14 +753,6 @@ def islands_hint(labels, method: str, **params) -> str | None:
 # measures
 
 
-def pixel_patches(shape: tuple[int, int], grid) -> np.ndarray:
-    """(H, W) image shape -> (H * W,) row-major: the patch of every pixel, pixels split into h x w blocks
-    as evenly as possible (exactly the patches when H, W are multiples of the grid)."""
-    h, w = _grid_shape(grid)
-    height, width = shape
-    return ((np.arange(height) * h // height)[:, None] * w + (np.arange(width) * w // width)[None, :]).ravel()
-
-
 def patch_truth(mask, grid, background: int = 0) -> np.ndarray:
     """Per-pixel ground truth (H, W) ints -> (N,) the majority label of each patch.
 
@@ -827,7 +764,7 @@ def patch_truth(mask, grid, background: int = 0) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
         raise StatesError(f"mask has shape {mask.shape} and dtype {mask.dtype}: pass an (H, W) integer label image")
-    h, w = _grid_shape(grid)
+    h, w = grid_shape(grid)
     height, width = mask.shape
     if height < h or width < w:
         raise StatesError(f"mask {mask.shape} is smaller than the grid {(h, w)}: pass the mask at image resolution")
@@ -910,9 +847,9 @@ def island_measures(states, labels, grid, truth=None, background: int = 0) -> li
         silhouette (cosine distance, noise left out; None where undefined), change (mean 1 - cosine
         to the same column at the previous step; 0 at step 0); with truth also ari, fg_ari and mbo.
     """
-    vectors, _ = _as_steps(states)
+    vectors, _ = as_steps(states)
     steps, n_patches, _ = vectors.shape
-    grid = _check_grid(grid, n_patches)
+    grid = check_grid(grid, n_patches)
     labels = np.asarray(labels)
     if labels.size != steps * n_patches:
         raise StatesError(
@@ -926,7 +863,7 @@ def island_measures(states, labels, grid, truth=None, background: int = 0) -> li
                 f"truth has {truth.size} entries for {n_patches} patches: pass one label per patch (patch_truth)"
             )
 
-    directions = _directions(vectors.astype(np.float64))
+    directions = unit_vectors(vectors.astype(np.float64))
     first, second = _grid_pairs(grid)
     measures = []
     for t in range(steps):
@@ -959,7 +896,7 @@ def _within_cosine(unit: np.ndarray, ids: np.ndarray) -> float:
     _, members = np.unique(ids, return_inverse=True)
     sums = np.zeros((members.max() + 1, unit.shape[1]))
     np.add.at(sums, members, unit)
-    means = _directions(sums)
+    means = unit_vectors(sums)
     return float(np.einsum("md,md->m", unit, means[members]).mean())
 
 

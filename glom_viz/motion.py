@@ -74,6 +74,11 @@ def shift_grid(max_shift: int) -> np.ndarray:
     return np.stack(np.meshgrid(span, span, indexing="ij"), -1).reshape(-1, 2)
 
 
+def still_shift(max_shift: int) -> int:
+    """The index of the zero shift in ``shift_grid(max_shift)``: the middle of its (2m + 1)^2 entries."""
+    return (2 * max_shift + 1) ** 2 // 2
+
+
 def shift_errors(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
     """(s, s, 3) x2 -> (shifts, s, s): squared RGB error of every pixel against the second frame moved by each shift.
 
@@ -94,7 +99,7 @@ def region_shifts(errors: np.ndarray, regions: np.ndarray, max_shift: int, still
     strict_still too, only if no shift of 1 px or more explains it CLEAR_RATIO times better.
     """
     shifts = shift_grid(max_shift)
-    still = len(shifts) // 2
+    still = still_shift(max_shift)
     count = regions.max() + 1
     sizes = np.bincount(regions.ravel(), minlength=count)
     # (shifts, regions): mean error of every region under every shift
@@ -128,7 +133,7 @@ def pixel_motion(first: np.ndarray, second: np.ndarray, max_shift: int, strict_s
     coarse = felzenszwalb(first, scale=MOVING_SCALE, sigma=0.5, min_size=MOVING_MIN_SIZE)
     still = region_shifts(errors, fine, max_shift, still_prior=True, strict_still=strict_still)
     moving = region_shifts(errors, coarse, max_shift, still_prior=False)
-    still_index = len(shift_grid(max_shift)) // 2
+    still_index = still_shift(max_shift)
     # still where fine regions say so; a coarse "still" that fine regions did not confirm stays unclear
     return np.where(still == still_index, still_index, np.where(moving == still_index, UNCLEAR, moving))
 
@@ -183,7 +188,7 @@ def common_fate(first: np.ndarray, second: np.ndarray, max_shift: int, method: s
     if method != "flow":
         labels = pixel_motion(first, second, max_shift, strict_still)
         if method == "shift" or (labels != UNCLEAR).mean() >= SHIFT_COVERAGE:
-            return labels, labels == len(shift_grid(max_shift)) // 2, "shift"
+            return labels, labels == still_shift(max_shift), "shift"
     labels = flow_motion(first, second)
     return labels, labels == FLOW_STILL_LABEL, "flow"
 
@@ -218,7 +223,7 @@ def motion_groups(first: np.ndarray, second: np.ndarray, patch_size: int, max_sh
     """
     if first.shape[0] % patch_size:
         raise ConfigError(f"image side {first.shape[0]} is not a multiple of the patch size {patch_size}")
-    return patch_groups(pixel_motion(first, second, max_shift), patch_size, agreement)
+    return patch_groups(common_fate(first, second, max_shift, "shift")[0], patch_size, agreement)
 
 
 def similarity_groups(image: np.ndarray, patch_size: int, scale: float = SIMILARITY_SCALE,
@@ -256,4 +261,4 @@ def colour_regions(image: np.ndarray, scale: float = SIMILARITY_SCALE) -> np.nda
 
 def still_pixels(first: np.ndarray, second: np.ndarray, max_shift: int) -> np.ndarray:
     """(s, s, 3) x2 -> (s, s) bool: the pixels whose region is clearly still between the frames."""
-    return pixel_motion(first, second, max_shift) == len(shift_grid(max_shift)) // 2
+    return pixel_motion(first, second, max_shift) == still_shift(max_shift)

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from glom_viz.columns import as_steps, unit_vectors
 from glom_viz.errors import StatesError
 
 PROJECTIONS = ("pca", "umap")
@@ -51,29 +52,6 @@ def one_blas_thread():
     if _blas_controller is None:
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")
-
-
-def _as_steps(states) -> np.ndarray:
-    """numpy or torch (T, N, D) | (N, D) -> finite float32 (T, N, D)."""
-    if hasattr(states, "detach"):
-        states = states.detach().cpu().float().numpy()
-    vectors = np.asarray(states, dtype=np.float32)
-    if vectors.ndim == 2:
-        vectors = vectors[None]
-    if vectors.ndim != 3 or 0 in vectors.shape:
-        raise StatesError(
-            f"states have shape {tuple(vectors.shape)}: pass one level's states as (steps, patches, dim)"
-        )
-    if not np.isfinite(vectors).all():
-        raise StatesError(
-            "states hold NaN or Inf values: pass finite states (rerun the model, or lower its iterations)"
-        )
-    return vectors
-
-
-def _directions(points: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(points, axis=-1, keepdims=True)
-    return points / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _orthonormal(block: np.ndarray) -> np.ndarray:
@@ -197,9 +175,9 @@ def project(states, method: str = "pca", dims: int = 2, seed: int = 0) -> np.nda
         raise StatesError(f"unknown projection {method!r}: pick one of {', '.join(PROJECTIONS)}")
     if dims not in DIMS:
         raise StatesError(f"dims={dims!r}: pass 2 or 3")
-    vectors = _as_steps(states)
+    vectors, _ = as_steps(states)
     steps, n_patches, dim = vectors.shape
-    points = _directions(vectors.reshape(steps * n_patches, dim))
+    points = unit_vectors(vectors.reshape(steps * n_patches, dim))
     with one_blas_thread():
         if method == "pca":
             coordinates = pca_components(points, dims, seed)

@@ -26,7 +26,9 @@ from PIL import Image
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from glom_viz.columns import grid_shape, pixel_patches
 from glom_viz.errors import GlomInputError, StatesError
+from glom_viz.model import CONTRIBUTIONS
 
 # Kelly's colours of maximum contrast (white, black and grey left out: grey is noise), in his order so
 # that the first ids are the most distinct, then five bright colours Kelly's list lacks.
@@ -74,7 +76,6 @@ MEASURE_TITLES = {
 }
 LEVEL_COLORSCALE = "Viridis"
 
-CONTRIBUTIONS = ("previous", "bottom_up", "top_down", "consensus")
 CONTRIBUTION_COLORS = {"previous": "#7F7F7F", "bottom_up": "#1F77B4", "top_down": "#FF7F0E",
                        "consensus": "#2CA02C"}
 
@@ -129,26 +130,12 @@ def _check_labels(labels, grid: tuple[int, int], ndim: int = 1) -> np.ndarray:
         if labels.dtype.kind != "f" or not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise StatesError(f"labels must be integer island ids (-1 for noise), got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
-    h, w = _check_grid(grid)
+    h, w = grid_shape(grid)
     if labels.shape[-1] != h * w:
         side = math.isqrt(labels.shape[-1])
         hint = f": pass grid=({side}, {side})" if side * side == labels.shape[-1] else ""
         raise StatesError(f"labels hold {labels.shape[-1]} patches but grid {grid} has {h * w}{hint}")
     return labels
-
-
-def _check_grid(grid) -> tuple[int, int]:
-    if len(grid) != 2 or min(grid) < 1:
-        raise StatesError(f"grid must be (rows, columns) of the patch grid, got {grid}")
-    return int(grid[0]), int(grid[1])
-
-
-def _patch_index_map(height: int, width: int, grid: tuple[int, int]) -> np.ndarray:
-    """(H, W) index of the patch under each pixel, patches upsampled by nearest neighbour."""
-    h, w = grid
-    rows = np.arange(height) * h // height
-    cols = np.arange(width) * w // width
-    return rows[:, None] * w + cols[None, :]
 
 
 def _change_masks(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +160,7 @@ def _overlays(image: np.ndarray, labels: np.ndarray, grid: tuple[int, int], alph
     """image (H, W, 3) uint8, labels (..., patches) -> (..., H, W, 3) uint8, every map in one pass."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha is the weight of the island colour and must be in [0, 1], got {alpha}")
-    patch_map = _patch_index_map(*image.shape[:2], grid)
+    patch_map = pixel_patches(image.shape[:2], grid).reshape(image.shape[:2])
     # np.take along an axis is ~3x faster here than fancy indexing
     blended = np.take(island_colors(labels).astype(np.float32), patch_map, axis=-2)
     blended *= alpha
@@ -209,7 +196,7 @@ def draw_islands(image, labels, grid, alpha: float = OVERLAY_ALPHA, borders: boo
     """
     image = _check_image(image)
     labels = _check_labels(labels, grid)
-    grid = _check_grid(grid)
+    grid = grid_shape(grid)
     out = _overlays(image, labels, grid, alpha, borders)
     if highlight is None or len(highlight) == 0:
         return out
@@ -219,7 +206,7 @@ def draw_islands(image, labels, grid, alpha: float = OVERLAY_ALPHA, borders: boo
                           f"got {selected_patches.min()}..{selected_patches.max()}")
     selected = np.zeros(labels.shape[0], dtype=bool)
     selected[selected_patches] = True
-    selected_map = np.take(selected, _patch_index_map(*image.shape[:2], grid))
+    selected_map = np.take(selected, pixel_patches(image.shape[:2], grid).reshape(image.shape[:2]))
     dim = np.where(selected_map, np.float32(1.0), np.float32(HIGHLIGHT_DIM))
     out = np.rint(out * dim[..., None]).astype(np.uint8)
     low, high = _change_masks(selected_map)
@@ -290,7 +277,7 @@ def island_map_figure(image, labels, grid, similarity=None, title: str | None = 
     """
     image = _check_image(image)
     labels = _check_labels(labels, grid)
-    h, w = _check_grid(grid)
+    h, w = grid_shape(grid)
     height, width = image.shape[:2]
     if similarity is not None:
         similarity = np.asarray(similarity, dtype=np.float64)
@@ -352,7 +339,7 @@ def sheet_figure(image, labels, grid, steps: Sequence[int] | None = None, tile_p
     rows = labels[steps][:, ::-1].transpose(1, 0, 2)  # (levels, steps, patches), top level first
     tiles = np.empty((n_levels, len(steps), pitch_h, pitch_w, 3), dtype=np.uint8)
     tiles[:] = SHEET_BACKGROUND_RGB
-    tiles[:, :, :tile_h, :tile_w] = _overlays(tile, rows, _check_grid(grid), alpha, borders=True)
+    tiles[:, :, :tile_h, :tile_w] = _overlays(tile, rows, grid_shape(grid), alpha, borders=True)
     canvas = tiles.transpose(0, 2, 1, 3, 4).reshape(n_levels * pitch_h, len(steps) * pitch_w, 3)
     canvas = canvas[:-SHEET_GAP_PX, :-SHEET_GAP_PX]
 
@@ -397,7 +384,7 @@ def islands_row_figure(image, labels, grid, captions: Sequence[str] | None = Non
     pitch = tile_w + SHEET_GAP_PX
     tiles = np.empty((count, tile_h, pitch, 3), dtype=np.uint8)
     tiles[:] = SHEET_BACKGROUND_RGB
-    tiles[:, :, :tile_w] = _overlays(tile, labels, _check_grid(grid), alpha, borders=True)
+    tiles[:, :, :tile_w] = _overlays(tile, labels, grid_shape(grid), alpha, borders=True)
     canvas = tiles.transpose(1, 0, 2, 3).reshape(tile_h, count * pitch, 3)[:, :-SHEET_GAP_PX]
     fig = _image_figure(canvas, title)
     fig.update_layout(
@@ -645,7 +632,7 @@ def attention_figure(image, attention, grid, patch: int, title: str | None = Non
         click on the map can choose a patch only through these points.
     """
     image = _check_image(image)
-    h, w = _check_grid(grid)
+    h, w = grid_shape(grid)
     attention = np.asarray(attention, dtype=np.float64)
     if attention.shape != (h * w,) or not np.all(np.isfinite(attention)):
         raise StatesError(f"attention must be {h * w} finite weights (one row of the consensus attention), "

@@ -68,10 +68,9 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError, DataError
-from glom_viz.model import (FEEDFORWARD_MULT, Glom, GlomConfig, known_fields, patch_distances,
+from glom_viz.model import (Glom, GlomConfig, known_fields, patch_distances,
                             reduced_precision_is_fast, resize_position_embedding)
-from glom_viz.motion import (MOTION_METHODS, PATCH_AGREEMENT, SIMILARITY_SCALE, common_fate, patch_groups,
-                             pixel_motion, shift_grid, similarity_groups)
+from glom_viz.motion import MOTION_METHODS, PATCH_AGREEMENT, SIMILARITY_SCALE, common_fate, patch_groups, similarity_groups
 from glom_viz.scenes import MAX_SHIFT, MIN_SHIFT_GAP, TRAIN_SEEDS, make_batch, make_moving_scene, make_scene
 
 EVENTS = ("on_step_end", "on_checkpoint", "on_train_end")
@@ -109,28 +108,26 @@ DATA_DECODER_WARMUP = 50
 UNBOUNDED_STEPS = 10**9
 
 
+# the shipped model's architecture, the recipe's: TrainConfig's model fields default to it, where
+# GlomConfig's own defaults are glom-pytorch's
+RECIPE_MODEL = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4, attention_scale=8.0, consensus_cosine=True,
+                          contribution_weights=(1.0, 1.0, 1.0, 2.0), level_norm="layernorm",
+                          consensus_radii=(2.0, 3.0, 4.0, 6.0))
+# TrainConfig's first fields: every GlomConfig field (MODEL_FIELDS), defaulting to RECIPE_MODEL's value
+ModelFields = dataclasses.make_dataclass(
+    "ModelFields", [(f.name, f.type, dataclasses.field(default=getattr(RECIPE_MODEL, f.name)))
+                    for f in dataclasses.fields(GlomConfig)])
+ModelFields.__module__ = __name__
+
+
 @dataclass
-class TrainConfig:
-    """Everything one training run depends on.
+class TrainConfig(ModelFields):
+    """Everything one training run depends on: the model's GlomConfig fields (ModelFields), then these.
 
     The defaults are the shipped model's recipe (``assets/shipped.json``), run on ``device``; the
     architecture options at their GlomConfig defaults give plain glom-pytorch.
     """
 
-    # the model (GlomConfig fields)
-    dim: int = 64
-    levels: int = 4
-    image_size: int = 64
-    patch_size: int = 4
-    consensus_self: bool = False
-    local_consensus_radius: float = 0
-    attention_scale: float | None = 8.0
-    consensus_cosine: bool = True
-    contribution_weights: tuple[float, float, float, float] | None = (1.0, 1.0, 1.0, 2.0)
-    level_norm: str = "layernorm"
-    consensus_radii: tuple[float, ...] | None = (2.0, 3.0, 4.0, 6.0)
-    feedforward_mult: int = FEEDFORWARD_MULT
-    position_levels: tuple[int, ...] | None = None  # None: every top-down net is told the position
     iters: int = 8
     # 0: every step settles `iters` steps; N > iters: each training step draws its count from iters..N,
     # so islands must hold past the count the app opens on instead of peaking there and dissolving
@@ -570,19 +567,19 @@ def groups_key(config: TrainConfig, terms: tuple[str, ...], seed: int, flip: boo
 
 def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[str, ...]) -> dict[str, np.ndarray]:
     """One scene's (patches,) groups for each term; the two frames are compared once for both terms."""
-    motion = None
+    labels = still = None
     if "motion" in terms or config.similarity_still:
         first, second = (scene.image[:, ::-1] if flip else scene.image
                          for scene in make_moving_scene(seed, config.image_size, config.max_shift))
-        motion = pixel_motion(first, second, config.max_shift)  # (s, s) each pixel's shift index
+        # the scenes' objects move by whole pixels: the region shifts, never the flow
+        labels, still, _ = common_fate(first, second, config.max_shift, "shift")
     else:
         first = make_scene(seed, config.image_size).image
         first = first[:, ::-1] if flip else first
     groups = {}
     if "motion" in terms:
-        groups["motion"] = patch_groups(motion, config.patch_size, config.group_agreement)
+        groups["motion"] = patch_groups(labels, config.patch_size, config.group_agreement)
     if "similarity" in terms:
-        still = None if motion is None else motion == len(shift_grid(config.max_shift)) // 2
         groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale, still,
                                                  config.group_agreement)
     return groups

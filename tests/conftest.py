@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from unittest import mock
 
@@ -19,7 +23,7 @@ from glom_viz import islands
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped
 from glom_viz.images import to_model_input
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom
-from glom_viz.runs import Run, run
+from glom_viz.runs import ColumnProbe, Run, probe_column, run
 from glom_viz.scenes import make_scene
 from glom_viz.text import WORD_JOINER
 
@@ -45,12 +49,42 @@ def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, start=
         return run(model, tensor, iters, start=start)
 
 
+def reference_probe(model: Glom, rgb: np.ndarray, step: int) -> ColumnProbe:
+    """glom_viz.runs.probe_column of the model on a picture at one step, fp32, as the app's input."""
+    tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
+    with mock.patch.object(Glom, "iterate", ITERATE):
+        return probe_column(model, tensor, step)
+
+
 def reference_labels(states: np.ndarray, grid, **settings) -> np.ndarray:
     """(T, L, N) islands of the states (as a Run stores them), default settings."""
     settings = {"method": "kmeans", "n_islands": None, **settings}
     if settings["method"] in islands.COUNT_METHODS and settings["n_islands"] is None:
         settings.setdefault("max_islands", islands.MAX_ISLANDS)
     return islands.find_islands_all_levels(states, grid, **settings)
+
+
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+
+
+def sprites():
+    """experiments/sprites.py: a scene family the package never trains on, written in the dataset layout."""
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    return importlib.import_module("sprites")
+
+
+def sprite_zip(seeds, image_size: int = 64, extra: dict[str, bytes] | None = None) -> bytes:
+    """A zip of sprite scenes in the dataset layout inside one top folder, as zipping a folder makes it,
+    with ``extra`` members (name -> bytes) added as they are."""
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(buffer, "w") as archive:
+        root = sprites().write_split(Path(folder) / "sprites", seeds, image_size)
+        for path in sorted(root.rglob("*.png")):
+            archive.write(path, f"sprites/{path.relative_to(root).as_posix()}")
+        for name, content in (extra or {}).items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
 
 
 def video_bytes(frames, container: str = "mp4", codec: str = "mpeg4", rate: int = 10, **options) -> bytes:

@@ -7,7 +7,9 @@ must never run the model again.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 
 import numpy as np
@@ -17,15 +19,21 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, default_model, png_bytes, reference_labels, reference_run, scene_rgb, shown
+from conftest import (APP, default_model, moving_square, png_bytes, reference_labels, reference_probe, reference_run,
+                      scene_rgb, shown, sprite_zip, sprites, video_bytes)
 from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
 from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
+from explorer.pictures import DISPLAY_PX
+from explorer.settings import SCENE_SEEDS
 from explorer.views import OTHER_MODELS, VIEWS
 from explorer.views.common import patches_of
-from glom_viz import islands
+from glom_viz import islands, render
 from glom_viz import model as glom_model
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
+from glom_viz.images import to_model_input
 from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
+from glom_viz.project import project
+from glom_viz.scenes import make_scene
 
 
 TIMEOUT_S = 120
@@ -176,11 +184,16 @@ def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
     expected = reference_labels(states, model.grid, method="threshold", threshold=0.95, min_size=1)
     assert legend(at) == expected_legend(expected[-1, 0])
 
-    run(at.selectbox(key="islands_method").set_value("agglomerative"))
+    run(at.selectbox(key="islands_method").set_value("agglomerative"))  # the count is automatic again
+    connected = reference_labels(states, model.grid, method="agglomerative", connectivity=True)
+    assert legend(at) == expected_legend(connected[-1, 0])
     run(at.checkbox(key="islands_connectivity").uncheck())
+    free = reference_labels(states, model.grid, method="agglomerative", connectivity=False)
+    assert legend(at) == expected_legend(free[-1, 0])
     run(at.selectbox(key="islands_method").set_value("hdbscan"))
     run(at.number_input(key="islands_min_cluster").set_value(8))
-    assert sum(legend(at).values()) == model.num_patches
+    expected = reference_labels(states, model.grid, method="hdbscan", min_cluster_size=8)
+    assert legend(at) == expected_legend(expected[-1, 0])  # noise (-1) counted apart, as the legend does
 
 
 def test_all_levels_and_play(at):
@@ -205,30 +218,97 @@ def test_all_levels_and_play(at):
 # views
 
 
-def test_every_view_draws(at, glom_runs):
+def decoded(value):
+    """Plotly JSON with its typed arrays ({"dtype", "bdata", "shape"}) as numpy arrays."""
+    if isinstance(value, dict):
+        if set(value) >= {"dtype", "bdata"}:
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+            shape = value.get("shape")
+            return array.reshape([int(n) for n in str(shape).split(",")]) if shape else array
+        return {key: decoded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decoded(item) for item in value]
+    return value
+
+
+def chart(at: AppTest, index: int = 0) -> dict:
+    """The plotly figure a chart on the page shows, as plotly JSON with numpy arrays."""
+    return decoded(json.loads(at.get("plotly_chart")[index].proto.spec))
+
+
+def figure_json(figure) -> dict:
+    return decoded(json.loads(figure.to_json()))
+
+
+def values(array) -> np.ndarray:
+    """A trace's numbers as float64, None as NaN."""
+    return np.array([np.nan if v is None else v for v in np.ravel(np.asarray(array, dtype=object))], dtype=float)
+
+
+def test_every_view_draws_what_glom_viz_computes(at, glom_runs):
+    """Each view's figure is the one glom_viz builds from the same picture's run, islands and measures."""
+    set_fp32(at)
     run(at)
-    levels = default_model().config.levels
+    model = default_model()
+    size, levels, grid = model.config.image_size, model.config.levels, model.grid
+    rgb = scene_rgb(0, size)
+    reference = reference_run(model, rgb)
+    labels = reference_labels(reference.states, grid)
+    step, level = at.slider(key="step").value, at.button_group(key="level").value
+    pixels = to_model_input(rgb, size, "crop")[1]
+    display = pixels.repeat(DISPLAY_PX // size, axis=0).repeat(DISPLAY_PX // size, axis=1)  # the scenes, enlarged
+
     run(at.button_group(key="view").set_value("Levels × steps"))
-    assert len(at.get("plotly_chart")) == 1
+    expected = render.sheet_figure(display, labels, grid, title="scene 1: islands, levels × steps")
+    assert chart(at)["layout"]["images"][0]["source"] == expected.layout.images[0].source
+
     run(at.button_group(key="view").set_value("Projection"))
-    assert len(at.get("plotly_chart")) == 1 and any("Select points" in c for i in at.main.image for c in i.captions)
+    coords = project(reference.states[:, :, level].astype(np.float32), "pca", 2)[step]
+    traces = chart(at)["data"]
+    patches = [np.asarray(trace["customdata"], dtype=int) for trace in traces]
+    assert sorted(np.concatenate(patches)) == list(range(model.num_patches))
+    for trace, members in zip(traces, patches):
+        np.testing.assert_allclose(np.c_[values(trace["x"]), values(trace["y"])], coords[members], atol=1e-5)
+        assert len(set(labels[step, level, members])) == 1  # one island a trace
+    assert any("Select points" in c for i in at.main.image for c in i.captions)
     run(at.toggle(key="projection_fixed").set_value(True))
     run(at.radio(key="projection_dims").set_value(3))
-    assert len(at.get("plotly_chart")) == 1
-    run(at.button_group(key="view").set_value("Measures"))
-    assert len(at.get("plotly_chart")) == 1
+    assert {trace["type"] for trace in chart(at)["data"]} == {"scatter3d"}
+
+    run(at.button_group(key="view").set_value("Measures"))  # scored against the scene's objects
+    objects = islands.patch_truth(make_scene(SCENE_SEEDS[0], size).objects, grid)
+    measures = {l: islands.island_measures(reference.states[:, :, l], labels[:, l], grid, truth=objects)
+                for l in range(levels)}
+    expected = figure_json(render.measures_figure(measures))["data"]
+    shown_traces = chart(at)["data"]
+    assert [t["name"] for t in shown_traces] == [t["name"] for t in expected]
+    for got, want in zip(shown_traces, expected):
+        np.testing.assert_allclose(values(got["y"]), values(want["y"]), atol=1e-6)
+
     run(at.button_group(key="view").set_value("Parse tree"))
-    assert len([m for m in at.markdown if re.match(r"level \d+ → \d+", m.value)]) == levels - 1
+    purity = islands.parse_tree(labels[step])["purity"]
+    assert [m.value for m in at.markdown if re.match(r"level \d+ → \d+", m.value)] == [
+        f"level {l} → {l + 1}: **{p:.3f}**" for l, p in enumerate(purity)]
 
     run(at.button_group(key="view").set_value("Column"))
     assert not at.get("plotly_chart") and at.button(key="probe")
     run(at.button(key="probe").click())
-    assert len(at.get("plotly_chart")) == 2  # attention over the picture, contributions per level
     assert not [b for b in at.button if b.key == "probe"]  # the request is answered, its button gone
     probes = [call for call in glom_runs if call["contributions"]]
-    assert len(probes) == 1 and probes[0]["iters"] == at.slider(key="step").value
-    labels = {b.label for b in at.get("download_button")}
-    assert {"Figure PNG", "SVG", "HTML", "Labels CSV", "Measures CSV", "JSON", "Bundle (zip)"} <= labels
+    assert len(probes) == 1 and probes[0]["iters"] == step
+    h, w = grid
+    patch = (h // 2) * w + w // 2  # the middle column, chosen before any click
+    probe = reference_probe(model, rgb, step)
+    attention = chart(at, 0)["data"]
+    (heatmap,) = [t for t in attention if t["type"] == "heatmap"]
+    np.testing.assert_allclose(values(heatmap["z"]), probe.attention[level, patch], rtol=1e-5, atol=1e-7)
+    expected = figure_json(render.contributions_figure({n: v[patch] for n, v in probe.pulls.items()}))["data"]
+    got = chart(at, 1)["data"]
+    assert [t["name"] for t in got] == [t["name"] for t in expected]
+    for shown_bar, want in zip(got, expected):
+        np.testing.assert_allclose(values(shown_bar["y"]), values(want["y"]), rtol=1e-5, atol=1e-6)
+    download_labels = {b.label for b in at.get("download_button")}
+    assert {"Figure PNG", "SVG", "HTML", "Labels CSV", "Measures CSV", "JSON", "Bundle (zip)"} <= download_labels
     run(at.slider(key="step").set_value(0))
     assert any("Step 0 is the initial state" in i.value for i in at.info)
 
@@ -453,3 +533,48 @@ def test_run_size_limits():
     huge = GlomConfig(dim=1024, levels=8, image_size=448, patch_size=14)
     assert "MB of states per image" in run_size_problem(huge, MAX_ITERATIONS)
     assert "patches" in run_size_problem(GlomConfig(dim=8, levels=2, image_size=132, patch_size=4), 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# videos and sets
+
+
+def test_a_video_upload_becomes_a_sequence_of_frames(at, glom_runs):
+    at.session_state["images_bundled"] = []
+    run(at)
+    run(at.file_uploader(key="images_upload").set_value(("walk.mp4", video_bytes(moving_square(6)), "video/mp4")))
+    assert at.selectbox(key="picture").options == [f"walk.mp4 · frame {i}" for i in range(1, 7)]
+    assert legend(at)
+    run(at.toggle(key="images_sequence").set_value(True))
+    assert at.slider(key="frame").max == 5
+    assert all(call["levels"] is not None for call in glom_runs[-5:])  # each frame starts from the one before
+    run(at.file_uploader(key="images_upload").set_value(("noise.mp4", bytes(range(256)) * 8, "video/mp4")))
+    assert any("noise.mp4" in shown(e.value) and "MP4" in e.value for e in at.error)
+
+
+def test_a_set_zip_is_scored_over_the_set_and_picture_by_picture(at):
+    from glom_viz.data import load_zip
+    from glom_viz.evaluate import score_dataset
+
+    seeds = sprites().TEST_SEEDS[:3]
+    set_fp32(at)
+    at.session_state["images_bundled"] = []
+    run(at)
+    data = sprite_zip(seeds, extra={"sprites/images/notes.png": b"not a picture", "../escape.png": b"x"})
+    run(at.file_uploader(key="images_set").set_value(("sprites.zip", data, "application/zip")))
+    names = at.selectbox(key="picture").options
+    assert names == [f"sprites/{seed}" for seed in seeds]
+    warning = " ".join(shown(w.value) for w in at.warning)
+    assert "2 files of the set were skipped" in warning and "notes.png" in warning and "escape.png" in warning
+    # the set's table is evaluate --data's: the same scores, computed directly
+    model = default_model()
+    expected = score_dataset(model, load_zip(data, "sprites.zip", model.config.image_size),
+                             at.session_state[f"iterations_{model.config.levels}"])
+    table = at.dataframe[0].value
+    for row, level in zip(table.itertuples(index=False), expected["levels"]):
+        assert row[1].startswith(f"{level['fg_ari_objects']:.3f}")
+    assert any(b.label == "Set scores (JSON)" for b in at.get("download_button"))
+    # each picture of the set shows its islands scored against its own masks
+    assert legend(at) and any(m.label == "FG-ARI" for m in at.metric)
+    run(at.file_uploader(key="images_set").set_value(("broken.zip", b"PK\x03\x04 not really", "application/zip")))
+    assert any("broken.zip cannot be used" in shown(e.value) and "not a readable zip" in e.value for e in at.error)

@@ -138,8 +138,11 @@ def test_nothing_usable_stops_with_what_was_found(tmp_path):
     empty = tmp_path / "empty"
     (empty / "masks").mkdir(parents=True)
     save(empty / "masks" / "a.png", np.zeros((4, 4), np.uint8))
-    with pytest.raises(DataError, match="found 1 files in masks/.*Put the pictures in images/"):
+    with pytest.raises(DataError, match="found 1 file in masks/.*Put the pictures in images/"):
         load_dataset(empty, SIZE)
+    (tmp_path / "bare" / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match="found no files in images/ or videos/ and no pictures at its top"):
+        load_dataset(tmp_path / "bare", SIZE)
     broken = tmp_path / "broken"
     (broken / "images").mkdir(parents=True)
     (broken / "images" / "a.png").write_text("hello")

@@ -201,8 +201,13 @@ def test_a_name_with_an_image_link_fetches_nothing_in_a_browser(app_server, brow
 def test_a_name_too_long_for_streamlits_upload_breaks_nothing_else(app_server, browser):
     """Streamlit's upload route refuses a file whose name is over ~2,090 bytes of UTF-8 (python-multipart's
     limit on a part's header, docs/LIMITS.md) with its own "AxiosError ... 400" in the uploader; the files
-    beside it and the page keep working."""
+    beside it and the page keep working, and the uploader's help says why and what to do."""
     context, page = upload_pictures(browser, app_server, ["é" * 1500 + ".png", "beside.png"])  # 3,004 bytes
     page.get_by_text(re.compile(r"beside\.png · level \d+ · step \d+ of")).first.wait_for(timeout=120_000)
     assert page.get_by_text(re.compile("status code 400")).count() >= 1  # Streamlit's own words, in the uploader
+    uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
+    uploader.get_by_test_id("stTooltipHoverTarget").first.hover()
+    tooltip = page.get_by_test_id("stTooltipContent").filter(has_text="rename it and upload it again")
+    tooltip.first.wait_for(timeout=30_000)
+    assert "longer than about 2,000 bytes" in tooltip.first.inner_text()
     context.close()

@@ -322,4 +322,13 @@ def test_figures_take_the_islands_engine_outputs_as_they_are():
     states = rng.normal(size=(4, 16, 8))
     measures = {level: islands.island_measures(states, np.tile(labels[level], (4, 1)), (4, 4)) for level in range(3)}
     fig = render.measures_figure(measures)
-    assert len(fig.data) % 3 == 0 and len(fig.data) >= 3 * 3
+    # one line per level in each measure's subplot, holding that level's values step by step
+    def finite(value):
+        return value is not None and np.isfinite(value)
+    present = [key for key in render.MEASURE_TITLES if any(finite(m.get(key)) for level in measures
+                                                           for m in measures[level])]
+    assert len(present) >= 3 and len(fig.data) == len(present) * 3
+    for trace, (key, level) in zip(fig.data, [(key, level) for key in present for level in range(3)]):
+        assert trace.name == f"level {level}"
+        expected = [m[key] if finite(m.get(key)) else None for m in measures[level]]
+        assert list(trace.y) == pytest.approx(expected, nan_ok=True)

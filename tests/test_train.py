@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sprites
 from glom_viz.checkpoints import load_checkpoint, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.motion import UNCLEAR
@@ -508,10 +509,7 @@ def test_decoder_warmup_keeps_the_reconstruction_from_moving_the_glom():
 @pytest.fixture(scope="module")
 def sprite_folder(tmp_path_factory) -> Path:
     """Six 32 px sprite scenes in the folder layout (pictures, second frames, masks), and one bad file."""
-    sys.path.insert(0, str(Path(__file__).parent.parent / "experiments"))
-    from sprites import TRAIN_SEEDS, write_split
-
-    root = write_split(tmp_path_factory.mktemp("sprites") / "train", TRAIN_SEEDS[:6], 32)
+    root = sprites().write_split(tmp_path_factory.mktemp("sprites") / "train", sprites().TRAIN_SEEDS[:6], 32)
     (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     return root
 
