@@ -25,6 +25,8 @@ from glom_viz.export import to_json
 from glom_viz.text import plain, plain_name
 
 SET_METRICS = ("fg_ari_objects", "mbo_objects", "fg_ari_parts", "mbo_parts")
+BASELINE_TITLES = {"pixels": "k-means on pixels", "untrained": "untrained model (best level)",
+                   "denoise_only": "denoising only (best level)", "regions": "colour regions (Felzenszwalb)"}
 SKIPPED_SHOWN = 5  # files named in the warning; the JSON's "dataset" names every one
 
 
@@ -95,9 +97,10 @@ def panel(loaded: LoadedModel, dataset: Dataset, run: RunSettings) -> None:
                    f"as `python -m glom_viz.evaluate --data` scores them ({run.iterations} iterations, exact fp32); "
                    f"mean over the {found['dataset']['scored_objects']} pictures with masks, ± one standard error. "
                    "Each picture's islands, as the app finds them, are in the image chooser.")
-        st.dataframe(level_table(found), hide_index=True)
-        with st.popover("Each picture"):
-            st.dataframe(picture_table(found), hide_index=True)
+        over_set, each = st.tabs(["Over the set", "Each picture"])  # a popover is too narrow for every level
+        over_set.dataframe(level_table(found), hide_index=True)
+        each.caption("Objects FG-ARI of each picture at every level, scored as above.")
+        each.dataframe(picture_table(found), hide_index=True)
         st.download_button("Set scores (JSON)", to_json(found), f"{dataset.name}-scores.json",
                            "application/json", on_click="ignore", icon=":material/download:",
                            help="Every level's scores over the set, the baselines, and each picture's")
@@ -109,7 +112,7 @@ def level_table(found: dict) -> list[dict]:
     errors = {row["level"]: row for row in found["standard_errors"]}
     rows = [{"": f"level {row['level']}", **{METRIC_TITLES[m]: _cell(row[m], errors[row["level"]].get(m))
                                              for m in metrics}} for row in found["levels"]]
-    rows += [{"": f"baseline: {name}", **{METRIC_TITLES[m]: _cell(row.get(m)) for m in metrics}}
+    rows += [{"": f"baseline: {BASELINE_TITLES.get(name, name)}", **{METRIC_TITLES[m]: _cell(row.get(m)) for m in metrics}}
              for name, row in found.get("baselines", {}).items()]
     return rows
 
