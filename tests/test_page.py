@@ -189,6 +189,11 @@ def test_threshold_islands_are_not_confetti_and_a_hint_says_what_to_change(at):
     assert sum(count for island, count in shown.items() if island < 0) <= islands.TINY_SHARE * model.num_patches
     assert len(shown) < 16
     run(at.selectbox(key="islands_method").set_value("hdbscan"))
+    run(at.button_group(key="level").set_value(2))
+    # at its defaults HDBSCAN leaves under half of the cat in no island (not "mostly noise")
+    noise = legends(at)[0].get(-1, 0)
+    assert legends(at)[0] == expected_legend(reference_labels(states, model.grid, method="hdbscan")[-1, 2])
+    assert noise < model.num_patches / 2
     run(at.number_input(key="islands_min_cluster").set_value(120))
     assert any("patches are in no island (grey)" in i and "min_cluster_size, now 120" in i for i in texts(at.info))
 
