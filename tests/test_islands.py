@@ -266,7 +266,8 @@ def test_random_glom_states_step_zero_is_one_island():
         states = model(torch.rand(1, 3, 32, 32), iters=4, return_all=True)[:, 0]  # (T, N, L, D)
     labels = find_islands_all_levels(states, (8, 8))
     assert labels.shape == (5, 3, 64)
-    assert (labels[0] == 0).all()
+    # one island at each level (its id the one the level's settled islands give it, so it may differ by level)
+    assert all(np.unique(level).size == 1 and level.min() >= 0 for level in labels[0])
     unmatched = find_islands_all_levels(states, (8, 8), match_levels=False)
     for level in range(3):  # all levels at once are each level alone; matching the levels only renames
         np.testing.assert_array_equal(unmatched[:, level], find_islands(states[:, :, level], (8, 8)))
