@@ -3,7 +3,8 @@
 
     python benchmarks/render.py [--repeats 20] [--no-export]
 
-Targets (issue 3): an overlay under 20 ms; repeated static exports well under a second.
+Goals: an overlay under 20 ms, so a scrub is never waiting on drawing; repeated static exports well under a
+second.
 """
 
 from __future__ import annotations

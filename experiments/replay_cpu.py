@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from glom_viz.checkpoints import SHIPPED_CHECKPOINT, read_checkpoint
+from glom_viz.checkpoints import read_checkpoint
 from glom_viz.train import MODEL_FILE, TRAINER_FILE, parse_args
 
-SHIPPED = SHIPPED_CHECKPOINT.with_name("shipped.json")  # its recipe, stage by stage
+SHIPPED = Path(__file__).resolve().with_name("shipped.json")  # its recipe, stage by stage
 TIMINGS_FILE = "timings.jsonl"  # one line per stage run: steps, wall and CPU seconds, load average
 SET_HERE = ("--init", "--out", "--device", "--accumulate", "--threads", "--groups-cache")  # the replay's own
 

@@ -112,8 +112,9 @@ def level_table(found: dict) -> list[dict]:
     errors = {row["level"]: row for row in found["standard_errors"]}
     rows = [{"": f"level {row['level']}", **{METRIC_TITLES[m]: _cell(row[m], errors[row["level"]].get(m))
                                              for m in metrics}} for row in found["levels"]]
-    rows += [{"": f"baseline: {BASELINE_TITLES.get(name, name)}", **{METRIC_TITLES[m]: _cell(row.get(m)) for m in metrics}}
-             for name, row in found.get("baselines", {}).items()]
+    for name, row in found.get("baselines", {}).items():
+        rows.append({"": f"baseline: {BASELINE_TITLES.get(name, name)}",
+                     **{METRIC_TITLES[m]: _cell(row.get(m)) for m in metrics}})
     return rows
 
 

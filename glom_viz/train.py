@@ -24,6 +24,15 @@ parts/ are never read). The objective adds up
   on these scenes picks out parts, for the levels below the objects. With ``similarity_still`` the
   regions that the two frames show still join into one group, so the background is one whole here too.
 
+Two more terms take islands outside the training world:
+
+- **the continuation path** (``carry_share``): that share of a batch's scenes is shown as its second frame,
+  the columns continuing (glom-pytorch's ``levels=``) from those the model settled into on the first frame,
+  and every term scores them there; so a column whose object moved on must let go of its old island;
+- **shift consistency** (``shift_weight``): the first view moved by up to ``max_view_shift`` whole patches
+  (its border repeated) must give the same columns for the same content: an island decided by where a
+  column is, not by what it shows, costs.
+
 On a folder, common fate comes from its pairs of frames (``motion.common_fate``: the region shifts
 where they hold, optical flow where they do not), and similarity from each picture itself; each
 picture's groups are found once and kept. With ``--data`` and no other flag the run follows
@@ -97,7 +106,7 @@ GROUP_FIELDS = ("image_size", "patch_size", "max_shift", "similarity_scale", "si
 # much again as this many scenes (the per-product overheads)
 MICRO_BATCH = 16
 MICRO_BATCH_OVERHEAD = 0.5
-# the defaults of a run on a folder (--data): the shipped model's last stages (assets/shipped.json,
+# the defaults of a run on a folder (--data): the shipped model's last stages (experiments/shipped.json,
 # fine_tune), at batch 16 as its CPU stages ran; a fresh decoder trains alone for its first steps when
 # the run starts from --init. motion_weight is dropped where the folder has no second frames.
 DATA_RECIPE = dict(batch_size=16, contrast_weight=0.0, motion_weight=1.0, motion_levels=(2, 3),
@@ -124,7 +133,7 @@ ModelFields.__module__ = __name__
 class TrainConfig(ModelFields):
     """Everything one training run depends on: the model's GlomConfig fields (ModelFields), then these.
 
-    The defaults are the shipped model's recipe (``assets/shipped.json``), run on ``device``; the
+    The defaults are the shipped model's recipe (``experiments/shipped.json``), run on ``device``; the
     architecture options at their GlomConfig defaults give plain glom-pytorch.
     """
 
@@ -176,6 +185,15 @@ class TrainConfig(ModelFields):
     # for this many first steps the reconstruction trains the decoder alone: a decoder fresh from
     # --init is random, and its gradients would otherwise pull a trained model's recon level about
     decoder_warmup: int = 0
+    # the continuation path: this share of each batch's scenes is shown as the scene's second frame, its
+    # columns continuing from those settled on the first frame (no gradient through the first)
+    carry_share: float = 0.0
+    # shift consistency: 1 - cosine between the columns of the first view and of that view moved by up to
+    # max_view_shift whole patches (each axis, never both zero), over the patches both show, at
+    # shift_levels (empty: every level)
+    shift_weight: float = 0.0
+    shift_levels: tuple[int, ...] = ()
+    max_view_shift: int = 3
     # a folder (or .zip) in glom_viz.data's layout to train on instead of the built-in scenes, made to
     # fit the model by `fit` ("crop", "pad", "stretch"); its pairs' common fate by `motion_method`
     # ("shift", "flow" or "auto": motion.common_fate). The built-in scenes always use the shifts.
@@ -213,6 +231,7 @@ class TrainConfig(ModelFields):
         self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
         self.motion_levels = tuple(int(x) for x in self.motion_levels)
         self.similarity_levels = tuple(int(x) for x in self.similarity_levels)
+        self.shift_levels = tuple(int(x) for x in self.shift_levels)
         self.contrast_radii = tuple(float(x) for x in self.contrast_radii)
 
     def model_config(self) -> GlomConfig:
@@ -279,6 +298,20 @@ class TrainConfig(ModelFields):
             raise ConfigError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0 <= self.carry_share <= 1:
+            raise ConfigError(f"carry_share is the share of scenes continued from their first frame, in [0, 1], "
+                              f"got {self.carry_share}")
+        if self.carry_share > 0 and self.max_shift < MIN_SHIFT_GAP:
+            raise ConfigError(f"carry_share needs objects that move between the frames: max_shift at least "
+                              f"{MIN_SHIFT_GAP} px, got {self.max_shift}")
+        if not (math.isfinite(self.shift_weight) and self.shift_weight >= 0):
+            raise ConfigError(f"shift_weight must be a finite number >= 0, got {self.shift_weight}")
+        side = self.image_size // self.patch_size
+        if self.shift_weight > 0 and not 1 <= self.max_view_shift < side:
+            raise ConfigError(f"max_view_shift must be between 1 and {side - 1} patches for the moved view to share "
+                              f"patches with the first, got {self.max_view_shift}")
+        if any(not 0 <= l < self.levels for l in self.shift_levels):
+            raise ConfigError(f"shift_levels must lie in 0..{self.levels - 1} (empty: every level), got {self.shift_levels}")
         if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ConfigError(f"max_minutes is a wall-clock budget in minutes, 0 (none) or more, got {self.max_minutes}")
         if self.motion_method not in MOTION_METHODS:
@@ -290,6 +323,9 @@ class TrainConfig(ModelFields):
         if self.data is not None and not Path(self.data).exists():
             raise ConfigError(f"--data {self.data}: no such folder. A dataset is a folder with its pictures in "
                               f"images/ (and optionally next/, videos/): see the README, 'Bringing your own data'")
+        if self.data is not None and self.carry_share > 0:
+            raise ConfigError("carry_share continues the built-in moving scenes from their first frame; a --data "
+                              "folder has no such pairs here: set carry_share 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -330,20 +366,39 @@ class Learner(nn.Module):
         )
         self.register_buffer("distances", patch_distances(side), persistent=False)
 
-    def columns(self, noisy: torch.Tensor, iters: int | None = None) -> torch.Tensor:
-        """(b, 3, s, s) -> final columns (b, patches, levels, dim) after `iters` (default config.iters) steps."""
-        return self.glom(noisy, iters=iters or self.config.iters)
+    def columns(self, noisy: torch.Tensor, iters: int | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, 3, s, s) -> final columns (b, patches, levels, dim) after `iters` (default config.iters) steps,
+        from the initial state or continuing from `start` (b, patches, levels, dim)."""
+        return self.glom(noisy, iters=iters or self.config.iters, levels=start)
+
+    def continued_from(self, before: torch.Tensor, carried: torch.Tensor, iters: int | None = None) -> torch.Tensor:
+        """The start of every scene: (b, 3, s, s) noisy first frames and (b,) bool -> (b, patches, levels, dim),
+        the columns settled on the first frame where carried (no gradient flows back through that frame),
+        the model's initial state elsewhere."""
+        glom = self.glom
+        start = glom.init_levels[None, None].expand(len(before), glom.num_patches, *glom.init_levels.shape)
+        if not carried.any():
+            return start
+        with torch.no_grad():
+            settled = self.columns(before[carried], iters)
+        start = start.clone()
+        start[carried] = settled.to(start.dtype)
+        return start
 
     def forward(self, images: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]],
                 groups: dict[str, torch.Tensor] | None = None, iters: int | None = None,
-                decoder_only: bool = False) -> dict[str, torch.Tensor]:
+                decoder_only: bool = False, before: tuple[torch.Tensor, torch.Tensor] | None = None,
+                moved: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups: for the
         "motion" and "similarity" terms, (b, patches) each patch's group (-1: none); iters: settling
-        steps (default config.iters); decoder_only: the reconstruction sends the GLOM no gradient
-        -> named losses."""
+        steps (default config.iters); decoder_only: the reconstruction sends the GLOM no gradient;
+        before: (noisy first frames (b, 3, s, s), carried (b,) bool) for the continuation path: carried
+        scenes' columns start from those settled on their first frame; moved: (the first view moved
+        (b, 3, s, s), its shift (b, 2) in patches) for shift consistency -> named losses."""
         c = self.config
         losses = {}
-        states = [self.columns(noisy, iters) for noisy, _ in views]
+        start = None if before is None else self.continued_from(*before, iters)
+        states = [self.columns(noisy, iters, start) for noisy, _ in views]
         recon = torch.zeros((), device=images.device)
         for (_, masked), columns in zip(views, states):
             recon_level = columns[:, :, c.recon_level].float()
@@ -366,9 +421,17 @@ class Learner(nn.Module):
             if groups and term in groups:
                 losses[term] = sum(self.grouped_contrast(states[0][:, :, level], groups[term])
                                    for level in levels) / len(levels)
+        if moved is not None:
+            # the moved view always starts fresh: for a carried scene the term also asks the continued
+            # columns to be those a fresh look at the same content gives
+            moved_states = self.columns(moved[0], iters)
+            levels = c.shift_levels or tuple(range(c.levels))
+            losses["shift"] = sum(shift_consistency(states[0][:, :, level], moved_states[:, :, level], moved[1])
+                                  for level in levels) / len(levels)
         losses["total"] = (losses["reconstruction"] + c.contrast_weight * losses.get("contrast", 0.0)
                            + c.motion_weight * losses.get("motion", 0.0)
-                           + c.similarity_weight * losses.get("similarity", 0.0))
+                           + c.similarity_weight * losses.get("similarity", 0.0)
+                           + c.shift_weight * losses.get("shift", 0.0))
         return losses
 
     def grouped_contrast(self, columns: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -421,6 +484,31 @@ def group_edges(groups: torch.Tensor, side: int) -> torch.Tensor:
     return (edge & (centre >= 0)).flatten(1)
 
 
+def move_view(images: torch.Tensor, shifts: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(b, 3, s, s) images and (b, 2) (down, across) shifts in whole patches -> the images moved so, the
+    rows and columns moved in from outside repeating the border."""
+    side = images.shape[-1]
+    pixels = torch.arange(side, device=images.device)
+    rows = (pixels[None] - shifts[:, :1] * patch_size).clamp(0, side - 1)  # (b, s) the source row of each row
+    cols = (pixels[None] - shifts[:, 1:] * patch_size).clamp(0, side - 1)
+    moved = torch.gather(images, 2, rows[:, None, :, None].expand(-1, images.shape[1], -1, side))
+    return torch.gather(moved, 3, cols[:, None, None, :].expand(-1, images.shape[1], side, -1))
+
+
+def shift_consistency(columns: torch.Tensor, moved: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """(b, n, d) columns of a view, (b, n, d) of the view moved by (b, 2) whole patches -> scalar: the mean
+    over images of 1 - cosine between the columns that show the same patch of content, over those both show."""
+    b, n, d = columns.shape
+    side = math.isqrt(n)
+    rows, cols = torch.meshgrid(torch.arange(side, device=columns.device), torch.arange(side, device=columns.device),
+                                indexing="ij")
+    to_row, to_col = rows.flatten()[None] + shifts[:, :1], cols.flatten()[None] + shifts[:, 1:]
+    shown = (to_row >= 0) & (to_row < side) & (to_col >= 0) & (to_col < side)  # (b, n)
+    partner = (to_row.clamp(0, side - 1) * side + to_col.clamp(0, side - 1))[..., None].expand(b, n, d)
+    cosine = F.cosine_similarity(columns.float(), torch.gather(moved.float(), 1, partner), dim=-1)
+    return (((1 - cosine) * shown).sum(-1) / shown.sum(-1).clamp(min=1)).mean()
+
+
 def batch_scenes(config: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:
     """The step's scene seeds (batch_size,) and which of them are mirrored (batch_size,) bool.
 
@@ -467,21 +555,51 @@ def draw_views(config: TrainConfig, step: int) -> list[tuple[torch.Tensor, torch
             for _ in range(count)]
 
 
+def draw_carried(config: TrainConfig, step: int) -> np.ndarray:
+    """(batch_size,) bool: the step's scenes shown as their second frame, continuing from the first
+    (``carry_share`` of them on average); the same in every data-parallel process."""
+    if not config.carry_share:
+        return np.zeros(config.batch_size, bool)
+    generator = torch.Generator().manual_seed(config.seed * 300_007 + step)
+    return torch.rand(config.batch_size, generator=generator).numpy() < config.carry_share
+
+
+def draw_first_frames(config: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corruption (noise, masked) of the whole batch's first frames on the continuation path,
+    seeded by (seed, step) as ``draw_views``."""
+    generator = torch.Generator().manual_seed(config.seed * 500_009 + step)
+    shape = (config.batch_size, 3, config.image_size, config.image_size)
+    return draw_corruption(shape, config.patch_size, config.noise_std, config.mask_ratio, generator)
+
+
+def draw_view_shifts(config: TrainConfig, step: int) -> torch.Tensor:
+    """(batch_size, 2) (down, across) shifts in whole patches of the moved view, each axis in
+    -max_view_shift..max_view_shift and never both zero; the same in every data-parallel process."""
+    generator = torch.Generator().manual_seed(config.seed * 400_009 + step)
+    span = 2 * config.max_view_shift + 1
+    # every non-zero shift alike: an index into the span x span grid that skips its centre
+    index = torch.randint(span * span - 1, (config.batch_size,), generator=generator)
+    index = index + (index >= span * span // 2).long()
+    return torch.stack((index // span, index % span), -1) - config.max_view_shift
+
+
 def scene_groups(seeds: np.ndarray, flips: np.ndarray, config: TrainConfig,
-                 cache: dict | None = None) -> dict[str, torch.Tensor]:
+                 cache: dict | None = None, second: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """(b,) seeds and mirror flags -> for each grouping term switched on, (b, patches) long: each patch's group.
 
     "motion": the common-fate group between the scene's two frames; "similarity": the region of
     similar colour in the first frame. Found by ``glom_viz.motion`` from pixels alone (mirrored as the
     model sees them); `cache` keeps each scene's groups, since scenes repeat when drawn from a pool.
+    `second` (b,) bool: the scenes seen as their second frame, whose groups are the second frame's.
     """
     terms = tuple(term for term in ("motion", "similarity") if getattr(config, f"{term}_weight") > 0)
     rows = {term: [] for term in terms}
-    for seed, flip in zip(seeds.tolist(), flips.tolist()):
-        key = groups_key(config, terms, seed, flip)
+    second = np.zeros(len(seeds), bool) if second is None else second
+    for seed, flip, frame in zip(seeds.tolist(), flips.tolist(), second.astype(int).tolist()):
+        key = groups_key(config, terms, seed, flip, frame)
         groups = None if cache is None else cache.get(key)
         if groups is None:
-            groups = _groups_of_scene(seed, flip, config, terms)
+            groups = _groups_of_scene(seed, flip, config, terms, frame)
             if cache is not None:
                 cache[key] = groups
         for term in terms:
@@ -560,17 +678,27 @@ class GroupsStore:
         self.unsaved.clear()
 
 
-def groups_key(config: TrainConfig, terms: tuple[str, ...], seed: int, flip: bool) -> tuple:
-    """The groups cache's key of one scene: the terms, the scene, and the settings its groups depend on."""
-    return (terms, seed, flip, *(getattr(config, field) for field in GROUP_FIELDS))
+def groups_key(config: TrainConfig, terms: tuple[str, ...], seed: int, flip: bool, frame: int = 0) -> tuple:
+    """The groups cache's key of one scene: the terms, the scene, and the settings its groups depend on;
+    a second frame's key ends in its frame number (so ``GroupsStore`` keeps it in a file of its own)."""
+    return (terms, seed, flip, *(getattr(config, field) for field in GROUP_FIELDS), *((frame,) if frame else ()))
 
 
-def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """One scene's (patches,) groups for each term; the two frames are compared once for both terms."""
+def scene_frames(seed: int, flip: bool, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The two frames (s, s, 3) of a training scene, mirrored as the model sees them."""
+    return tuple(scene.image[:, ::-1] if flip else scene.image
+                 for scene in make_moving_scene(seed, config.image_size, config.max_shift))
+
+
+def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[str, ...],
+                     frame: int = 0) -> dict[str, np.ndarray]:
+    """One scene's (patches,) groups for each term, in its first frame or (frame 1) its second, compared
+    with the other frame; the two frames are compared once for both terms."""
     labels = still = None
-    if "motion" in terms or config.similarity_still:
-        first, second = (scene.image[:, ::-1] if flip else scene.image
-                         for scene in make_moving_scene(seed, config.image_size, config.max_shift))
+    if "motion" in terms or config.similarity_still or frame:
+        first, second = scene_frames(seed, flip, config)
+        if frame:  # the second frame's groups: what moved together on the way back to the first
+            first, second = second, first
         # the scenes' objects move by whole pixels: the region shifts, never the flow
         labels, still, _ = common_fate(first, second, config.max_shift, "shift")
     else:
@@ -780,9 +908,11 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self, *args)
 
-    def shard(self, step: int, micro: int | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    def shard(self, step: int, micro: int | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]],
+                                                                  dict[str, torch.Tensor], dict]:
         """One micro-batch of this process's share of the step's batch (None: the whole share): clean images,
-        their views, and groups per term. The batch splits into world x accumulate equal parts, this
+        their views, groups per term, and the continuation and shift inputs (``Learner.forward``'s `before`
+        and `moved`, where switched on). The batch splits into world x accumulate equal parts, this
         process's in a row."""
         c = self.config
         if micro is None:
@@ -790,28 +920,44 @@ class Trainer:
         else:
             part, parts = self.rank * self.accumulate + micro, self.world * self.accumulate
         share = slice(part * c.batch_size // parts, (part + 1) * c.batch_size // parts)
+        carried = np.zeros(share.stop - share.start, bool)  # the continuation path runs on the built-in scenes
         if self.dataset is not None:
             indices, flips = batch_pictures(c, step, len(self.dataset))
             images = self.dataset.images(indices[share])
             found = picture_groups(self.dataset, indices[share], flips[share], c, self._picture_groups)
         else:
             seeds, flips = batch_scenes(c, step)
+            carried = draw_carried(c, step)[share]
             images, _, _ = make_batch(seeds[share], c.image_size)
             cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
-            found = scene_groups(seeds[share], flips[share], c, cache)
+            found = scene_groups(seeds[share], flips[share], c, cache, carried)
         images = torch.where(torch.from_numpy(flips[share])[:, None, None, None], images.flip(-1), images)
+        extras = {}
+        if carried.any():
+            # carried scenes: their second frame is seen, continuing from the columns settled on the first
+            before = images.clone()
+            for i in np.flatnonzero(carried):
+                first, second = scene_frames(int(seeds[share][i]), bool(flips[share][i]), c)
+                before[i], images[i] = (torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+                                        for frame in (first, second))
+            noise, masked = draw_first_frames(c, step)
+            extras["before"] = (corrupt(before, noise[share], masked[share], c.patch_size).to(self.device),
+                                torch.from_numpy(carried).to(self.device))
         views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
                  for noise, masked in draw_views(c, step)]
+        if c.shift_weight > 0:
+            shifts = draw_view_shifts(c, step)[share]
+            extras["moved"] = (move_view(views[0][0], shifts, c.patch_size).to(self.device), shifts.to(self.device))
         groups = {term: value.to(self.device) for term, value in found.items()}
         return (images.to(self.device), [(noisy.to(self.device), masked.to(self.device)) for noisy, masked in views],
-                groups)
+                groups, extras)
 
     def compute_losses(self, step: int, micro: int | None = None) -> dict[str, torch.Tensor]:
         """The losses of one micro-batch of the step (None: of this process's whole share at once)."""
-        images, views, groups = self.shard(step, micro)
+        images, views, groups, extras = self.shard(step, micro)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self._parallel(images, views, groups, iters=settling_steps(self.config, step),
-                                  decoder_only=step < self.config.decoder_warmup)
+                                  decoder_only=step < self.config.decoder_warmup, **extras)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; raises FloatingPointError, keeping the weights, if the loss is not finite."""

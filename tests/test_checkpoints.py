@@ -474,3 +474,16 @@ def test_dtypes_the_model_does_not_take_are_refused_naming_those_it_does(dtype):
         with pytest.raises(CheckpointError, match="'pos_emb.weight' holds .* glom-viz takes float32, float16, "
                                                   "bfloat16 or float64"):
             load_checkpoint(data)
+
+
+def test_the_shipped_provenance_names_the_shipped_weights():
+    """The package's record of how the shipped model was made is of these very weights, and its config theirs."""
+    from glom_viz.checkpoints import SHIPPED_CHECKPOINT
+
+    provenance = json.loads(SHIPPED_CHECKPOINT.with_name("shipped-provenance.json").read_text())
+    shipped = read_checkpoint(SHIPPED_CHECKPOINT)
+    assert provenance["sha256"] == shipped.sha256
+    config = shipped.config
+    for field in ("dim", "levels", "image_size", "patch_size"):
+        assert provenance["train_config"][field] == getattr(config, field)
+    assert [row["level"] for row in provenance["evaluation"]["levels"]] == list(range(config.levels))

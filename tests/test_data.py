@@ -2,7 +2,6 @@
 named, nothing usable refused with what was found, masks brought to the model's input as the picture."""
 
 import io
-import sys
 import zipfile
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import moving_square, png_bytes, video_bytes
+from conftest import moving_square, png_bytes, sprites, video_bytes
 from glom_viz import data as data_module
 from glom_viz.data import (Dataset, layout_counts, load_dataset, load_zip, mask_to_input, read_layout,
                            synthetic)
@@ -18,9 +17,6 @@ from glom_viz.errors import DataError, ImageLoadError
 from glom_viz.images import fit_mask, to_model_input
 from glom_viz.islands import patch_truth
 from glom_viz.scenes import EVAL_SEEDS, make_moving_scene
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "experiments"))
-from sprites import TEST_SEEDS, make_sprites, write_split  # noqa: E402
 
 SIZE = 32
 
@@ -218,10 +214,10 @@ def test_the_built_in_scenes_are_a_dataset():
 
 
 def test_the_sprite_family_round_trips_through_the_layout(tmp_path):
-    write_split(tmp_path / "sprites", TEST_SEEDS[:3], SIZE)
+    sprites().write_split(tmp_path / "sprites", sprites().TEST_SEEDS[:3], SIZE)
     dataset = load_dataset(tmp_path / "sprites", SIZE)
     assert not dataset.skipped and len(dataset.with_next()) == 3
     for sample in dataset.samples:
-        scene = make_sprites(int(sample.name), SIZE)
+        scene = sprites().make_sprites(int(sample.name), SIZE)
         assert same_segments(sample.objects, scene.objects) and same_segments(sample.parts, scene.parts)
         assert np.abs(sample.image / 255.0 - scene.image).max() <= 0.5 / 255 + 1e-6

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 
 from conftest import sprites
 from glom_viz.checkpoints import load_checkpoint, read_checkpoint
@@ -121,6 +122,12 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(iters_max=2), "iters_max"),
     (dict(decoder_warmup=-1), "decoder_warmup"),
     (dict(init="/nonexistent/model.safetensors"), "no such checkpoint"),
+    (dict(carry_share=1.5), "carry_share"),
+    (dict(carry_share=0.5, max_shift=1), "max_shift"),
+    (dict(carry_share=0.5, data="."), "carry_share continues the built-in moving scenes"),
+    (dict(shift_weight=-1.0), "shift_weight"),
+    (dict(shift_weight=1.0, max_view_shift=8), "max_view_shift must be between 1 and 7"),
+    (dict(shift_levels=(3,)), "shift_levels must lie"),
 ])
 def test_configs_that_cannot_work_are_refused(changes, message):
     with pytest.raises((ConfigError, CheckpointError), match=message):
@@ -177,7 +184,7 @@ def test_stop_at_ends_early_on_the_full_schedule_and_resume_finishes_it(tmp_path
 
 
 def test_defaults_are_the_shipped_recipe():
-    shipped = json.loads((Path(__file__).parent.parent / "glom_viz" / "assets" / "shipped.json").read_text())
+    shipped = json.loads((Path(__file__).parent.parent / "experiments" / "shipped.json").read_text())
     recipe = {k: v for k, v in shipped["train_config"].items() if k not in ("device", "out", "checkpoint_every")}
     defaults = TrainConfig().to_dict()
     assert {k: defaults[k] for k in recipe} == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
@@ -245,10 +252,13 @@ def test_a_groups_cache_folder_serves_later_runs_with_the_same_group_settings(tm
     assert found  # found again
 
 
-def test_micro_batches_add_up_to_the_whole_batchs_gradients_and_losses():
+@pytest.mark.parametrize("terms", [{}, dict(carry_share=0.5, shift_weight=1.0, max_view_shift=2)])
+def test_micro_batches_add_up_to_the_whole_batchs_gradients_and_losses(terms):
     """accumulate=4 runs the batch in four parts; the step's gradients and losses are the whole batch's
-    (fp32: under bf16 four parts round differently from one)."""
-    config = tiny(**CONTRAST, **MOTION, **SIMILARITY, mask_ratio=0.4, flip=True, bf16=False, batch_size=8, steps=1)
+    (fp32: under bf16 four parts round differently from one), with the continuation path and shift
+    consistency too."""
+    config = tiny(**CONTRAST, **MOTION, **SIMILARITY, **terms, mask_ratio=0.4, flip=True, bf16=False, batch_size=8,
+                  steps=1)
     whole, parts = Trainer(config), Trainer(TrainConfig(**{**config.to_dict(), "accumulate": 4}))
     seen = []
     original = parts.shard
@@ -608,3 +618,59 @@ def test_init_takes_a_glom_pytorch_state_dicts_shape(tmp_path):
     trainer = Trainer(dataclasses.replace(config, steps=1, batch_size=2, iters=2, checkpoint_every=0))
     for name, tensor in reference.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[name], tensor), name
+
+
+def test_a_moved_view_shows_the_same_patches_and_shift_consistency_scores_what_moves_with_them():
+    from glom_viz.train import draw_view_shifts, move_view, shift_consistency
+
+    images = torch.rand(3, 3, 32, 32)
+    shifts = torch.tensor([[1, 2], [-2, 0], [0, -1]])
+    moved = move_view(images, shifts, 4)
+    # the content moved by whole patches; what came in from outside repeats the border
+    assert torch.equal(moved[0, :, 4:, 8:], images[0, :, :-4, :-8])
+    assert torch.equal(moved[0, :, :4, 8:], images[0, :, :1, :-8].expand(-1, 4, -1))
+    assert torch.equal(moved[1, :, :-8], images[1, :, 8:])
+    # columns that are a function of their patch alone move with it: no cost; a position code costs
+    patches = lambda x: rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=4, p2=4)
+    assert shift_consistency(patches(images), patches(moved), shifts) == pytest.approx(0.0, abs=1e-6)
+    position = torch.randn(1, 64, 48)
+    assert shift_consistency(patches(images) + position, patches(moved) + position, shifts) > 0.05
+    config = tiny(max_view_shift=2, shift_weight=1.0, batch_size=256)
+    drawn = draw_view_shifts(config, 3)
+    assert torch.equal(drawn, draw_view_shifts(config, 3)) and drawn.abs().max() <= 2
+    assert (drawn != 0).any(-1).all() and len({tuple(d) for d in drawn.tolist()}) == 24
+
+
+def test_carried_scenes_are_seen_as_their_second_frame_continuing_from_the_first():
+    from glom_viz.scenes import make_moving_scene
+    from glom_viz.train import draw_carried, groups_key
+
+    trainer = Trainer(tiny(**MOTION, **SIMILARITY, carry_share=0.5, batch_size=8, scenes=6))
+    carried = draw_carried(trainer.config, 0)
+    assert 0 < carried.sum() < 8 and (carried == draw_carried(trainer.config, 0)).all()
+    images, views, groups, extras = trainer.shard(0)
+    before, shown = extras["before"]
+    assert (shown.numpy() == carried).all()
+    seeds, flips = batch_scenes(trainer.config, 0)
+    for i in range(8):
+        first, second = (torch.from_numpy(np.ascontiguousarray(f.image[:, ::-1] if flips[i] else f.image)).permute(2, 0, 1)
+                         for f in make_moving_scene(int(seeds[i]), 32))
+        assert torch.equal(images[i], second if carried[i] else first)
+        # the groups are those of the frame seen, cached apart from the other frame's
+        assert groups_key(trainer.config, ("motion", "similarity"), int(seeds[i]), bool(flips[i]), int(carried[i])) \
+            in trainer._groups_cache
+    # a carried scene's columns start from those settled on its (noisy) first frame, the others fresh
+    start = trainer.learner.continued_from(before, shown, iters=3)
+    with torch.no_grad():
+        settled = trainer.model(before[shown], iters=3)
+    torch.testing.assert_close(start[shown], settled)
+    assert torch.equal(start[~shown], trainer.model.init_levels.detach().expand_as(start[~shown]))
+    losses = trainer.compute_losses(0)
+    assert torch.isfinite(losses["total"])
+    # shift consistency enters the total at its weight, beside the other terms
+    trainer = Trainer(tiny(**MOTION, carry_share=0.5, shift_weight=2.0, max_view_shift=2, steps=3))
+    losses = trainer.compute_losses(0)
+    assert losses["shift"] > 0
+    torch.testing.assert_close(losses["total"], losses["reconstruction"] + 0.5 * losses["motion"] + 2.0 * losses["shift"])
+    trainer.fit()
+    assert all(math.isfinite(row["shift"]) for row in trainer.history)
