@@ -25,6 +25,8 @@ def main() -> None:
     page.set_up()
     model_settings = sidebar.model_panel()
     loaded, model_error = load_model(model_settings)
+    if model_error:
+        sidebar.checkpoint_config_form(model_error)
     sidebar.model_summary(loaded)
     config = loaded.model.config
     path = sidebar.precision_panel(config.dim)

@@ -23,9 +23,10 @@ does the same with the seed's GLOM (224 px, patch 14, dim 512, 6 levels: "Random
 work for one upload (GLOM's run, the islands of all 78 maps, one level's measures, the overlay), so that the
 rest of the browser's time is Streamlit, the transfer and the browser.
 
-    python benchmarks/app.py --screenshots docs/screenshots
+    GLOM_VIZ_RUNS=runs python benchmarks/app.py --screenshots docs/screenshots
 
-takes the README's screenshots instead (1400 px wide): each view of the default picture, and a photograph.
+takes the README's screenshots instead (1400 px wide): each view of the default picture, and a photograph; the
+Over training view shows the newest run under GLOM_VIZ_RUNS.
 
     python benchmarks/app.py --photographs DIR
 
@@ -290,6 +291,12 @@ def screenshots(url: str, folder: Path, chromium_path: str, chromium_args: list[
         page.get_by_role("button", name=re.compile("Compute attention")).click()
         settle(page, "Click a patch")
         shoot(page, "column")
+        click_view(page, "Over training")  # the newest run under the server's GLOM_VIZ_RUNS
+        settle(page, re.compile(r"training step \d+"))
+        shoot(page, "training")
+        click_view(page, "Compare models")  # with the untrained model of its shape
+        settle(page, "Between the two")
+        shoot(page, "compare")
         click_view(page, "Islands")
         page.locator("[data-testid='stSelectbox']").filter(has_text="Image").first.click()
         page.get_by_role("option", name="china", exact=True).click()

@@ -9,6 +9,7 @@ reads (the model, the warm-up thread); ``st.cache_data`` pickles what it keeps, 
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import itertools
@@ -54,7 +55,7 @@ class ModelStore:
     def __init__(self, max_bytes: int, max_entries: int, max_refusals: int = 64):
         self.max_bytes, self.max_entries, self.max_refusals = max_bytes, max_entries, max_refusals
         self._models: OrderedDict[str, tuple[object, int]] = OrderedDict()
-        self._refused: OrderedDict[str, tuple[type[Exception], str]] = OrderedDict()
+        self._refused: OrderedDict[str, Exception] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
@@ -82,7 +83,7 @@ class ModelStore:
                 loaded = load()
             except refusals as error:
                 with self._lock:
-                    self._refused[key] = (type(error), str(error))
+                    self._refused[key] = copy.copy(error)  # without its traceback, which holds the file's tensors
                     while len(self._refused) > self.max_refusals:
                         self._refused.popitem(last=False)
                 raise
@@ -97,9 +98,8 @@ class ModelStore:
 
     def _held(self, key: str):
         """The model under ``key`` (now the most recently used), None, or its refusal raised again."""
-        if key in self._refused:
-            kind, message = self._refused[key]
-            raise kind(message)
+        if key in self._refused:  # a copy, with what the error carries beside its message (CheckpointError.fields)
+            raise copy.copy(self._refused[key])
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key][0]

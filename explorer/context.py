@@ -59,7 +59,10 @@ class ViewContext:
         return self.truth_names[0] if self.truth_names else None
 
 
-def level_name(level, levels: int) -> str:
+def level_name(level, levels: int, compact: bool = False) -> str:
+    """A level's name on the level control; compact: bare numbers and "all", for many levels."""
     if level == ALL_LEVELS:
-        return "all levels"
+        return "all" if compact else "all levels"
+    if compact:
+        return str(level)
     return f"{level} (top)" if level == levels - 1 else f"{level} (bottom)" if level == 0 else str(level)

@@ -18,6 +18,8 @@ from glom_viz.text import short_name
 
 STEM_CHARS = 60  # file systems take 255 bytes a name; a picture's name may be kilobytes
 
+ISLANDS_SEED = 0  # the page's islands and projections draw with find_islands' and project's default seed
+
 
 def stem_of(name: str) -> str:
     """A file name's stem from a picture's name: letters and digits, dashes between, at most STEM_CHARS."""
@@ -35,10 +37,11 @@ def bundle(context: ViewContext) -> bytes:
     """Everything about this picture's run, with a manifest saying how it was made."""
     frame, page, level, step = context.frame, context.page, context.level_index, context.step
     settings = page.island_settings
+    picture = frame.picture
     provenance = export.provenance(
-        page.model.model.config.to_dict(), page.model.checkpoint_sha, frame.picture.key, seed=0,
-        iters=page.iterations, method=settings.method, params=settings.keywords(),
-        model=page.model.title, picture=frame.picture.name, fit=page.fit, input=frame.info,
+        page.model.model.config.to_dict(), page.model.checkpoint_sha, picture.sha256, seed=ISLANDS_SEED,
+        iters=page.iterations, method=settings.method, params=settings.keywords(), model_seed=page.model.seed,
+        model=page.model.title, picture=picture.name, image_frame=picture.frame, fit=page.fit, input=frame.info,
         precision=page.run_settings.path, sequence=page.sequence)
     return export.run_bundle(context.run.states, context.labels, context.grid, all_measures(context),
                              image=frame.shown, overlay=render.draw_islands(frame.display, context.labels[step, level],

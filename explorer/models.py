@@ -18,7 +18,12 @@ from glom_viz.checkpoints import SHIPPED_CHECKPOINT, check_limits, checkpoint_ha
 from glom_viz.errors import CheckpointError, ConfigError
 from glom_viz.model import Glom, GlomConfig
 from glom_viz.text import plain, plain_name
+from glom_viz.training_runs import TrainingRun
 
+SHIPPED_TITLE = "trained GLOM (shipped)"
+# what the shipped model was trained on (glom_viz/assets/shipped.json), said wherever it is used
+SHIPPED_KNOWS = ("Trained self-supervised on 64 px synthetic part-whole scenes (glom_viz.scenes) only: on "
+                 "photographs its islands, the upper levels' above all, are not to be trusted yet.")
 STAND_IN_TITLE = "random GLOM (stand-in)"
 STAND_IN_NOTE = (f"**Stand-in model.** The trained model is not shipped yet, so this is a random GLOM (seed "
                  f"{RANDOM_SEED}) of its shape: its islands come from untrained weights.")
@@ -30,18 +35,23 @@ class LoadedModel:
     key: str  # content hash: the checkpoint's sha256 (and what was assumed), or the random model's seed and config
     title: str
     note: str | None  # what the user should know (a stand-in, what was inferred)
-    checkpoint_sha: str
+    checkpoint_sha: str | None  # sha256 of the checkpoint's bytes; None for weights drawn from a seed
+    seed: int | None = None  # the seed of drawn weights
 
     @property
     def stand_in(self) -> bool:
         return self.title == STAND_IN_TITLE
+
+    @property
+    def shipped(self) -> bool:
+        return self.title == SHIPPED_TITLE
 
 
 def random_model(seed: int, config: GlomConfig, title: str, note: str | None) -> LoadedModel:
     with torch.random.fork_rng(devices=[]):  # other visitors' random state is left alone
         torch.manual_seed(seed)
         model = Glom.from_config(config)
-    return LoadedModel(model, cache.content_key("random", seed, config), title, note, f"random:{seed}")
+    return LoadedModel(model, cache.content_key("random", seed, config), title, note, None, seed)
 
 
 def _stand_in() -> LoadedModel:
@@ -56,18 +66,63 @@ def _shipped() -> LoadedModel:
 
     def load() -> LoadedModel:
         checkpoint = read_checkpoint(SHIPPED_CHECKPOINT)
-        return LoadedModel(checkpoint.model, sha, "trained GLOM (shipped)", checkpoint.note, sha)
+        return LoadedModel(checkpoint.model, sha, SHIPPED_TITLE, checkpoint.note, sha)
     return cache.model(sha, load)
 
 
-def load_model(settings: ModelSettings) -> tuple[LoadedModel, str | None]:
-    """The model the settings ask for, and an error to show if it could not be had (then a stand-in)."""
+@dataclass(frozen=True)
+class ModelProblem:
+    """Why the model asked for could not be had: a sentence, and for a checkpoint that its config would
+    make load, the fields to ask for and what its tensors told (glom_viz's CheckpointError.fields, .read)."""
+
+    message: str
+    fields: tuple[str, ...] = ()
+    read: tuple[tuple[str, object], ...] = ()
+
+
+def state_dict_note(checkpoint) -> str | None:
+    """What was read or assumed to build a state dict, with how to change an assumption on this page."""
+    if checkpoint.note is None:
+        return None
+    if "consensus_self" in checkpoint.assumed:
+        return (f"{checkpoint.note}. If the model was trained with columns attending to themselves, tick "
+                "consensus_self under the uploader.")
+    return checkpoint.note
+
+
+def untrained_like(config: GlomConfig, seed: int = RANDOM_SEED) -> LoadedModel:
+    """A model of the same shape with weights drawn from a seed: what training started from."""
+    return cache.model(cache.content_key("random", seed, config), lambda: random_model(
+        seed, config, f"untrained GLOM (seed {seed})", "Untrained weights of the same shape."))
+
+
+def training_checkpoint(run: TrainingRun, step: int) -> LoadedModel:
+    """A training run's checkpoint at a step, loaded once per file (its path, size and time key it).
+
+    Raises:
+        CheckpointError, RunError: the checkpoint cannot be loaded (the message says why).
+    """
+    kept = next((c for c in run.readable if c.step == step), None)
+    if kept is None:
+        return run.checkpoint(step)  # raises RunError naming the steps there are
+    stat = kept.path.stat()
+    key = cache.content_key("training run", run.name, step, str(kept.path), stat.st_size, stat.st_mtime_ns)
+
+    def load() -> LoadedModel:
+        checkpoint = run.checkpoint(step)
+        return LoadedModel(checkpoint.model, cache.content_key(key, checkpoint.sha256),
+                           f"run {run.name} at step {step}", None, checkpoint.sha256)
+    return cache.model(key, load)
+
+
+def load_model(settings: ModelSettings) -> tuple[LoadedModel, ModelProblem | None]:
+    """The model the settings ask for, and why it could not be had if it could not (then a stand-in)."""
     if settings.source == "random":
         seed, config = settings.seed, settings.config
         try:  # before it is built: a tiny patch size asks for gigabytes of consensus masks
             check_limits(config, CHECKPOINT_LIMITS, "this random GLOM")
         except CheckpointError as error:
-            return _shipped(), plain(str(error))
+            return _shipped(), ModelProblem(plain(str(error)))
         return cache.model(cache.content_key("random", seed, config), lambda: random_model(
             seed, config, f"random GLOM (seed {seed})",
             "Untrained weights: islands come from the architecture alone.")), None
@@ -76,17 +131,26 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, str | None]:
             return _shipped(), None
         sha = checkpoint_hash(settings.checkpoint)
         name, data, consensus_self = settings.checkpoint_name, settings.checkpoint, settings.consensus_self
+        given = dict(settings.checkpoint_config)
 
         def load() -> LoadedModel:
-            checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self}, limits=CHECKPOINT_LIMITS)
-            note = plain(checkpoint.note) if checkpoint.note else None  # a note is shown as Markdown
+            checkpoint = read_checkpoint(data, assume={"consensus_self": consensus_self, **given},
+                                         limits=CHECKPOINT_LIMITS)
+            note = state_dict_note(checkpoint)
             return LoadedModel(checkpoint.model, cache.content_key(sha, checkpoint.config), f"checkpoint {name}",
-                               note, sha)
+                               plain(note) if note else None, sha)  # a note is shown as Markdown
         try:
-            return cache.model(cache.content_key(sha, consensus_self), load), None
-        except (CheckpointError, ConfigError) as error:
-            return _shipped(), f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}"
+            return cache.model(cache.content_key(sha, consensus_self, settings.checkpoint_config), load), None
+        except CheckpointError as error:
+            if error.fields:
+                return _shipped(), ModelProblem(
+                    f"Could not use the checkpoint **{plain_name(name)}**: {plain(error.reason)}. Give the config "
+                    "it was trained with in the sidebar, under the uploader.", error.fields,
+                    tuple(sorted({**error.read, **given}.items())))
+            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
+        except ConfigError as error:
+            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
     try:
         return _shipped(), None
     except (CheckpointError, ConfigError) as error:
-        return _stand_in(), f"The shipped model could not be loaded: {plain(str(error))}"
+        return _stand_in(), ModelProblem(f"The shipped model could not be loaded: {plain(str(error))}")

@@ -8,7 +8,7 @@ import torch
 
 from explorer import state
 from explorer.limits import MAX_FRAMES, TORCH_THREADS
-from explorer.models import LoadedModel
+from explorer.models import LoadedModel, ModelProblem
 from explorer.pictures import Frame, Picture, frame_of, show_new_upload
 from explorer.settings import ImageSettings, RunSettings
 from explorer.sidebar import mask_upload
@@ -33,7 +33,7 @@ def set_up() -> None:
     st.markdown(PAGE_CSS, unsafe_allow_html=True)
 
 
-def header(loaded: LoadedModel, run: RunSettings, model_error: str | None):
+def header(loaded: LoadedModel, run: RunSettings, model_error: ModelProblem | None):
     """The title and what runs (model, size, levels, iterations, precision path); returns the chooser's place."""
     config = loaded.model.config
     title, chooser, badge = st.columns([3, 3, 3], vertical_alignment="bottom")
@@ -42,7 +42,7 @@ def header(loaded: LoadedModel, run: RunSettings, model_error: str | None):
     badge.caption(f"**{plain_name(loaded.title)}** · {config.image_size} px · {config.levels} levels · dim {config.dim} · "
                   f"{run.iterations} iterations · {run.path}")
     if model_error:
-        st.error(model_error + " Showing the default model instead.")
+        st.error(model_error.message + " Showing the default model instead.")
     if loaded.note:
         (st.warning if loaded.stand_in else st.info)(loaded.note)
     return chooser
@@ -51,11 +51,16 @@ def header(loaded: LoadedModel, run: RunSettings, model_error: str | None):
 def choose_pictures(pictures: list[Picture], settings: ImageSettings, chooser) -> list[Picture]:
     """The pictures this page runs: all frames of a sequence (at most MAX_FRAMES), else the one chosen."""
     if settings.sequence:
+        own = pictures[len(settings.bundled):]
+        left_out = bool(own) and len(own) < len(pictures)
+        pictures = own or pictures  # the visitor's own frames make the sequence, never the bundled ones first
         if len(pictures) > MAX_FRAMES:
             st.warning(f"A sequence holds at most {MAX_FRAMES} frames; the first {MAX_FRAMES} of {len(pictures)} "
                        "are used.")
             pictures = pictures[:MAX_FRAMES]
-        chooser.caption(f"**Sequence** of {len(pictures)} frames, in order: pick a frame beside the step slider.")
+        chooser.caption(f"**Sequence** of {len(pictures)} {'uploaded ' if own else ''}frames, in order: pick a "
+                        "frame beside the step slider."
+                        + (" The bundled pictures are left out of it." if left_out else ""))
         return pictures
     names = [short_name(p.name) for p in pictures]  # a select box's options are plain text
     show_new_upload(pictures, len(settings.bundled))

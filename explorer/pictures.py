@@ -30,6 +30,12 @@ class Picture:
     rgb: np.ndarray
     note: str | None = None
     masks: tuple[tuple[str, np.ndarray], ...] = ()  # name -> (H, W) int labels, 0 = background
+    sha256: str = ""  # of the uploaded file's bytes, or of a bundled picture's pixels: the provenance's image hash
+    frame: int | None = None  # which frame of an animated file or video
+
+    def __post_init__(self):
+        if not self.sha256:
+            object.__setattr__(self, "sha256", pixels_sha256(self.rgb))
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,9 +82,14 @@ class Frame:
         return self.input.info
 
 
+def pixels_sha256(rgb: np.ndarray) -> str:
+    """sha256 (hex) of a picture's pixels, row-major uint8 RGB: the hash of a picture that has no file."""
+    return hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+
+
 def _photos() -> dict[str, Picture]:
-    return {name: Picture(name, hashlib.sha256(rgb.tobytes()).hexdigest(), rgb, note=None)
-            for name, rgb in sample_images().items() if name in PHOTOS}
+    return {name: Picture(name, pixels_sha256(rgb), rgb, note=None) for name, rgb in sample_images().items()
+            if name in PHOTOS}
 
 
 def scene(seed: int, image_size: int) -> Picture:
@@ -99,9 +110,9 @@ def upload(data: bytes, name: str, as_frames: bool) -> list[Picture]:
             loaded = load_frames(data, name)
             many = len(loaded) > 1
             return [Picture(f"{name} · frame {image.frame + 1}" if many else name, f"{image.sha256}:{image.frame}",
-                            image.rgb, note=image.note) for image in loaded]
+                            image.rgb, note=image.note, sha256=image.sha256, frame=image.frame) for image in loaded]
         image = load_image(data, name)
-        return [Picture(name, image.sha256, image.rgb, note=image.note)]
+        return [Picture(name, image.sha256, image.rgb, note=image.note, sha256=image.sha256)]
     return cache.pictures(cache.content_key("upload", hashlib.sha256(data).hexdigest(), name, as_frames), load)
 
 

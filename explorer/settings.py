@@ -47,6 +47,8 @@ class ModelSettings:
     checkpoint_name: str | None = None
     checkpoint: bytes | None = field(default=None, repr=False)
     consensus_self: bool = False  # asked for glom-pytorch state dicts, which cannot say
+    # GlomConfig fields given for a state dict whose tensors do not tell them (the checkpoint config form)
+    checkpoint_config: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,6 @@ class IslandSettings:
 
     def describe(self) -> str:
         count = "automatic count" if self.n_islands is None else f"{self.n_islands} islands"
-        extra = ", ".join(f"{k}={v}" for k, v in self.params)
+        extra = ", ".join(f"{k}={'picked per map' if v is None else v}" for k, v in self.params)
         return ", ".join(x for x in (METHOD_LABELS[self.method], count if self.method in islands.COUNT_METHODS
                                      else "", extra) if x)

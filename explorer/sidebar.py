@@ -9,7 +9,7 @@ import streamlit as st
 from explorer import cache, state
 from explorer.limits import (CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_SET_PICTURES, MAX_UPLOADS,
                              SET_UPLOAD_MB, UPLOAD_NAME_BYTES)
-from explorer.models import LoadedModel
+from explorer.models import SHIPPED_KNOWS, LoadedModel, ModelProblem
 from explorer.pictures import Mask, Picture
 from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
                                MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
@@ -27,6 +27,11 @@ LONG_NAMES = (f"A file whose name is longer than about {UPLOAD_NAME_BYTES:,} byt
               "it): rename it and upload it again.")
 
 
+# the fields a checkpoint's config form asks for (the shapes of a GLOM's tensors): name, low, high, step
+CHECKPOINT_FIELDS = (("dim", 8, 4096, 8), ("levels", 1, 16, 1), ("image_size", 8, 1024, 1), ("patch_size", 1, 64, 1),
+                     ("feedforward_mult", 1, 16, 1), ("local_consensus_radius", 0.0, 64.0, 0.5))
+
+
 def model_panel() -> ModelSettings:
     """Which model: shipped, random (with its config) or an uploaded checkpoint."""
     st.sidebar.header("Model")
@@ -35,6 +40,7 @@ def model_panel() -> ModelSettings:
     seed, config = RANDOM_SEED, RANDOM_CONFIG
     checkpoint_name = checkpoint = None
     consensus_self = False
+    checkpoint_config: tuple = ()
     if source == "random":
         with st.sidebar.expander("Random model", expanded=True):
             seed = int(st.number_input("Seed", 0, 2**31 - 1, RANDOM_SEED, key=state.MODEL_SEED))
@@ -65,7 +71,31 @@ def model_panel() -> ModelSettings:
                  "whether columns attended to themselves is not, so say it here.")
         if upload is not None:
             checkpoint_name, checkpoint = upload.name, upload.getvalue()
-    return ModelSettings(source, seed, config, checkpoint_name, checkpoint, consensus_self)
+            checkpoint_config = state.checkpoint_config(upload.file_id)
+    return ModelSettings(source, seed, config, checkpoint_name, checkpoint, consensus_self, checkpoint_config)
+
+
+def checkpoint_config_form(problem: ModelProblem) -> None:
+    """The config of a checkpoint whose tensors do not tell it, asked for under the uploader: what was
+    read is filled in, and loading with it tries the checkpoint again."""
+    upload = st.session_state.get(state.MODEL_CHECKPOINT)
+    if upload is None or not problem.fields:
+        return
+    read = dict(problem.read)
+    defaults = GlomConfig()
+    with st.sidebar.form(state.CHECKPOINT_FORM, border=True):
+        st.markdown("**How the checkpoint was made**")
+        st.caption("Filled in from its tensors where they tell; " + ", ".join(problem.fields)
+                   + (" is" if len(problem.fields) == 1 else " are") + " what they did not tell or did not fit.")
+        left, right = st.columns(2)
+        for index, (name, low, high, step) in enumerate(CHECKPOINT_FIELDS):
+            place = left if index % 2 == 0 else right
+            value = read.get(name, getattr(defaults, name))
+            number = float if isinstance(step, float) else int
+            place.number_input(name.replace("_", " "), number(low), number(high), number(value), step=step,
+                               key=state.checkpoint_field_key(name))
+        st.form_submit_button("Load with this config", type="primary", on_click=state.give_checkpoint_config,
+                              args=(upload.file_id, tuple(name for name, *_ in CHECKPOINT_FIELDS)))
 
 
 def model_summary(loaded: LoadedModel) -> None:
@@ -76,6 +106,8 @@ def model_summary(loaded: LoadedModel) -> None:
         f"**{plain_name(loaded.title)}** · expects **{config.image_size}×{config.image_size} px** images in "
         f"**{config.patch_size} px** patches ({h}×{w} = {h * w} columns) · {config.levels} levels of "
         f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
+    if loaded.shipped:
+        st.sidebar.caption(SHIPPED_KNOWS)
     with st.sidebar.expander("Full config"):
         st.json(config.to_dict(), expanded=True)
         st.caption(f"hash `{loaded.key[:16]}`")
@@ -195,12 +227,15 @@ def islands_panel() -> IslandSettings:
         params["connectivity"] = st.sidebar.checkbox("Only neighbouring patches join (grid connectivity)",
                                                      value=True, key=state.ISLANDS_CONNECTIVITY)
     if method == "threshold":
-        params["threshold"] = float(st.sidebar.slider("Cosine threshold", 0.5, 0.999, islands.THRESHOLD, 0.001,
-                                                      format="%.3f", key=state.ISLANDS_THRESHOLD,
-                                                      help="Neighbouring columns whose vectors have at least "
-                                                           "this cosine are in the same island."))
-        params["min_size"] = int(st.sidebar.number_input("Smallest island (patches; smaller = noise)", 1, 64, 1,
-                                                         key=state.ISLANDS_MIN_SIZE))
+        picked = st.sidebar.toggle("Pick the threshold per map", value=True, key=state.ISLANDS_THRESHOLD_AUTO,
+                                   help="The highest cosine at which islands smaller than the smallest size "
+                                        f"hold at most {islands.TINY_SHARE:.0%} of the patches: one fixed "
+                                        "cosine fits no two levels (confetti low down, one island at the top).")
+        params["threshold"] = None if picked else float(st.sidebar.slider(
+            "Cosine threshold", 0.5, 0.999, islands.THRESHOLD, 0.001, format="%.3f", key=state.ISLANDS_THRESHOLD,
+            help="Neighbouring columns whose vectors have at least this cosine are in the same island."))
+        params["min_size"] = int(st.sidebar.number_input("Smallest island (patches; smaller are in none)", 1, 64,
+                                                         islands.THRESHOLD_MIN_SIZE, key=state.ISLANDS_MIN_SIZE))
     if method == "hdbscan":
         params["min_cluster_size"] = int(st.sidebar.number_input("Smallest island (patches)", 2, 256,
                                                                  islands.HDBSCAN_MIN_CLUSTER_SIZE,

@@ -19,6 +19,9 @@ from glom_viz.errors import StatesError
 from glom_viz.text import plain_name
 
 PLAY_INTERVAL_S = 0.7
+CONTROLS = [5.0, 1.4, 4.6]  # step, play, level
+SEQUENCE_CONTROLS = [2.4, 3.8, 1.4, 4.4]  # frame, step, play, level
+NAMED_LEVELS = 4  # up to this many levels the level control names the bottom and top ("0 (bottom)")
 
 
 def show(page: Page) -> None:
@@ -36,15 +39,16 @@ def viewer(page: Page) -> None:
     playing = state.playing()
     state.tick(last_step)
 
-    # the level control needs ~320 px for its five choices at 1400 px; narrower, its last choice fades out
-    controls = st.columns([2, 4.5, 1.1, 4.5] if page.sequence else [5.5, 1.1, 4.5], vertical_alignment="bottom")
+    # at 1400 px the level control needs ~320 px for five named choices (more levels get short names) and
+    # play ~110 px for its label and shortcut; narrower, their labels are cut
+    controls = st.columns(SEQUENCE_CONTROLS if page.sequence else CONTROLS, vertical_alignment="bottom")
     index = 0
     if page.sequence:
-        state.clamp(state.FRAME, 0, len(page.frames) - 1, 0)
-        index = controls[0].slider("Frame", 0, len(page.frames) - 1, key=state.FRAME,
-                                   help="Each frame starts from the previous frame's final columns.")
+        state.clamp(state.FRAME, 1, len(page.frames), 1)
+        index = controls[0].slider("Frame", 1, len(page.frames), key=state.FRAME,
+                                   help="Each frame starts from the previous frame's final columns.") - 1
         controls = controls[1:]
-    state.clamp(state.STEP, 0, last_step, last_step)
+    state.keep_step(last_step, page.model.key)
     step = controls[0].slider("Step", 0, last_step, key=state.STEP,
                               help="Step 0 is the initial state; each step is one GLOM iteration. "
                                    "Focus the slider and use the arrow keys to scrub.")
@@ -52,8 +56,10 @@ def viewer(page: Page) -> None:
                        args=(last_step,), width="stretch", help="Play the steps (shortcut: p)", shortcut="p")
     level_options = [*range(levels), ALL_LEVELS]
     state.keep_choice(state.LEVEL, level_options, min(DEFAULT_LEVEL, levels - 1))
-    level = controls[2].segmented_control("Level", level_options, key=state.LEVEL, required=True,
-                                          format_func=lambda l: level_name(l, levels))
+    compact = levels > NAMED_LEVELS
+    level = controls[2].segmented_control(
+        f"Level (0 bottom, {levels - 1} top)" if compact else "Level", level_options, key=state.LEVEL,
+        required=True, format_func=lambda l: level_name(l, levels, compact))
 
     frame = page.frames[index]
     run = page.runs[index]()

@@ -49,6 +49,10 @@ HASH_CHUNK_BYTES = 2**20
 # torch.save wraps state dicts that training scripts often nest under one of these keys
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema")
 DDP_PREFIX = "module."
+# what a glom-pytorch state dict cannot record (it holds no tensor); assumed False unless given
+STATE_DICT_SILENT = ("consensus_self",)
+# the config fields that shape a GLOM's tensors: what to give when they cannot be read or do not fit
+SHAPE_FIELDS = ("dim", "levels", "image_size", "patch_size", "feedforward_mult", "local_consensus_radius")
 # torch.save stores tensors uncompressed in its zip archive; a re-zipped file of float weights packs a
 # little, zeros pack 1000:1. Beyond this ratio (and a slack for the small entries) an archive is refused
 # before torch.load inflates it.
@@ -104,6 +108,8 @@ class Checkpoint:
     sha256: of the checkpoint's bytes.
     source: ``"glom-viz"``, ``"state dict (torch)"`` or ``"state dict (safetensors)"``.
     note: what was inferred or assumed to build the model, for the user; None for our format.
+    read: the config fields read from a state dict's tensor shapes.
+    assumed: the config fields a state dict cannot record and that were assumed (not given).
     """
 
     model: Glom
@@ -112,6 +118,8 @@ class Checkpoint:
     sha256: str
     source: str
     note: str | None
+    read: dict = dataclasses.field(default_factory=dict)
+    assumed: tuple[str, ...] = ()
 
 
 def save_checkpoint(model: Glom, path: str | os.PathLike, **metadata) -> str:
@@ -214,10 +222,12 @@ def read_checkpoint(path_or_bytes, *, assume: dict | None = None, limits: Checkp
             "glom-pytorch state dict saved with torch.save(model.state_dict(), path)"
         )
     tensors, unwrapped = _strip_ddp_prefix(tensors)
-    model_config, inferred = _infer_config(tensors, {**(assume or {}), **config}, label)
-    model = _build(model_config, tensors, label, limits)
+    given = {**(assume or {}), **config}
+    model_config, inferred, read = _infer_config(tensors, given, label)
+    model = _build(model_config, tensors, label, limits, read)
     note = "; ".join(([unwrapped] if unwrapped else []) + inferred) or None
-    return Checkpoint(model, model_config, {}, digest, source, note)
+    assumed = tuple(name for name in STATE_DICT_SILENT if name not in given)
+    return Checkpoint(model, model_config, {}, digest, source, note, read, assumed)
 
 
 def checkpoint_hash(path_or_bytes) -> str:
@@ -558,8 +568,9 @@ def _strip_ddp_prefix(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch
 # -- building the model --------------------------------------------------------------------------
 
 
-def _infer_config(tensors: dict[str, torch.Tensor], given: dict, label: str) -> tuple[GlomConfig, list[str]]:
-    """A config from the caller's fields, completed from the tensor shapes; the notes say what was read."""
+def _infer_config(tensors: dict[str, torch.Tensor], given: dict, label: str) -> tuple[GlomConfig, list[str], dict]:
+    """A config from the caller's fields, completed from the tensor shapes: (config, notes saying what was
+    read or assumed, the fields read)."""
     inferred: dict = {}
     init_levels = tensors.get("init_levels")
     if isinstance(init_levels, torch.Tensor) and init_levels.ndim == 2:
@@ -574,6 +585,11 @@ def _infer_config(tensors: dict[str, torch.Tensor], given: dict, label: str) -> 
         side = math.isqrt(int(pos_emb.shape[0]))
         if side > 0 and side * side == pos_emb.shape[0]:
             inferred["image_size"] = side * inferred["patch_size"]
+    hidden = tensors.get("bottom_up.net.1.weight")  # (levels * dim * feedforward_mult, dim, 1)
+    if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and inferred.get("dim", 0) > 0:
+        mult, rest = divmod(int(hidden.shape[0]), inferred["levels"] * inferred["dim"])
+        if mult > 0 and not rest:
+            inferred["feedforward_mult"] = mult
     mask = tensors.get("attention.non_local_mask")
     if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.ndim == 3 and mask.shape[-1] > 0:
         radius = _radius_of_mask(mask)
@@ -586,24 +602,26 @@ def _infer_config(tensors: dict[str, torch.Tensor], given: dict, label: str) -> 
     values = {**read, **given}
     missing = [name for name in ("dim", "levels", "image_size", "patch_size") if name not in values]
     if missing:
-        raise CheckpointError(
-            f"{label}: {', '.join(missing)} cannot be read from the tensors (is it a GLOM state dict? it has "
-            f"{_some_names(tensors)}): pass {', '.join(f'{m}=...' for m in missing)}"
-        )
+        reason = (f"{label}: {', '.join(missing)} cannot be read from the tensors (is it a GLOM state dict? it "
+                  f"has {_some_names(tensors)})")
+        raise CheckpointError(f"{reason}: pass {', '.join(f'{m}=...' for m in missing)}", fields=tuple(missing),
+                              read=read, reason=reason)
     try:
         config = GlomConfig(**values)
     except (ConfigError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{label}: no GLOM can be built from this config ({error})") from error
+        reason = f"{label}: no GLOM can be built from this config ({error})"
+        raise CheckpointError(reason, fields=tuple(f for f in SHAPE_FIELDS if f in values), read=read,
+                              reason=reason) from error
     notes = []
     shapes = {k: v for k, v in read.items() if k != "local_consensus_radius"}
     if shapes:
         notes.append("read from the tensor shapes: " + ", ".join(f"{k}={v}" for k, v in shapes.items()))
     if read.get("local_consensus_radius"):
         notes.append(f"local_consensus_radius={read['local_consensus_radius']:g} read from attention.non_local_mask")
-    if "consensus_self" not in given:
-        notes.append("consensus_self=False assumed (a state dict does not record it; pass consensus_self=True "
-                     "if the model was trained with it)")
-    return config, notes
+    for name in STATE_DICT_SILENT:
+        if name not in given:
+            notes.append(f"{name}=False assumed (a state dict does not record it)")
+    return config, notes, read
 
 
 def _radius_of_mask(mask: torch.Tensor) -> float | None:
@@ -653,11 +671,14 @@ def _check_parameters(meta: Glom, config: GlomConfig, label: str, limits: Checkp
         )
 
 
-def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits) -> None:
+def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits,
+               read: dict | None = None) -> None:
     """The model ``config`` asks for fits the limits and ``tensors`` (real or meta): names, shapes, dtypes.
 
     All on the meta device, so a config naming a huge model costs nothing: shapes are checked first (a
     config that does not fit its tensors is named as such), then the model's size against the limits.
+    read: for a state dict, the fields read from its tensors: a tensor that does not fit then names the
+    fields that shape it (CheckpointError.fields), to be given.
     """
     _check_patches(config, label, limits)
     meta = _meta_model(config, label)
@@ -678,10 +699,10 @@ def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str,
     for name, wanted in expected.items():
         tensor = tensors[name]
         if tuple(tensor.shape) != tuple(wanted.shape):
-            raise CheckpointError(
-                f"{label}: tensor {quoted(name)} has shape {tuple(tensor.shape)} in the checkpoint but a GLOM with "
-                f"{settings} needs {tuple(wanted.shape)}: pass the config the checkpoint was trained with"
-            )
+            reason = (f"{label}: tensor {quoted(name)} has shape {tuple(tensor.shape)} in the checkpoint but a GLOM "
+                      f"with {settings} needs {tuple(wanted.shape)}")
+            raise CheckpointError(f"{reason}: pass the config the checkpoint was trained with",
+                                  fields=SHAPE_FIELDS if read is not None else (), read=read, reason=reason)
         taken = (torch.bool,) if wanted.dtype == torch.bool else WEIGHT_DTYPES
         if tensor.dtype not in taken:
             kind = "a mask of bool" if wanted.dtype == torch.bool else "weights"
@@ -692,19 +713,20 @@ def _check_fit(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str,
     _check_parameters(meta, config, label, limits)
 
 
-def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits) -> Glom:
-    """A Glom of ``config`` holding ``tensors``, after checking every name, shape, dtype and value."""
-    _check_fit(config, tensors, label, limits)
+def _build(config: GlomConfig, tensors: dict[str, torch.Tensor], label: str, limits: CheckpointLimits,
+           read: dict | None = None) -> Glom:
+    """A Glom of ``config`` holding ``tensors``, after checking every name, shape, dtype and value (read: as
+    for ``_check_fit``)."""
+    _check_fit(config, tensors, label, limits, read)
     _check_finite(tensors, label)
     model = Glom(**config.to_dict())
     expected = model.state_dict()
     if "attention.non_local_mask" in expected and not torch.equal(tensors["attention.non_local_mask"],
                                                                    expected["attention.non_local_mask"]):
-        raise CheckpointError(
-            f"{label}: tensor 'attention.non_local_mask' is not the mask of local_consensus_radius="
-            f"{config.local_consensus_radius:g} on the {config.grid[0]}x{config.grid[1]} patch grid: pass the "
-            "radius the model was trained with"
-        )
+        reason = (f"{label}: tensor 'attention.non_local_mask' is not the mask of local_consensus_radius="
+                  f"{config.local_consensus_radius:g} on the {config.grid[0]}x{config.grid[1]} patch grid")
+        raise CheckpointError(f"{reason}: pass the radius the model was trained with",
+                              fields=("local_consensus_radius",) if read is not None else (), read=read, reason=reason)
     model.load_state_dict({name: tensors[name] for name in expected}, strict=True)
     return model.eval()
 

@@ -22,7 +22,23 @@ class DataError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is not data we can load, or does not fit the model."""
+    """A checkpoint that is not data we can load, or does not fit the model.
+
+    Where the model's config would make it load, ``fields`` names the ``GlomConfig`` fields to give,
+    ``read`` holds what its tensors told, and ``reason`` is the message without the advice on how to
+    pass them (for a page that offers the fields instead).
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = (), read: dict | None = None,
+                 reason: str | None = None):
+        super().__init__(message)
+        self.fields = tuple(fields)
+        self.read = dict(read or {})
+        self.reason = reason or message
+
+    def __reduce__(self):
+        # pickled (a cache keeps it, a process passes it on) with what the config form needs
+        return type(self), self.args, self.__dict__
 
 
 class RunError(ValueError):

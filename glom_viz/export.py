@@ -21,6 +21,7 @@ import io
 import json
 import math
 import platform
+import re
 import threading
 import zipfile
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 PACKAGES = ("glom-viz", "torch", "numpy", "scipy", "scikit-learn", "umap-learn", "plotly", "kaleido",
             "streamlit", "einops", "safetensors", "Pillow", "glom-pytorch")
 LABEL_COLUMNS = ("step", "level", "patch", "row", "col", "island")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 NO_BROWSER = ("static export (PNG, SVG) needs a Chromium-based browser and none was found: install one "
               "(apt-get install chromium), or set BROWSER_PATH to its executable; HTML export works without it")
 
@@ -343,29 +345,45 @@ def package_versions(packages=PACKAGES) -> dict[str, str | None]:
     return versions
 
 
-def provenance(model_config: Mapping, checkpoint_hash: str, image_hash: str, seed: int, iters: int,
-               method: str, params: Mapping, **extra) -> dict:
+def provenance(model_config: Mapping, checkpoint_hash: str | None, image_hash: str, seed: int, iters: int,
+               method: str, params: Mapping, *, model_seed: int | None = None, **extra) -> dict:
     """What a bundle's results came from, enough to make them again.
 
     Args:
         model_config: the model's configuration (e.g. dataclasses.asdict(model.config)).
-        checkpoint_hash: hash of the checkpoint's bytes.
-        image_hash: hash of the image's bytes.
-        seed: the seed of the clustering / projection.
+        checkpoint_hash: sha256 (hex) of the checkpoint's bytes, or None for weights drawn from a seed.
+        image_hash: sha256 (hex) of the image: the file's bytes, or a bundled picture's pixels.
+        seed: the seed of what draws at random after the model: UMAP (islands in UMAP space, projections).
         iters: GLOM iterations run.
         method: clustering method.
         params: the clustering method's parameters.
+        model_seed: the seed the model's weights were drawn from, for a model without a checkpoint.
         **extra: anything else worth keeping (level, projection, ...).
 
     Returns:
-        A JSON-ready dict with a UTC timestamp, Python and platform, and package versions.
+        A JSON-ready dict with a UTC timestamp, Python and platform, and package versions. Its
+        "islands_seed" is `seed`; "model_seed" appears only for seeded weights.
+
+    Raises:
+        ExportError: a hash that is not a full sha256 (64 hex digits), or a seeded model with a checkpoint.
     """
+    for name, value in (("checkpoint_hash", checkpoint_hash), ("image_hash", image_hash)):
+        if not (value is None and name == "checkpoint_hash") and not (
+                isinstance(value, str) and SHA256_HEX.fullmatch(value)):
+            raise ExportError(f"{name} must be a full sha256 in hex (64 digits), got {value!r}: hash the bytes "
+                              "with hashlib.sha256(...).hexdigest()"
+                              + (", or pass None for weights drawn from a seed" if name == "checkpoint_hash" else ""))
+    if (checkpoint_hash is None) != (model_seed is not None):
+        raise ExportError("pass model_seed for weights drawn from a seed (checkpoint_hash None), and a "
+                          "checkpoint_hash otherwise")
+    model = {"checkpoint_sha256": checkpoint_hash} if model_seed is None else {
+        "checkpoint_sha256": None, "model_seed": int(model_seed)}
     return _jsonable({
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_config": dict(model_config),
-        "checkpoint_sha256": checkpoint_hash,
+        **model,
         "image_sha256": image_hash,
-        "seed": int(seed),
+        "islands_seed": int(seed),
         "iters": int(iters),
         "method": method,
         "params": dict(params),

@@ -565,7 +565,7 @@ def align_islands(labels) -> np.ndarray:
     return aligned
 
 
-def match_islands(labels, reference, *, fresh_from: int | None = None) -> np.ndarray:
+def match_islands(labels, reference, *, fresh_from: int | None = None, where=None) -> np.ndarray:
     """Rename the islands of `labels` to the ids of the `reference` islands they overlap most.
 
     One Hungarian assignment on patch overlap (scipy's linear_sum_assignment), the overlap summed over
@@ -579,6 +579,8 @@ def match_islands(labels, reference, *, fresh_from: int | None = None) -> np.nda
         labels: int (..., N), any ids.
         reference: int, the same shape.
         fresh_from: the first id an unmatched island may take.
+        where: bool, broadcast to that shape: only these entries count to the overlap (e.g. the last
+            step's, where the islands have settled); the renaming still applies everywhere.
     Returns:
         int64, the shape of `labels`.
     """
@@ -596,6 +598,8 @@ def match_islands(labels, reference, *, fresh_from: int | None = None) -> np.nda
     renamed = np.where(kept, -1, ids).astype(np.int64)  # new id per entry of ids; noise stays -1
     old_ids = np.unique(reference[reference >= 0])
     both = (labels >= 0) & (reference >= 0)
+    if where is not None:
+        both &= np.broadcast_to(np.asarray(where, dtype=bool), labels.shape)
     if kept.any() and old_ids.size and both.any():
         overlap = np.zeros((ids.size, old_ids.size), dtype=np.int64)
         np.add.at(overlap, (inverse[both], np.searchsorted(old_ids, reference[both])), 1)
@@ -644,8 +648,9 @@ def find_islands_all_levels(states, grid, *, match_levels: bool = True, **settin
 def align_levels(labels) -> np.ndarray:
     """Match each level's islands to the level above's, from the top down: labels (T, L, N) -> (T, L, N).
 
-    One renaming per level (``match_islands`` over all its steps), so ids stay stable across steps; a
-    part takes its whole's id where it is the whole's best match, other islands take ids no level
+    One renaming per level, so ids stay stable across steps, decided by the last step, where the islands
+    have settled (``match_islands(where=...)``): early steps split the columns of each level their own
+    way. A part takes its whole's id where it is the whole's best match; other islands take ids no level
     above uses.
     """
     labels = np.asarray(labels)
@@ -653,28 +658,32 @@ def align_levels(labels) -> np.ndarray:
         raise StatesError(f"labels have shape {labels.shape}: pass (steps, levels, patches)")
     aligned = labels.astype(np.int64, copy=True)
     next_id = int(aligned[:, -1].max(initial=-1)) + 1
+    settled = np.arange(labels.shape[0])[:, None] == labels.shape[0] - 1
     for level in range(labels.shape[1] - 2, -1, -1):
-        aligned[:, level] = match_islands(labels[:, level], aligned[:, level + 1], fresh_from=next_id)
+        aligned[:, level] = match_islands(labels[:, level], aligned[:, level + 1], fresh_from=next_id,
+                                          where=settled)
         next_id = max(next_id, int(aligned[:, level].max(initial=-1)) + 1)
     return aligned
 
 
-def align_checkpoints(labels_by_checkpoint) -> list[np.ndarray]:
+def align_checkpoints(labels_by_checkpoint, where=None) -> list[np.ndarray]:
     """Islands of one picture under successive checkpoints of a run, with ids stable from one to the next.
 
     Args:
-        labels_by_checkpoint: a sequence of int (T, L, N) (or any one shape for all), in training order.
+        labels_by_checkpoint: a sequence of int (T, L, N) or (T, N) (one shape for all), in training order.
+        where: as for ``match_islands``: which entries count to the overlap, e.g. the last step's
+            (``steps == T - 1`` shaped (T, 1)), so that the settled islands decide; default all.
     Returns:
         int64 arrays of the same shapes: the first as given, each later one matched to the one before
-        (``match_islands`` over all steps and levels at once, so the levels keep their shared ids);
-        an island that appears takes an id no earlier checkpoint used.
+        (``match_islands`` over all its entries at once, so levels keep their shared ids); an island that
+        appears takes an id no earlier checkpoint used.
     """
     aligned: list[np.ndarray] = []
     next_id = 0
     for labels in labels_by_checkpoint:
         labels = np.asarray(labels)
         if aligned:
-            labels = match_islands(labels, aligned[-1], fresh_from=next_id)
+            labels = match_islands(labels, aligned[-1], fresh_from=next_id, where=where)
         aligned.append(labels.astype(np.int64, copy=False))
         next_id = max(next_id, int(labels.max(initial=-1)) + 1)
     return aligned

@@ -38,6 +38,7 @@ PALETTE = (
     "#654522", "#E25822", "#2B3D26", "#2ED9FF", "#FE00FA", "#16FF32", "#325A9B", "#DEA0FD",
 )
 NOISE_COLOR = "#808080"
+NO_ISLAND = "no island"  # what -1 is called: HDBSCAN's noise, a threshold island too small, disagreeing columns
 PALETTE_RGB = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in PALETTE], dtype=np.uint8)
 NOISE_RGB = np.array([128, 128, 128], dtype=np.uint8)
 
@@ -286,7 +287,7 @@ def island_map_figure(image, labels, grid, similarity=None, title: str | None = 
     patches = np.arange(h * w)
     hover = [
         f"patch {i} (row {i // w}, col {i % w})<br>"
-        + ("noise" if labels[i] < 0 else f"island {labels[i]}")
+        + (NO_ISLAND if labels[i] < 0 else f"island {labels[i]}")
         + ("" if similarity is None else f"<br>similarity to island mean {similarity[i]:.3f}")
         for i in patches
     ]
@@ -432,7 +433,7 @@ def projection_figure(coords, labels, hover: Sequence[str] | None = None, frame=
     fig = go.Figure()
     for island in np.unique(labels):
         members = patches[labels == island]
-        name = "noise" if island < 0 else f"island {island}"
+        name = NO_ISLAND if island < 0 else f"island {island}"
         text = ([hover[i] for i in members] if hover is not None
                 else [f"patch {i}<br>{name}" for i in members])
         common = dict(name=name, customdata=members, text=text, hovertemplate="%{text}<extra></extra>",
@@ -536,10 +537,10 @@ def losses_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], c
         fig.add_vline(x=kept, line_width=1, line_dash="dot", line_color="#BBB")
     if step is not None:
         fig.add_vline(x=step, line_width=2, line_color="#D62728",
-                      annotation_text=f"step {step}", annotation_position="top")
+                      annotation_text=f"step {step}", annotation_position="bottom right")
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=60, b=10), hovermode="x unified",
                       xaxis=dict(title="training step"), yaxis=dict(type="log" if positive else "linear"),
-                      legend=dict(orientation="h", y=-0.2))
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"))
     return fig
 
 
@@ -593,7 +594,7 @@ def parse_tree_figure(tree: Mapping, title: str | None = "parse tree: islands ac
                  for k in keys]
     hover = []
     for level, island in keys:
-        text = f"level {level}, {'noise' if island < 0 else f'island {island}'}<br>{size[(level, island)]} patches"
+        text = f"level {level}, {NO_ISLAND if island < 0 else f'island {island}'}<br>{size[(level, island)]} patches"
         if (level, island) in parent_of:
             parent, purity = parent_of[(level, island)]
             text += f"<br>inside island {parent} of level {level + 1} (purity {purity:.2f})"

@@ -25,7 +25,7 @@ from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
 from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
 from explorer.pictures import DISPLAY_PX
 from explorer.settings import SCENE_SEEDS
-from explorer.views import VIEWS
+from explorer.views import OTHER_MODELS, VIEWS
 from explorer.views.common import patches_of
 from glom_viz import islands, render
 from glom_viz import model as glom_model
@@ -81,8 +81,8 @@ def legend(at: AppTest) -> dict[int, int]:
     """island id -> patches, read from the legend beside the overlay."""
     chips = [m.value for m in at.markdown if "line-height:1.9" in m.value]
     assert len(chips) == 1, "no island legend on the page"
-    found = re.findall(r"(island (\d+)|noise) · (\d+)", chips[0])
-    return {(-1 if name == "noise" else int(island)): int(count) for name, island, count in found}
+    found = re.findall(r"(island (\d+)|no island) · (\d+)", chips[0])
+    return {(-1 if name == "no island" else int(island)): int(count) for name, island, count in found}
 
 
 def expected_legend(labels: np.ndarray) -> dict[int, int]:
@@ -144,7 +144,8 @@ def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
             run(at.button_group(key="level").set_value(level))
             assert legend(at) == expected_legend(labels[step, level])
     for view in VIEWS:
-        run(at.button_group(key="view").set_value(view))
+        if view not in OTHER_MODELS:  # those run a training run's checkpoints or a second model
+            run(at.button_group(key="view").set_value(view))
     run(at.button_group(key="view").set_value("Islands"))
     for method in islands.METHODS:
         run(at.selectbox(key="islands_method").set_value(method))
@@ -175,7 +176,11 @@ def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
     assert legend(at) == expected_legend(reference_labels(states, model.grid, n_islands=3)[-1, 0])
 
     run(at.selectbox(key="islands_method").set_value("threshold"))
+    picked = reference_labels(states, model.grid, method="threshold")  # per map, islands of 4 patches or more
+    assert legend(at) == expected_legend(picked[-1, 0])
+    run(at.toggle(key="islands_threshold_auto").set_value(False))
     run(at.slider(key="islands_threshold").set_value(0.95))
+    run(at.number_input(key="islands_min_size").set_value(1))
     expected = reference_labels(states, model.grid, method="threshold", threshold=0.95, min_size=1)
     assert legend(at) == expected_legend(expected[-1, 0])
 
@@ -199,9 +204,11 @@ def test_all_levels_and_play(at):
     assert len(captions) == levels
 
     last = at.slider(key="step").value
-    run(at.button(key="play").click())  # at the last step, play starts again from step 0 and advances
-    assert at.slider(key="step").value == 1
+    run(at.button(key="play").click())  # at the last step, play starts again from step 0, shown first
+    assert at.slider(key="step").value == 0
     assert at.button(key="play").label.startswith("⏸")
+    run(at)  # the timer's next tick
+    assert at.slider(key="step").value == 1
     run(at.button(key="play").click())
     assert at.button(key="play").label.startswith("▶") and at.slider(key="step").value == 1
     assert last > 1
@@ -378,7 +385,7 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     at.session_state["images_bundled"] = ["scene 1", "scene 2"]
     run(at)
     run(at.toggle(key="images_sequence").set_value(True))
-    assert at.slider(key="frame").max == 1
+    assert at.slider(key="frame").min == 1 and at.slider(key="frame").max == 2, "frames count from 1, as captions do"
     model = default_model()
     first = reference_run(model, scene_rgb(0, model.config.image_size))
     sequence_calls = glom_runs[-2:]
@@ -386,7 +393,7 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     np.testing.assert_allclose(sequence_calls[1]["levels"][0].numpy(), first.final, rtol=1e-5, atol=1e-6)
 
     second = reference_run(model, scene_rgb(1, model.config.image_size), start=first).states
-    run(at.slider(key="frame").set_value(1))
+    run(at.slider(key="frame").set_value(2))
     level = at.button_group(key="level").value
     assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, level])
 
@@ -512,11 +519,11 @@ def test_animation_frames_as_a_sequence(at, glom_runs):
     assert at.selectbox(key="picture").options == [f"walk.gif · frame {i}" for i in (1, 2, 3)]
     before = len(glom_runs)
     run(at.toggle(key="images_sequence").set_value(True))
-    assert at.slider(key="frame").max == 2
+    assert at.slider(key="frame").max == 3
     # frame 1 starts fresh, as it did alone (its run is reused); frames 2 and 3 start from the one before
     assert len(glom_runs) == before + 2
     assert all(call["levels"] is not None for call in glom_runs[-2:])
-    run(at.slider(key="frame").set_value(2))
+    run(at.slider(key="frame").set_value(3))
     assert legend(at) and len(glom_runs) == before + 2
 
 
@@ -539,7 +546,7 @@ def test_a_video_upload_becomes_a_sequence_of_frames(at, glom_runs):
     assert at.selectbox(key="picture").options == [f"walk.mp4 · frame {i}" for i in range(1, 7)]
     assert legend(at)
     run(at.toggle(key="images_sequence").set_value(True))
-    assert at.slider(key="frame").max == 5
+    assert (at.slider(key="frame").min, at.slider(key="frame").max) == (1, 6)  # counted as the captions count
     assert all(call["levels"] is not None for call in glom_runs[-5:])  # each frame starts from the one before
     run(at.file_uploader(key="images_upload").set_value(("noise.mp4", bytes(range(256)) * 8, "video/mp4")))
     assert any("noise.mp4" in shown(e.value) and "MP4" in e.value for e in at.error)

@@ -70,7 +70,7 @@ def chosen_column(page, wanted: tuple[int, int] | None = None) -> tuple[int, int
 def legend(page) -> dict[int, int]:
     """island id -> patches, read from the legend as the browser shows it."""
     text = page.locator("div[data-testid='stMarkdownContainer']").filter(has_text=re.compile(r"island \d+ · \d+"))
-    found = re.findall(r"(?:island (\d+)|noise) · (\d+)", text.first.inner_text())
+    found = re.findall(r"(?:island (\d+)|no island) · (\d+)", text.first.inner_text())
     return {(-1 if not island else int(island)): int(count) for island, count in found}
 
 
@@ -388,5 +388,133 @@ def test_a_set_zip_and_a_video_uploaded_in_the_browser(app_server, browser):
         for frame in range(1, 5):
             page.get_by_role("option", name=f"walk.mp4 · frame {frame}", exact=True).wait_for(timeout=WAIT_MS)
         page.keyboard.press("Escape")
+    finally:
+        page.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# a new visitor's walk: exports, iterations, a 6-level checkpoint, a sequence, a training run, two models
+
+
+def fits(locator) -> list:
+    """What of an element's text does not fit: its own overflow and each button's, as [text, scroll, client]."""
+    return locator.evaluate("""el => [el, ...el.querySelectorAll('button, [role=radio]')]
+        .filter(e => e.scrollWidth > e.clientWidth + 1)
+        .map(e => [e.innerText, e.scrollWidth, e.clientWidth])""")
+
+
+def sidebar_slider(page, label: str):
+    return page.locator("[data-testid='stSidebar'] [data-testid='stSlider']").filter(has_text=label).get_by_role("slider")
+
+
+@pytest.fixture(scope="module")
+def walk_server(tmp_path_factory):
+    """A server whose runs folder holds one short training run of the default model's grid."""
+    from glom_viz.train import main as train
+    from glom_viz.training_runs import RUNS_ENV
+
+    root = tmp_path_factory.mktemp("runs")
+    assert train(["--dim", "16", "--levels", "4", "--image-size", "64", "--patch-size", "4", "--iters", "2",
+                  "--batch-size", "2", "--steps", "3", "--checkpoint-every", "1", "--warmup", "1", "--quiet",
+                  "--out", str(root / "short")]) == 0
+    from conftest import serve_app
+    from glom_viz.model import REDUCED_PRECISION_ENV
+    with serve_app(env={REDUCED_PRECISION_ENV: "0", RUNS_ENV: str(root)},
+                   log_path=tmp_path_factory.mktemp("walk") / "server.log") as url:
+        yield url
+
+
+def test_a_new_visitors_walk(walk_server, browser, tmp_path):
+    import torch
+    from glom_viz.checkpoints import SHIPPED_CHECKPOINT, checkpoint_hash
+    from glom_viz.export import find_browser
+
+    model = default_model()
+    levels, last = model.config.levels, 2 * model.config.levels
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(walk_server)
+        wait_for_islands(page, "scene 1", step=last, level=min(DEFAULT_LEVEL, levels - 1))
+        level_control = page.locator("[data-testid='stButtonGroup']").filter(has_text="all levels").first
+        assert fits(level_control) == [] and fits(page.get_by_role("button", name=re.compile("Play"))) == []
+
+        # the bundle says what it was made from: the picture's full sha256 and no seed for a checkpoint
+        manifest = json.loads(zipfile.ZipFile(io.BytesIO(download(page, "Bundle (zip)"))).read("manifest.json"))
+        scene = scene_rgb(0, model.config.image_size)
+        assert manifest["image_sha256"] == hashlib.sha256(np.ascontiguousarray(scene).tobytes()).hexdigest()
+        assert "seed" not in manifest and "model_seed" not in manifest and manifest["islands_seed"] == 0
+        if SHIPPED_CHECKPOINT.is_file():
+            assert manifest["checkpoint_sha256"] == checkpoint_hash(SHIPPED_CHECKPOINT)
+
+        # all levels at one step: the PNG holds every level at a readable size, and the whole title
+        level_control.get_by_role("radio", name="all levels").click()
+        page.get_by_text(re.compile(r"scene 1 · all levels · step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
+        if find_browser() is not None:
+            exported = Image.open(io.BytesIO(download(page, "Figure PNG")))
+            tile = render.ROW_TILE_PX
+            assert exported.width >= 2 * levels * tile and exported.height >= 2 * tile, exported.size
+
+        # more iterations: the step follows the end instead of falling back to step 0
+        iterations = sidebar_slider(page, "Iterations")
+        iterations.focus()
+        page.keyboard.press("ArrowRight")
+        page.get_by_text(re.compile(rf"scene 1 · all levels · step {last + 1} · drawn in")).first.wait_for(
+            timeout=WAIT_MS)
+
+        # a 6-level checkpoint: its level control fits, and it opens settled at its last step
+        glom_pytorch = pytest.importorskip("glom_pytorch")
+        buffer = io.BytesIO()
+        torch.save(glom_pytorch.Glom(dim=16, levels=6, image_size=64, patch_size=4).state_dict(), buffer)
+        page.get_by_text("Upload a checkpoint", exact=True).click()
+        page.locator("[data-testid='stFileUploader']").filter(has_text="Checkpoint").locator(
+            "input[type='file']").set_input_files({"name": "six-levels.pt", "mimeType": "application/octet-stream",
+                                                   "buffer": buffer.getvalue()})
+        page.get_by_text(re.compile(r"scene 1 · all levels · step 12 · drawn in")).first.wait_for(timeout=WAIT_MS)
+        six = page.locator("[data-testid='stButtonGroup']").filter(has_text="Level (0 bottom, 5 top)").first
+        assert six.get_by_role("radio").count() == 7 and fits(six) == []
+        six.get_by_role("radio", name="5", exact=True).click()
+        wait_for_islands(page, "scene 1", step=12, level=5)
+        page.get_by_text("Trained (shipped)", exact=True).click()
+        wait_for_islands(page, "scene 1")
+
+        # a sequence of an uploaded animation: its own frames only, counted from 1; play's label fits
+        frames = [Image.fromarray(np.full((40, 40, 3), (60 * i, 200 - 60 * i, 90), np.uint8)) for i in range(3)]
+        gif = io.BytesIO()
+        frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+        page.get_by_text("Animated files: all frames").click()
+        page.locator("[data-testid='stFileUploader']").filter(has_text="Your images").locator(
+            "input[type='file']").set_input_files({"name": "square.gif", "mimeType": "image/gif",
+                                                   "buffer": gif.getvalue()})
+        wait_for_islands(page, "square.gif · frame 1")
+        page.get_by_text("Sequence: carry state from frame to frame").click()
+        page.get_by_text(re.compile("Sequence\\*\\* of 3 uploaded frames|Sequence of 3 uploaded frames")).first.wait_for(
+            timeout=WAIT_MS)
+        frame = page.locator("[data-testid='stSlider']").filter(has_text="Frame")
+        ends = frame.get_by_test_id("stSliderTickBar").inner_text().split()
+        assert ends == ["1", "3"], ends
+        assert fits(page.get_by_role("button", name=re.compile("Play"))) == []
+        page.get_by_text("Sequence: carry state from frame to frame").click()
+        page.get_by_text(re.compile("Sequence.* of 3 uploaded frames")).first.wait_for(state="detached", timeout=WAIT_MS)
+        wait_for_islands(page)
+
+        # the training run: its checkpoints scrubbed, beside its losses
+        click_view(page, "Over training")
+        page.get_by_text(re.compile(r"training step 3 \(patches per island\)|training step 3:")).first.wait_for(
+            timeout=WAIT_MS)
+        training = page.locator("[data-testid='stSlider']").filter(has_text="Training step").get_by_role("slider")
+        training.focus()
+        page.keyboard.press("Home")
+        page.get_by_text(re.compile(r"training step 0 \(patches per island\)|training step 0:")).first.wait_for(
+            timeout=WAIT_MS)
+        page.locator("[data-testid='stPlotlyChart']").filter(has_text="run short: losses").first.wait_for(timeout=WAIT_MS)
+
+        # two models side by side: the shipped one and the run's last checkpoint, islands matched
+        wait_for_islands(page)
+        click_view(page, "Compare models")
+        page.get_by_text("a checkpoint of a training run").click()
+        page.get_by_text(re.compile(r"run short at step 3 · level \d+ · step \d+")).first.wait_for(timeout=WAIT_MS)
+        page.get_by_text(re.compile("Between the two: ARI")).first.wait_for(timeout=WAIT_MS)
+        assert len(page.locator("div[data-testid='stMarkdownContainer']").filter(
+            has_text=re.compile(r"^(island \d+|no island) · \d+")).all()) >= 2
     finally:
         page.close()

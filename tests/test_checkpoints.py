@@ -184,6 +184,33 @@ def test_assumed_fields_complete_a_state_dict_and_leave_our_format_alone(tmp_pat
         read_checkpoint(torch_bytes(state), assume={"self_attention": True})
 
 
+def test_a_state_dict_of_wider_mlps_loads_with_its_width_read_from_the_tensors():
+    wide = Glom(**TINY, feedforward_mult=2)
+    loaded = read_checkpoint(torch_bytes(wide.state_dict()))
+    assert loaded.config.feedforward_mult == 2 and loaded.read["feedforward_mult"] == 2
+    assert "feedforward_mult=2" in loaded.note and loaded.assumed == ("consensus_self",)
+    assert_same_weights(loaded.model, wide)
+    given = read_checkpoint(torch_bytes(wide.state_dict()), assume={"consensus_self": False})
+    assert given.assumed == () and "consensus_self" not in given.note
+
+
+def test_what_a_checkpoint_needs_is_named_for_a_page_to_ask_for():
+    """A state dict whose shapes do not tell the config: the error names the fields and what was read,
+    and its reason carries no advice for the Python API (a page offers the fields instead)."""
+    state = glom_pytorch_state()
+    state["pos_emb.weight"] = torch.zeros(20, 16)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(torch_bytes(state))
+    error = caught.value
+    assert error.fields == ("image_size",) and error.read["patch_size"] == 8 and error.read["dim"] == 16
+    assert "pass" not in error.reason and "image_size cannot be read" in error.reason
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(torch_bytes(state), image_size=32)
+    assert "feedforward_mult" in caught.value.fields and "pass" not in caught.value.reason
+    again = pickle.loads(pickle.dumps(error))  # as a cache or another process hands it back
+    assert (again.fields, again.read, again.reason, str(again)) == (error.fields, error.read, error.reason, str(error))
+
+
 def test_nested_and_ddp_state_dicts_load():
     state = glom_pytorch_state()
     nested = torch_bytes({"state_dict": state, "step": 7})

@@ -113,7 +113,7 @@ def test_bundle_manifest_lists_every_file_with_its_hash(labels, measures):
         "measures.json": export.measures_to_json(measures),
         "figures/overlay.png": export.image_to_png(np.zeros((4, 4, 3), np.uint8)),
     }
-    manifest = export.provenance({"dim": 32, "levels": 2}, "c" * 64, "i" * 64, seed=3, iters=2,
+    manifest = export.provenance({"dim": 32, "levels": 2}, "c" * 64, "e" * 64, seed=3, iters=2,
                                  method="kmeans", params={"n_islands": None}, level=1)
     bundle = export.make_bundle(files, manifest)
     with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
@@ -125,19 +125,34 @@ def test_bundle_manifest_lists_every_file_with_its_hash(labels, measures):
             assert archive.read(name) == data
             assert listed[name]["sha256"] == export.sha256_bytes(archive.read(name))
             assert listed[name]["bytes"] == len(data)
-    for key in ("created", "model_config", "checkpoint_sha256", "image_sha256", "seed", "iters", "method",
+    for key in ("created", "model_config", "checkpoint_sha256", "image_sha256", "islands_seed", "iters", "method",
                 "params", "packages", "level"):
         assert key in document
+    assert "model_seed" not in document and "seed" not in document, "a checkpoint's model has no seed to report"
     assert document["packages"]["numpy"] == np.__version__
     assert document["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert export.make_bundle(files, manifest) == bundle  # same inputs, same bytes
+
+
+def test_provenance_takes_full_hashes_and_a_seed_only_for_seeded_weights():
+    seeded = export.provenance({}, None, "e" * 64, 0, 2, "kmeans", {}, model_seed=7)
+    assert seeded["checkpoint_sha256"] is None and seeded["model_seed"] == 7 and seeded["islands_seed"] == 0
+    for bad in ("e" * 32, "E" * 64, "random:0", "x" * 64):
+        with pytest.raises(ExportError, match="full sha256"):
+            export.provenance({}, "c" * 64, bad, 0, 2, "kmeans", {})
+        with pytest.raises(ExportError, match="full sha256"):
+            export.provenance({}, bad, "e" * 64, 0, 2, "kmeans", {})
+    with pytest.raises(ExportError, match="model_seed"):
+        export.provenance({}, "c" * 64, "e" * 64, 0, 2, "kmeans", {}, model_seed=3)
+    with pytest.raises(ExportError, match="model_seed"):
+        export.provenance({}, None, "e" * 64, 0, 2, "kmeans", {})
 
 
 def test_run_bundle_holds_the_run_and_says_how_it_was_made(labels, measures):
     states = np.random.default_rng(1).normal(size=(3, 12, 2, 4)).astype(np.float16)
     image = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     overlay = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    provenance = export.provenance({"dim": 4, "levels": 2}, "c" * 64, "i" * 64, seed=0, iters=2,
+    provenance = export.provenance({"dim": 4, "levels": 2}, "c" * 64, "e" * 64, seed=0, iters=2,
                                    method="kmeans", params={"n_islands": None})
     bundle = export.run_bundle(states, labels, (3, 4), measures, image=image, overlay=overlay, step=2, level=1,
                                provenance=provenance, truth="objects")
@@ -145,7 +160,7 @@ def test_run_bundle_holds_the_run_and_says_how_it_was_made(labels, measures):
         document = json.loads(archive.read("manifest.json"))
         assert {entry["name"] for entry in document["files"]} == set(archive.namelist()) - {"manifest.json"}
         assert document["step"] == 2 and document["level"] == 1 and document["truth"] == "objects"
-        assert document["states_dtype"] == "float16" and document["image_sha256"] == "i" * 64
+        assert document["states_dtype"] == "float16" and document["image_sha256"] == "e" * 64
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(archive.read("islands-level1-step2.png")))),
                                       overlay)
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(archive.read("input.png")))), image)
@@ -164,7 +179,7 @@ def test_bundle_refuses_unsafe_names(name):
 
 def test_provenance_does_not_import_streamlit():
     code = ("import sys, glom_viz.export as e; "
-            "p = e.provenance({}, 'c', 'i', 0, 1, 'kmeans', {}); "
+            "p = e.provenance({}, 'c' * 64, 'e' * 64, 0, 1, 'kmeans', {}); "
             "assert 'streamlit' not in sys.modules, 'streamlit imported'; "
             "assert 'packages' in p and 'streamlit' in p['packages']")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -56,11 +56,13 @@ def test_refusals_are_remembered_and_said_again():
 
     def refused():
         calls.append(1)
-        raise CheckpointError("'x.pt' is a zip bomb")
+        raise CheckpointError("'x.pt' is a zip bomb", fields=("image_size",), read={"dim": 16})
 
     for _ in range(3):
-        with pytest.raises(CheckpointError, match="zip bomb"):
+        with pytest.raises(CheckpointError, match="zip bomb") as caught:
             store.get("x", refused, refusals=(CheckpointError,))
+        # said again with what a config form asks for, not only the message
+        assert caught.value.fields == ("image_size",) and caught.value.read == {"dim": 16}
     assert calls == [1]  # parsed once
     with pytest.raises(ValueError):  # anything else is not remembered
         store.get("y", lambda: (_ for _ in ()).throw(ValueError("bug")), refusals=(CheckpointError,))

@@ -165,7 +165,7 @@ def test_island_map_figure_has_hover_per_patch(image, labels):
     np.testing.assert_array_equal(np.asarray(heatmap.customdata), np.arange(16).reshape(4, 4))
     text = np.asarray(heatmap.text)
     assert "patch 6 (row 1, col 2)" in text[1, 2]
-    assert ("noise" if labels[6] < 0 else f"island {labels[6]}") in text[1, 2]
+    assert (render.NO_ISLAND if labels[6] < 0 else f"island {labels[6]}") in text[1, 2]
     assert f"{similarity[6]:.3f}" in text[1, 2]
     # heatmap cells sit on the patches: centre of patch column 2 of a 32 px image is x = 19.5 - 0.5
     assert heatmap.x0 + 2 * heatmap.dx == pytest.approx(19.5)

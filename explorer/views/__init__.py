@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from explorer.context import ViewContext
-from explorer.views import column, islands, measures, parse_tree, projection, sheet
+from explorer.views import column, compare, islands, measures, parse_tree, projection, sheet, training
 
 View = Callable[[ViewContext], Callable[[], object] | None]
 
@@ -18,4 +18,8 @@ VIEWS: dict[str, View] = {
     "Measures": measures.view,
     "Parse tree": parse_tree.view,
     "Column": column.view,
+    "Over training": training.view,
+    "Compare models": compare.view,
 }
+# the views that run other models than the page's on its picture (a run's checkpoints, a second model)
+OTHER_MODELS = ("Over training", "Compare models")

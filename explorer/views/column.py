@@ -2,7 +2,8 @@
 with (consensus attention over the picture) and what moved it (the pull of each of GLOM's contributions).
 
 Attention and contributions are not kept during a run (they are ~4x the states): a button asks for
-them, and ``glom_viz.runs.probe_column`` recomputes that one step (cached per run and step).
+them once, and from then on ``glom_viz.runs.probe_column`` recomputes each step shown (cached per run
+and step), so scrubbing needs no more clicks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from glom_viz import render
 from glom_viz.runs import probe_column
 
 PROBE_IMAGE_PX = 360  # the picture with the chosen patch, before the probe is asked for
+# plotly's toolbar floats over a chart's top right, where these titles run; a click picks a patch and
+# the export row saves the figure, so the toolbar has nothing to offer here
+NO_TOOLBAR = {"displayModeBar": False}
 
 
 def pick_patch() -> None:
@@ -49,14 +53,13 @@ def view(context: ViewContext):
         pick[2].info("Step 0 is the initial state: nothing has moved the columns yet. Pick a step of 1 or more.")
         return None
     probe_key = cache.content_key(frame.run_key, step)
-    requested = state.remembered(state.PROBES)
-    if probe_key not in requested:
+    if not state.probing():
         st.image(render.draw_islands(frame.display, context.labels[step, level], grid, highlight=[patch]),
                  width=PROBE_IMAGE_PX, caption=f"patch ({row}, {col}) at level {level}, step {step}")
         pick[2].caption("Attention and contributions are not kept during the run (they are ~4× the states); "
-                        "they are recomputed for one step on request.")
+                        "once asked for, they are recomputed for each step you look at.")
         pick[2].button(f"Compute attention and contributions at step {step}", key=state.PROBE, type="primary",
-                       on_click=requested.add, args=(probe_key,))
+                       on_click=state.start_probing)
         return None
     index = page.frames.index(frame)
     start = page.runs[index - 1]() if page.sequence and index > 0 else None
@@ -67,12 +70,12 @@ def view(context: ViewContext):
     figure = render.attention_figure(frame.display, probe.attention[level, patch], grid, patch,
                                      title=f"level {level}, step {step}: whom patch ({row}, {col}) agrees with")
     left.plotly_chart(figure, width="stretch", key=state.ATTENTION_CHART, on_select=pick_patch,
-                      selection_mode=("points",))
+                      selection_mode=("points",), config=NO_TOOLBAR)
     left.caption("Click a patch on the map to look at its column.")
     pulls = {name: values[patch] for name, values in probe.pulls.items()}
     right.plotly_chart(render.contributions_figure(
         pulls, title=f"what moved patch ({row}, {col}) at step {step}, per level"), width="stretch",
-        key=state.CONTRIBUTIONS_CHART)
+        key=state.CONTRIBUTIONS_CHART, config=NO_TOOLBAR)
     right.caption("Each bar is how far one contribution pulled the column this step: its weight times its "
                   "distance from the previous value. The net move is the length of the whole step (after any "
                   "normalisation of the levels).")

@@ -14,8 +14,9 @@ import streamlit as st
 
 from explorer import derived, state
 from explorer.context import ALL_LEVELS, ViewContext
-from explorer.views.common import fmt, truth_choice
-from glom_viz import render
+from explorer.models import SHIPPED_KNOWS
+from explorer.views.common import fmt, islands_summary, plural, truth_choice
+from glom_viz import islands, render
 from glom_viz.text import plain, plain_html, plain_name
 
 # the overlay goes to the browser as JPEG: ~1 ms to encode a 448 px photograph against ~75 ms for PNG
@@ -25,15 +26,11 @@ LEGEND_CHIP_PX = 14
 MODEL_INPUT_PX = 96  # the model's input beside the legend
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'s' if count != 1 else ''}"
-
-
 def legend_html(ids: np.ndarray, counts: np.ndarray) -> str:
     """Colour chips for the islands of one map: id and how many patches."""
     chips = []
     for island, count, colour in zip(ids.tolist(), counts.tolist(), render.island_hex(ids)):
-        name = "noise" if island < 0 else f"island {island}"
+        name = render.NO_ISLAND if island < 0 else f"island {island}"
         chips.append(f'<span style="display:inline-flex;align-items:center;margin:0 10px 4px 0;white-space:nowrap">'
                      f'<span style="width:{LEGEND_CHIP_PX}px;height:{LEGEND_CHIP_PX}px;background:{colour};'
                      f'border:1px solid #333;border-radius:3px;margin-right:5px"></span>'
@@ -41,18 +38,24 @@ def legend_html(ids: np.ndarray, counts: np.ndarray) -> str:
     return '<div style="line-height:1.9">' + "".join(chips) + "</div>"
 
 
+def level_caption(labels: np.ndarray, level: int, levels: int) -> str:
+    """"level 3 (top) · 4 islands" for one map (N,)."""
+    count = np.unique(labels[labels >= 0]).size
+    return f"level {level}{' (top)' if level == levels - 1 else ''} · {plural(count, 'island')}"
+
+
 def all_levels(context: ViewContext):
     """Every level's islands side by side, the top level first."""
     frame, labels, step, grid = context.frame, context.labels, context.step, context.grid
     n_levels = labels.shape[1]
-    for level, column in zip(reversed(range(n_levels)), st.columns(n_levels)):
-        level_labels = labels[step, level]
-        count = np.unique(level_labels[level_labels >= 0]).size
+    order = list(reversed(range(n_levels)))
+    captions = [level_caption(labels[step, level], level, n_levels) for level in order]
+    for level, column, caption in zip(order, st.columns(n_levels), captions):
         column.image(derived.overlay(frame, labels, context.page.island_settings, grid, step, level),
-                     width="stretch", output_format=OVERLAY_FORMAT,
-                     caption=f"level {level}{' (top)' if level == n_levels - 1 else ''} · {plural(count, 'island')}")
-    return lambda: render.sheet_figure(frame.display, labels, grid, steps=[step],
-                                       title=f"{plain_html(frame.picture.name)}: all levels at step {step}")
+                     width="stretch", output_format=OVERLAY_FORMAT, caption=caption)
+    st.caption("An island that spans levels has one colour at all of them.")
+    return lambda: render.islands_row_figure(frame.display, labels[step, order], grid, captions,
+                                             title=f"{plain_html(frame.picture.name)}: all levels at step {step}")
 
 
 def view(context: ViewContext):
@@ -69,11 +72,13 @@ def view(context: ViewContext):
                caption=f"{plain_name(frame.picture.name)} · level {level} · step {step} of {labels.shape[0] - 1}")
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)
-        st.markdown(f"**{plural(np.count_nonzero(ids >= 0), 'island')}** at level {level}, step {step} "
-                    "(patches per island)")
-        st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
         truth_name = truth_choice(context, state.TRUTH_ISLANDS)
         now = derived.measures_of(frame, context.run, labels, settings, grid, truth_name, levels=[level])[level][step]
+        st.markdown(islands_summary(level_labels, level, step, now, settings))
+        st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
+        hint = islands.islands_hint(level_labels, settings.method, **dict(settings.params))
+        if hint:
+            st.info(hint, icon=":material/tune:")
         metrics = st.columns(3)
         metrics[0].metric("in-island cos", fmt(now.get("within_cosine")),
                           help="Mean cosine of each column to its island's mean direction")
@@ -92,11 +97,14 @@ def view(context: ViewContext):
 
 
 def model_input(context: ViewContext) -> None:
-    """What the model sees, and how the picture was made to fit."""
+    """The picture in its own colours (the overlay shows it in grey), what the model sees, how it was fitted."""
     frame = context.frame
-    inner = st.columns([1, 2])
+    inner = st.columns([3, 2])
     size = frame.shown.shape[0]
-    inner[0].image(frame.shown, caption=f"model input {size}×{size}", width=MODEL_INPUT_PX)
+    inner[0].image(frame.display, caption="the picture", width="stretch")
+    inner[1].image(frame.shown, caption=f"model input {size}×{size}", width=MODEL_INPUT_PX)
     height, width = frame.picture.rgb.shape[:2]
     inner[1].caption(f"**{plain_name(frame.picture.name)}** · {width}×{height} px · {plain(frame.info)}"
                      + (f" · {plain(frame.picture.note)}" if frame.picture.note else ""))
+    if context.page.model.shipped and not frame.truth:
+        st.caption(f"**What the shipped model knows.** {SHIPPED_KNOWS}")
