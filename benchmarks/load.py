@@ -43,6 +43,7 @@ from PIL import Image
 from skimage import data
 
 from explorer import limits, serve
+from forward import cpu_name
 from glom_viz.images import to_model_input
 
 WAIT_MS = 180_000
@@ -366,8 +367,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {} if args.torch_threads is None else {"GLOM_VIZ_TORCH_THREADS": str(args.torch_threads)}
     env |= {} if args.run_nice is None else {"GLOM_VIZ_RUN_NICE": str(args.run_nice)}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}, {os.cpu_count()} cores; load average before: {load_average()}; "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average before: {load_average()}; "
           f"torch threads {args.torch_threads or limits.TORCH_THREADS}; GLOM runs in {limits.RUN_WORKERS} threads "
           f"niced +{limits.RUN_NICE if args.run_nice is None else args.run_nice}; heavy run: {args.heavy}")
     with serve.serve_process(env=env) as (url, process):
