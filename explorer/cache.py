@@ -27,10 +27,14 @@ from explorer.limits import (DERIVED_CACHE_BYTES, DERIVED_CACHE_ENTRIES, MODEL_C
                              RUN_WORKERS)
 from glom_viz import export
 from glom_viz.errors import CheckpointError, ConfigError, ExportError
+from glom_viz.model import run_path
 from glom_viz.project import warm_up_umap
 from glom_viz.runs import Run
 
 T = TypeVar("T")
+# the dims whose precision probes (glom_viz.model.run_path: a tenth of a second, once per process) the warm-up
+# runs before a visitor asks: the shipped model's and glom-pytorch's default
+PROBED_DIMS = (64, 512)
 
 
 def content_key(*parts) -> str:
@@ -184,8 +188,10 @@ def derived(kind: str, key: str, _compute: Callable[[], T]) -> T:
 
 @st.cache_resource(show_spinner=False)
 def warm_up() -> threading.Thread:
-    """Off the visitors' path: compile UMAP, then start the export browser."""
+    """Off the visitors' path: time the precision paths, compile UMAP, then start the export browser."""
     def work() -> None:
+        for dim in PROBED_DIMS:
+            run_path(dim, "fast")
         warm_up_umap()
         if export.find_browser() is not None:
             try:

@@ -17,7 +17,8 @@ SOURCES = {"shipped": "Trained (shipped)", "random": "Random weights (seeded)", 
 RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
 RANDOM_SEED = 0
 PRECISION_LABELS = {"fast": "fast", "fp32": "exact fp32"}
-# what "fast" runs as (glom_viz.model.run_path): bf16 where the CPU has it, else int8 nets, else fp32
+# what "fast" runs as (glom_viz.model.run_path): bf16 where it is faster here, else int8 nets where they
+# are, else fp32
 PATH_NAMES = {"bf16": "bf16", "fp16": "fp16", "int8": "int8 nets", "fp32": "fp32"}
 
 # the images panel

@@ -120,15 +120,15 @@ def precision_panel(dim: int) -> str:
         "Precision", PRECISIONS, key=state.MODEL_PRECISION, horizontal=True,
         index=0 if fast in ("bf16", "fp16") else 1,  # fast by default where the CPU has native bf16
         format_func=lambda p: f"fast ({PATH_NAMES[fast]})" if p == "fast" else PRECISION_LABELS[p],
-        help="Fast runs GLOM's matrix products in bf16 where the CPU has bf16 units (states stay fp32 between "
-             "steps); on CPUs without them glom_viz runs the bottom-up and top-down nets in int8 instead, for "
-             "models of dim 128 and more. Exact runs everything in fp32.")
+        help="Fast runs GLOM's matrix products in bf16 where that is faster than fp32 on this CPU (states stay "
+             "fp32 between steps); elsewhere glom_viz runs the bottom-up and top-down nets in int8 instead, for "
+             "models of dim 128 and more where a timed probe finds them faster. Exact runs everything in fp32.")
     if choice == "fast" and fast == "fp32":
         st.sidebar.caption(f"On this CPU neither bf16 nor int8 nets run a model of dim {dim} faster than fp32, "
                            "so fast runs fp32 here.")
     elif choice == "fast" and fast not in ("bf16", "fp16"):
-        st.sidebar.caption(f"On this CPU bf16 runs no faster than fp32 (it has no native bf16 units), so the fast "
-                           f"path here is {PATH_NAMES[fast]}.")
+        st.sidebar.caption(f"On this CPU bf16 runs no faster than fp32, so the fast path here is "
+                           f"{PATH_NAMES[fast]}.")
     return fast if choice == "fast" else "fp32"
 
 

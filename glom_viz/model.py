@@ -9,17 +9,23 @@ column, since all columns start equal.
 Precision. fp32 is the exact path. Under ``torch.autocast`` (a request for speed at a small cost in
 precision) the forward takes one of these paths, named by ``precision_path``:
 
-- autocast's dtype (``"bf16"``, ``"fp16"``) where it is native (CUDA; CPUs with AVX512-BF16 or AMX): the
-  bottom-up and top-down nets and the consensus run in it, weights cast once and kept while unchanged;
-- ``"int8"`` on CPUs without native bf16, for inference only (``torch.no_grad`` / ``torch.inference_mode``)
-  and models of dim >= 128 (smaller ones run no faster in int8):
-  the bottom-up and top-down nets run as dynamically quantised int8 products (fbgemm; per-channel int8
-  weights packed once and kept while unchanged; activations quantised per product to 7 bits), the consensus
-  in fp32. There, emulated bf16 would be tens of times slower than fp32, while the int8 nets run about 1.9x
-  faster than fp32 ones at dim 512. The issue's bar: every level's states keep a mean per-vector cosine
-  similarity of at least 0.995 to the fp32 states (measured 0.9998 at 224 px, dim 512, 6 levels, 12 steps);
-- ``"fp32"`` otherwise (gradients on a CPU without native bf16, a small model, no int8 kernels, or a forced
-  fp32), with a warning once per process saying why.
+- autocast's dtype (``"bf16"``, ``"fp16"``) where it is faster than fp32 (CUDA; CPUs with AMX; CPUs with
+  AVX512-BF16 alone where a timed probe says so, ``reduced_precision_is_fast``): the bottom-up and top-down
+  nets and the consensus run in it, weights cast once and kept while unchanged;
+- ``"int8"`` for inference only (``torch.no_grad`` / ``torch.inference_mode``), on a CPU with fbgemm, for
+  models of dim >= 128, where a timed probe finds the int8 nets faster for the model's dim than those of the
+  path it would otherwise take (autocast's dtype where that is fast, else fp32; ``int8_is_fast``): the
+  bottom-up and top-down nets run as dynamically quantised int8 products (fbgemm; per-channel int8 weights
+  packed once and kept while unchanged; activations quantised per product to 7 bits), the consensus in fp32.
+  On an AMD EPYC (Zen 4, AVX512-BF16 and VNNI) one core ran the seed's forward in 0.62 s so, 0.83 s in bf16
+  and 1.70 s in fp32. The bar: every level's states keep a mean per-vector cosine similarity of at least
+  0.995 to the fp32 states (measured 0.9998 at 224 px, dim 512, 6 levels, 12 steps);
+- ``"fp32"`` otherwise (gradients where bf16 is not faster, a small model, int8 no faster or missing, or a
+  forced fp32), with a warning once per process saying why.
+
+Both reduced paths are chosen by measurement where the CPU's flags do not settle it: products shaped like
+GLOM's, timed by the probing thread's CPU time on one core, in rotation with their rival, once per process
+(and per dim for int8), the reduced one taken only when clearly faster: no path runs that is slower than fp32.
 
 Columns' states stay fp32 between steps on every path, so rounding does not pile up over the iterations.
 The environment variable GLOM_VIZ_REDUCED_PRECISION forces a path under autocast: ``1`` autocast's dtype
@@ -35,7 +41,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +79,13 @@ INT8_ENGINES = ("x86", "fbgemm")
 INT8_REDUCE_RANGE = True
 INT8_WEIGHT_MAX = 127
 # below this dim fbgemm's int8 nets are no faster than fp32 (measured on an AVX2 EPYC: 0.3-1.0x at dim 32-64,
-# 1.2-1.4x at 128, 1.5-2x from 256), so an unforced autocast runs such models in fp32
+# 1.2-1.4x at 128, 1.5-2x from 256), so an unforced autocast runs such models in fp32 without a probe
 INT8_MIN_DIM = 128
+# from INT8_MIN_DIM up a probe decides (``int8_is_fast``): one net's two products and its GELU on
+# INT8_PROBE_ROWS columns, fp32 against int8, at the model's dim up to INT8_PROBE_MAX_DIM (wider nets are timed
+# at that width: the probe stays cheap, about 60 ms at dim 512, and int8 only gains with width)
+INT8_PROBE_ROWS = 256
+INT8_PROBE_MAX_DIM = 512
 # the fused consensus: one attention call costs as much as this share of a whole level's n x n similarities
 BAND_COST = 1 / 8
 # with gradients the fused consensus (flash attention, which recomputes the attention in its backward) beats
@@ -232,17 +243,55 @@ def cpu_flags() -> frozenset[str] | None:
     return None if line is None else frozenset(line.split(":", 1)[-1].split())
 
 
-def _seconds_per_product(dtype: torch.dtype, shape: tuple[int, int, int], repeats: int) -> float:
-    """The fastest of ``repeats`` (m, k) @ (k, n) products in ``dtype`` on one thread, in CPU seconds of that
-    thread (the wall clock would also count the time other processes held the core)."""
+def _product(dtype: torch.dtype, shape: tuple[int, int, int]) -> Callable[[], object]:
+    """An (m, k) @ (k, n) product in ``dtype``, ready to call."""
     m, k, n = shape
     x, y = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    torch.mm(x, y)  # the first call warms the library up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.thread_time()
-        torch.mm(x, y)
-        best = min(best, time.thread_time() - start)
+    return lambda: torch.mm(x, y)
+
+
+def _net(path: str, dim: int, rows: int) -> Callable[[], object]:
+    """One of GLOM's MLPs on ``rows`` columns, (rows, dim) fp32 -> 4 dim -> (rows, dim) fp32 with its GELU, run
+    as the forward runs it on ``path`` ("fp32", "bf16", "fp16": cast in, products and GELU in the dtype, cast
+    out; "int8": fbgemm's dynamic int8 products, GELU in fp32), ready to call."""
+    hidden = FEEDFORWARD_MULT * dim
+    x = torch.randn(rows, dim)
+    w_in, w_out = torch.randn(dim, hidden) * dim ** -0.5, torch.randn(hidden, dim) * hidden ** -0.5
+    b_in, b_out = torch.zeros(hidden), torch.zeros(dim)
+    if path == "int8":
+        layer_in, layer_out = int8_linear(w_in.T, b_in), int8_linear(w_out.T, b_out)
+
+        def run():
+            hidden_out = torch.ops.quantized.linear_dynamic(x, layer_in, INT8_REDUCE_RANGE)
+            return torch.ops.quantized.linear_dynamic(torch.ops.aten.gelu_(hidden_out), layer_out, INT8_REDUCE_RANGE)
+        return run
+    dtype = PATH_DTYPES[path]
+    w_in, w_out, b_in, b_out = (w.to(dtype) for w in (w_in, w_out, b_in, b_out))
+    return lambda: torch.addmm(b_out, torch.ops.aten.gelu_(torch.addmm(b_in, x.to(dtype), w_in)), w_out).float()
+
+
+def probe_seconds(products: dict[str, Callable[[], object]], repeats: int = PROBE_REPEATS,
+                  rounds: int = PROBE_ROUNDS) -> dict[str, float]:
+    """name -> the fastest of ``repeats`` calls of each product in each of ``rounds`` rounds, the names in
+    rotation, on one torch thread, in CPU seconds of this thread (the wall clock would also count the time
+    other processes held the core; one thread gives a core's rate, which a shared machine disturbs least)."""
+    best = {name: math.inf for name in products}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # each product in its own dtype: under the caller's autocast an fp32 product would run in bf16 too
+        with torch.autocast("cpu", enabled=False):
+            for name, product in products.items():
+                product()  # the first call warms the library up (and packs what it packs)
+            names = list(products)
+            for round_ in range(rounds):
+                for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                    for _ in range(repeats):
+                        start = time.thread_time()
+                        products[name]()
+                        best[name] = min(best[name], time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
     return best
 
 
@@ -272,16 +321,39 @@ def reduced_precision_is_fast(device_type: str, dtype: torch.dtype) -> bool:
     # native vector instructions but no matrix units, or an unknown CPU: time it. Emulated products run
     # some 50x slower, so an unknown CPU is probed small
     shape, repeats = (PROBE_SHAPE, PROBE_REPEATS) if flags is not None else (PROBE_SHAPE_UNKNOWN, 2)
-    timings = {torch.float32: math.inf, dtype: math.inf}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a core's rate: on a shared machine a multi-threaded product waits for the slowest core
-    try:
-        for _ in range(PROBE_ROUNDS):
-            for probe_dtype in timings:
-                timings[probe_dtype] = min(timings[probe_dtype], _seconds_per_product(probe_dtype, shape, repeats))
-    finally:
-        torch.set_num_threads(threads)
-    return timings[dtype] * PROBE_MARGIN < timings[torch.float32]
+    timings = probe_seconds({"fp32": _product(torch.float32, shape), "reduced": _product(dtype, shape)}, repeats)
+    return timings["reduced"] * PROBE_MARGIN < timings["fp32"]
+
+
+def int8_is_fast(dim: int, against: str = "fp32") -> bool:
+    """Whether the int8 nets (fbgemm's dynamic int8 linear) beat the nets of path ``against`` ("fp32", or
+    "bf16" / "fp16" where those beat fp32) for a model of ``dim`` on this CPU.
+
+    False below INT8_MIN_DIM (measured no faster there) and without fbgemm's kernels; otherwise a timed
+    probe, once per process, probed width and rival: one net's two products and its GELU on INT8_PROBE_ROWS
+    columns at ``min(dim, INT8_PROBE_MAX_DIM)``, each as its path runs it, in rotation, int8 taken only when
+    PROBE_MARGIN times faster. GLOM_VIZ_REDUCED_PRECISION is ``precision_path``'s to read, not this
+    measurement's.
+    """
+    if dim < INT8_MIN_DIM or not int8_is_available():
+        return False
+    return _int8_beats(min(int(dim), INT8_PROBE_MAX_DIM), against)
+
+
+@functools.cache
+def _int8_beats(width: int, against: str) -> bool:
+    timings = probe_seconds({path: _net(path, width, INT8_PROBE_ROWS) for path in (against, "int8")})
+    return timings["int8"] * PROBE_MARGIN < timings[against]
+
+
+_PROBES = (reduced_precision_is_fast, _int8_beats)  # the cached probes themselves, whoever stands in for them
+
+
+def forget_probes() -> None:
+    """Forget what the timed probes found, so that the next forward times them again (after the machine or the
+    environment changed)."""
+    for probe in _PROBES:
+        probe.cache_clear()
 
 
 def int8_is_available() -> bool:
@@ -308,10 +380,12 @@ def _warn_once(message: str) -> None:
 def precision_path(device_type: str, dim: int | None = None) -> str:
     """How GLOM's forward runs here and now: "fp32", autocast's dtype ("bf16", "fp16") or "int8".
 
-    Outside autocast: "fp32". Under autocast: its dtype where that is native on this device; else, on a
-    CPU with fbgemm, with gradients off and for models of ``dim`` >= INT8_MIN_DIM, "int8" (the bottom-up and
-    top-down nets in dynamic int8); else "fp32", with a warning once per process saying why.
-    GLOM_VIZ_REDUCED_PRECISION forces a path: 1 autocast's dtype, int8 (any dim), 0 fp32.
+    Outside autocast: "fp32". Under autocast, the fastest path this device has for a model of ``dim``, each
+    reduced path taken only where measured faster: with gradients off, on a CPU with fbgemm, for ``dim`` >=
+    INT8_MIN_DIM (None is probed at INT8_PROBE_MAX_DIM), "int8" (the bottom-up and top-down nets in dynamic
+    int8) where a timed probe finds its nets faster than those of the rival path (``int8_is_fast``); else
+    autocast's dtype where that beats fp32 (``reduced_precision_is_fast``); else "fp32", with a warning once per
+    process saying why. GLOM_VIZ_REDUCED_PRECISION forces a path: 1 autocast's dtype, int8 (any dim), 0 fp32.
     """
     if not torch.is_autocast_enabled(device_type):
         return "fp32"
@@ -321,24 +395,43 @@ def precision_path(device_type: str, dim: int | None = None) -> str:
     if forced == "fp32":
         _warn_once(f"{REDUCED_PRECISION_ENV}=0 forbids reduced precision: GLOM runs in exact fp32 under autocast")
         return "fp32"
-    if forced != "int8" and name in PATH_DTYPES and reduced_precision_is_fast(device_type, requested):
-        return name
-    small = forced != "int8" and dim is not None and dim < INT8_MIN_DIM
-    if device_type == "cpu" and int8_is_available() and not torch.is_grad_enabled() and not small:
+    reduced = forced != "int8" and name in PATH_DTYPES and reduced_precision_is_fast(device_type, requested)
+    width = INT8_PROBE_MAX_DIM if dim is None else int(dim)
+    small = forced != "int8" and width < INT8_MIN_DIM
+    int8_runs = device_type == "cpu" and int8_is_available() and not torch.is_grad_enabled()
+    if forced == "int8" and int8_runs:
         return "int8"
+    if forced is None and int8_runs and not small and int8_is_fast(width, name if reduced else "fp32"):
+        return "int8"  # faster still than the dtype asked for, where that is fast: inference only
+    if reduced:
+        return name
+    slower = f"{name} runs no faster than fp32 on this CPU (it is not native, or not faster where it is)"
     if forced == "int8" and device_type != "cpu":
         reason = f"the int8 nets run on CPUs only, not on {device_type.upper()}"
     elif device_type != "cpu" or not int8_is_available():
         reason = (f"{name} is not native on this {device_type.upper()} and int8 kernels are missing "
                   f"(quantised engine {torch.backends.quantized.engine!r})")
     elif torch.is_grad_enabled():
-        reason = (f"{name} is not native on this CPU (it would run many times slower than fp32) and the int8 "
-                  f"nets serve inference only; run under torch.inference_mode() for int8")
+        reason = f"{slower} and the int8 nets serve inference only; run under torch.inference_mode() for int8"
+    elif small:
+        reason = (f"{slower} and int8 nets are no faster than fp32 below dim {INT8_MIN_DIM} (this model's is "
+                  f"{width})")
     else:
-        reason = (f"{name} is not native on this CPU (it would run many times slower than fp32) and int8 nets "
-                  f"are no faster than fp32 below dim {INT8_MIN_DIM} (this model's is {dim})")
-    _warn_once(f"{reason}: GLOM runs in fp32. Set {REDUCED_PRECISION_ENV}=1 to force {name}.")
+        reason = (f"{slower} and the int8 nets of dim {width} ran no faster than fp32 ones here either (timed "
+                  f"once per process)")
+    _warn_once(f"{reason}: GLOM runs in fp32. Set {REDUCED_PRECISION_ENV}=1 to force {name}, int8 the int8 nets.")
     return "fp32"
+
+
+def consensus_dtype(path: str, device_type: str) -> torch.dtype:
+    """The dtype the consensus runs in on ``path``: the path's own, and on the int8 path (whose int8 is for the
+    nets only) autocast's dtype where that is faster than fp32 here, else fp32."""
+    if path == "int8":
+        requested = torch.get_autocast_dtype(device_type)
+        fast = forced_path() != "int8" and requested in PATH_DTYPES.values() and reduced_precision_is_fast(
+            device_type, requested)
+        return requested if fast else torch.float32
+    return PATH_DTYPES.get(path, torch.float32)
 
 
 # what a user may ask for: "fast" (torch.autocast; the forward picks the path) or exact "fp32"
@@ -854,7 +947,7 @@ class Glom(nn.Module):
             raise GlomInputError(f"which_levels must lie in 0..{L - 1}, got {which_levels}")
 
         path = precision_path(device.type, self.config.dim)
-        dtype = PATH_DTYPES.get(path, torch.float32)  # the consensus's; int8 is for the nets only
+        dtype = consensus_dtype(path, device.type)
         with torch.autocast(device.type, enabled=False):  # dtypes are chosen explicitly below
             nets = self._prepared_nets(path)
             tokens = self.image_to_tokens(img.float())  # (b, n, d)

@@ -501,7 +501,7 @@ def test_every_precision_label_names_what_runs_for_this_models_dim(at, monkeypat
     at.session_state["model_precision"] = "fast"
     run(at)
     dim = default_model().config.dim
-    path = "int8" if dim >= glom_model.INT8_MIN_DIM and glom_model.int8_is_available() else "fp32"
+    path = "int8" if dim >= glom_model.INT8_MIN_DIM and glom_model.int8_is_fast(dim) else "fp32"
     assert at.radio(key="model_precision").options[0] == f"fast ({'int8 nets' if path == 'int8' else path})"
     assert any(c.value.endswith(f"iterations · {path}") for c in at.caption)
     assert any(f"for this frame ({path})" in c.value for c in at.caption)

@@ -207,13 +207,36 @@ def reduced_precision(monkeypatch):
 
 @pytest.fixture
 def bf16_native(monkeypatch):
-    """Pretend the CPU has (True) or lacks (False) native bf16, whatever this one has; no forcing."""
+    """Pretend the CPU's bf16 is (True) or is not (False) faster than fp32, whatever this one's is, and that its
+    int8 nets are (int8=True) or are not faster than the rival path from INT8_MIN_DIM up (default: where bf16
+    is not); no forcing."""
     monkeypatch.setattr(glom_model, "_WARNED", set())
     monkeypatch.delenv(REDUCED_PRECISION_ENV, raising=False)
 
-    def pretend(native: bool):
+    def pretend(native: bool, int8: bool | None = None):
+        int8 = not native if int8 is None else int8
         monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: native)
+        monkeypatch.setattr(glom_model, "int8_is_fast", lambda dim, against="fp32": int8)
     return pretend
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """Stand in for the timed probes: ``probe(fp32=1.0, reduced=0.5, int8=2.0)`` makes every probe report these
+    seconds (what the products were is recorded in ``probe.products``); the probes' caches start afresh."""
+    monkeypatch.delenv(REDUCED_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(glom_model, "_WARNED", set())
+    products = []
+
+    def report(**seconds):
+        def probe_seconds(named, *args, **kwargs):
+            products.append(dict(named))
+            return {name: seconds[name] for name in named}
+        monkeypatch.setattr(glom_model, "probe_seconds", probe_seconds)
+        glom_model.forget_probes()
+    report.products = products
+    yield report
+    glom_model.forget_probes()
 
 
 def mean_cosine_per_level(states, exact):
@@ -350,6 +373,113 @@ def test_small_models_run_exact_fp32_under_autocast_where_bf16_is_not_native(bf1
             assert precision_path("cpu", dim=ours.config.dim) == "fp32"
             assert precision_path("cpu", dim=glom_model.INT8_MIN_DIM) == "int8"
     assert torch.equal(fallback, exact)
+
+
+@pytest.mark.skipif(not glom_model.int8_is_available(), reason="this torch has no fbgemm int8 kernels")
+@pytest.mark.parametrize("int8_seconds, path", [(2.0, "fp32"), (1.0, "fp32"), (0.5, "int8")])
+def test_int8_runs_only_where_its_probe_finds_it_clearly_faster_than_fp32(monkeypatch, probe, int8_seconds, path):
+    """The int8 nets are chosen by a timed probe, not by the dim alone: slower, or faster by less than the
+    margin, and an inference forward under autocast runs exact fp32 (saying why once); clearly faster, int8."""
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: False)
+    probe(fp32=1.0, int8=int8_seconds)
+    _, ours = twins(INT8_CONFIG)
+    img = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        exact = ours(img, iters=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fast = ours(img, iters=3)
+                assert precision_path("cpu", dim=INT8_CONFIG["dim"]) == path
+    said = [str(w.message) for w in caught if "GLOM runs in fp32" in str(w.message)]
+    if path == "fp32":
+        assert torch.equal(fast, exact)
+        assert len(said) == 1 and "ran no faster than fp32" in said[0]
+    else:
+        assert not torch.equal(fast, exact) and not said
+    assert [set(products) for products in probe.products] == [{"fp32", "int8"}]  # probed once per process
+
+
+@pytest.mark.skipif(not glom_model.int8_is_available(), reason="this torch has no fbgemm int8 kernels")
+@pytest.mark.parametrize("int8_seconds, path", [(0.5, "int8"), (1.0, "bf16")])
+def test_where_bf16_is_fast_int8_must_beat_bf16_nets_and_serves_inference_only(monkeypatch, probe, int8_seconds,
+                                                                               path):
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: True)
+    probe(bf16=1.0, int8=int8_seconds)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error")  # either is a fast path: nothing to warn about
+        with torch.inference_mode():
+            assert precision_path("cpu", dim=256) == path
+        assert precision_path("cpu", dim=256) == "bf16"  # with gradients: never int8
+    assert [set(products) for products in probe.products] == [{"bf16", "int8"}]
+
+
+@pytest.mark.skipif(not glom_model.int8_is_available(), reason="this torch has no fbgemm int8 kernels")
+def test_the_int8_probe_times_the_models_nets_within_a_cheap_width(monkeypatch, probe):
+    """Below INT8_MIN_DIM nothing is timed; from there the nets of the model's dim, and wider models at
+    INT8_PROBE_MAX_DIM, each width once."""
+    widths = []
+    monkeypatch.setattr(glom_model, "_net", lambda path, dim, rows: widths.append((path, dim, rows)))
+    probe(fp32=1.0, int8=0.5)
+    assert not glom_model.int8_is_fast(glom_model.INT8_MIN_DIM - 1) and not probe.products
+    assert glom_model.int8_is_fast(glom_model.INT8_MIN_DIM)
+    top = glom_model.INT8_PROBE_MAX_DIM
+    assert glom_model.int8_is_fast(4 * top) and glom_model.int8_is_fast(top)
+    rows = glom_model.INT8_PROBE_ROWS
+    assert widths == [(p, glom_model.INT8_MIN_DIM, rows) for p in ("fp32", "int8")] + [(p, top, rows)
+                                                                                       for p in ("fp32", "int8")]
+
+
+@pytest.mark.parametrize("flags, reduced_seconds, fast, probed", [
+    ({"avx512_bf16"}, 2.0, False, True),       # native vector products, timed slower: fp32
+    ({"avx512_bf16"}, 0.5, True, True),        # timed clearly faster: bf16
+    ({"avx512_bf16", "amx_bf16"}, 2.0, True, False),  # matrix units: fast without timing
+    ({"avx2"}, 0.5, False, False),             # emulated: slow without timing
+    (None, 0.5, True, True),                   # flags unreadable: timed
+])
+def test_bf16_is_chosen_by_the_flags_where_they_settle_it_else_by_its_probe(monkeypatch, probe, flags,
+                                                                             reduced_seconds, fast, probed):
+    monkeypatch.setattr(glom_model, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    probe(fp32=1.0, reduced=reduced_seconds)
+    assert reduced_precision_is_fast("cpu", torch.bfloat16) is fast
+    assert bool(probe.products) is probed
+
+
+def test_the_probe_times_every_product_on_one_thread_and_restores_the_threads():
+    threads = torch.get_num_threads()
+    seen = []
+
+    def product():
+        seen.append(torch.get_num_threads())
+        return torch.ones(4) @ torch.ones(4)
+
+    def broken():
+        raise RuntimeError("no such kernel")
+    seconds = glom_model.probe_seconds({"a": product, "b": product}, repeats=2, rounds=2)
+    assert set(seconds) == {"a", "b"} and all(0 <= s < float("inf") for s in seconds.values())
+    assert set(seen) == {1} and len(seen) == 2 * (1 + 2 * 2)  # a warm-up call, then repeats x rounds each
+    with pytest.raises(RuntimeError):
+        glom_model.probe_seconds({"a": product, "b": broken})
+    assert torch.get_num_threads() == threads
+    dtypes = []  # called from a forward under autocast, an fp32 product still runs in fp32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        glom_model.probe_seconds({"fp32": lambda: dtypes.append(torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype)})
+    assert set(dtypes) == {torch.float32}
+
+
+@pytest.mark.skipif(not glom_model.int8_is_available(), reason="this torch has no fbgemm int8 kernels")
+def test_int8_nets_with_a_fast_bf16_consensus_stay_close_to_fp32(bf16_native):
+    """Where bf16 is fast and the int8 nets faster still, the int8 path runs its consensus in bf16."""
+    bf16_native(True, int8=True)
+    _, ours = twins(INT8_CONFIG)
+    img = torch.rand(1, 3, 32, 32)
+    exact, fast = exact_and_autocast(ours, img, iters=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert glom_model.consensus_dtype("int8", "cpu") == torch.bfloat16
+    assert mean_cosine_per_level(fast, exact).min() > 0.995
+    bf16_native(False, int8=True)
+    _, only_nets = exact_and_autocast(ours, img, iters=8)
+    assert not torch.equal(fast, only_nets)  # the consensus did run in bf16
 
 
 def test_a_misspelt_precision_setting_is_refused_with_the_choices(reduced_precision):
@@ -515,9 +645,10 @@ def test_seed_readme_examples_run_unchanged_but_for_the_import():
 
 
 @pytest.mark.slow
-def test_int8_states_stay_close_to_fp32_at_the_seed_size(bf16_native):
-    """The issue's bar at its own size: 224 px, patch 14, dim 512, 6 levels, 12 iterations."""
-    bf16_native(False)
+@pytest.mark.parametrize("bf16_fast", [False, True])  # the consensus in fp32, or in bf16
+def test_int8_states_stay_close_to_fp32_at_the_seed_size(bf16_native, bf16_fast):
+    """The bar at the seed's size: 224 px, patch 14, dim 512, 6 levels, 12 iterations."""
+    bf16_native(bf16_fast, int8=True)
     torch.manual_seed(0)
     model = Glom(dim=512, levels=6, image_size=224, patch_size=14).eval()
     img = torch.rand(1, 3, 224, 224)
