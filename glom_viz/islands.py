@@ -317,17 +317,20 @@ def _lloyd(step: "_Map", starts: np.ndarray) -> np.ndarray:
     count, n = starts.shape
     width = int(starts.max()) + 1
     used = _onehot(starts, width, np.float32)[0].any(axis=0)  # (B * K,) the ids each start uses
-    labels = starts
+    labels = starts.copy()
+    moving = np.arange(count)  # the starts not yet settled: a settled one stays as it is, so it leaves the product
     for _ in range(KMEANS_MAX_ITER):
-        onehot, _ = _onehot(labels, width, step.gram.dtype)  # (N, B * K)
+        current = labels[moving]
+        onehot, _ = _onehot(current, width, step.gram.dtype)  # (N, B' * K)
         sizes, _, _, distance = _means(step, onehot)
         distance = distance + np.where(sizes > 0, 0.0, np.inf).astype(step.gram.dtype)  # absent ids never win
-        updated = distance.reshape(n, count, width).argmin(axis=2).T  # (B, N)
-        if np.array_equal(updated, labels):
+        updated = distance.reshape(n, len(moving), width).argmin(axis=2).T  # (B', N)
+        changed = (updated != current).any(axis=1)
+        labels[moving] = updated
+        moving = moving[changed]
+        if not moving.size:
             break
-        labels = updated
     emptied = (_onehot(labels, width, np.float32)[0].any(axis=0) != used).reshape(count, width).any(axis=1)
-    labels = labels.copy()
     labels[emptied] = starts[emptied]
     return labels
 
