@@ -115,3 +115,16 @@ def test_bad_input(call, words):
     with pytest.raises(StatesError, match=None) as error:
         call(states)
     assert words in str(error.value)
+
+
+def test_a_umap_projection_leaves_torchs_thread_count_as_it_was():
+    """numba's OpenMP layer shares torch's runtime: a projection must not leave torch's products here on
+    every core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        warm_up_umap()  # numba's parallel code, compiled and run
+        project(planted()[0], "umap", 2, seed=0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

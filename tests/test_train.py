@@ -51,7 +51,8 @@ def losses_before_and_after(trainer: Trainer) -> tuple[dict, dict]:
 
 
 def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
-    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST, **MOTION))
+    # exact fp32: at dim 16 bf16's rounding (the default where it is faster) is as large as 20 steps' progress
+    trainer = Trainer(tiny(steps=20, scenes=4, bf16=False, **CONTRAST, **MOTION))
     before, after = losses_before_and_after(trainer)
     assert after["reconstruction"] < 0.7 * before["reconstruction"]
     assert after["motion"] < before["motion"]
