@@ -3,7 +3,8 @@
 Variants, in one process, in rotation (each round starts one variant later, so drift in a shared machine's load
 hits them alike):
 
-- this commit's trainer with its defaults: it picks its micro-batches, threads and precision itself;
+- this commit's trainer with its defaults: it picks its micro-batches, threads and precision itself (where it
+  picks bf16, also with ``--bf16 false``);
 - the reference commit's trainer (``--reference``, default 9087833, read from git into a temporary package)
   with its best setting, ``--accumulate 4``, and its own precision choice and threads; where that choice is bf16,
   also with ``--bf16 false``; and in fp32 on one thread (its CPU time is then its work per core, the measure of
@@ -141,6 +142,8 @@ def main(argv=None) -> None:
     reference = load_package(args.reference)["train"]
     shared = dict(batch_size=args.batch, iters=args.iters)
     variants = {"this commit (its defaults)": TrainerVariant(this_train, cores, **shared)}
+    if variants["this commit (its defaults)"].trainer.autocast:  # it picked bf16: also its fp32, to judge the pick
+        variants["this commit --bf16 false"] = TrainerVariant(this_train, cores, **shared, bf16=False)
     old = TrainerVariant(reference, cores, **shared, accumulate=REFERENCE_ACCUMULATE)
     variants[f"{args.reference} --accumulate {REFERENCE_ACCUMULATE}"] = old
     if old.trainer.autocast:  # its flags picked bf16: also its fp32
