@@ -508,7 +508,8 @@ def table(result: dict) -> str:
             if way == "released":
                 lines.append(f"carried and let go where the picture changed (fully from an RMS change of "
                              f"{found['release']:g}, {found['reach']} patch(es) around):")
-            lines.append(f"{'':>16} {'fresh':>8} {way:>8} {'worst frame':>12}   {way}, frame by frame")
+            shown_as = way if way == "carried" else "let go"
+            lines.append(f"{'':>16} {'fresh':>8} {shown_as:>8} {'worst frame':>12}   {shown_as}, frame by frame")
             for row in found["levels"]:
                 lines.append(f"{'level ' + str(row['level']):>16} {row['fresh_mean']:>8.3f} {row[way + '_mean']:>8.3f} "
                              f"{row[way + '_worst_frame']:>12.3f}   " + " ".join(f"{v:.2f}" for v in row[way]))

@@ -8,16 +8,17 @@ over the shared patches, per level, beside the same test on k-means of the raw p
 on held-out scenes and on the photographs that scikit-learn and scikit-image ship.
 
 **Sequences.** Clips in which every object glides at its own constant velocity (``scenes.make_clip``;
-training only ever sees two-frame jumps) are run two ways: each frame fresh, and with the columns
-carried from frame to frame (``levels=``, glom-pytorch's use for slow video). Each frame's objects
-FG-ARI, per level. Islands that move with their objects score at least as well carried as fresh.
+training only ever sees two-frame jumps) are run three ways: each frame fresh, with the columns
+carried from frame to frame as they are (``levels=``, glom-pytorch's use for slow video), and carried
+but let go where the picture changed (``Glom.let_go``). Each frame's objects FG-ARI, per level.
+Islands that move with their objects score at least as well carried as fresh.
 
 Both tests read ground truth for scoring only, never to make islands.
 
     translation_pairs(picture (H, W, 3), size, shift_px) -> (windows, 2, 3, size, size)
     shift_agreement(labels (2, N), grid, shift) -> ARI over the shared patches
     translation_test(model, pairs, shift, islands) -> {"levels": [...], "pixels": {...}, "pairs": n}
-    sequence_test(model, clips) -> {"levels": [...], "pixels": {...}, "frames": F, "clips": n}
+    sequence_test(model, images, objects) -> {"levels": [...], "pixels": {...}, "frames": F, "clips": n, ...}
 """
 
 from __future__ import annotations
