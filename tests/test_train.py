@@ -51,12 +51,13 @@ def losses_before_and_after(trainer: Trainer) -> tuple[dict, dict]:
 
 
 def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
-    trainer = Trainer(tiny(steps=20, scenes=4, **CONTRAST, **MOTION))
+    # 60 steps: the motion term moves slowest; at 20 its drop is within the noise between CPUs
+    trainer = Trainer(tiny(steps=60, scenes=4, **CONTRAST, **MOTION))
     before, after = losses_before_and_after(trainer)
     assert after["reconstruction"] < 0.7 * before["reconstruction"]
     assert after["motion"] < before["motion"]
     assert after["total"] < before["total"]
-    assert [row["step"] for row in trainer.history] == list(range(1, 21))
+    assert [row["step"] for row in trainer.history] == list(range(1, 61))
 
 
 @pytest.mark.parametrize("still", [True, False])
