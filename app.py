@@ -49,7 +49,7 @@ def main() -> None:
     frames = page.frames_of(chosen, loaded, image_settings, cache.content_key(run_settings))
     if frames is None:
         return
-    runs = runs_for(loaded, frames, image_settings.sequence, run_settings)
+    runs = runs_for(loaded, frames, image_settings.sequence, run_settings, image_settings.release)
     try:
         for run in runs:  # the runs show their progress here; later page runs find them cached
             run()
@@ -57,7 +57,7 @@ def main() -> None:
         st.error(plain(str(error)))
         return
     viewer.show(Page(loaded, tuple(frames), runs, image_settings.sequence, run_settings, image_settings.fit,
-                     island_settings, state.playing()))
+                     island_settings, state.playing(), image_settings.release))
     uploaded_set = dataset.usable(image_settings, config.image_size)  # read with the pictures above: cached
     if uploaded_set is not None:  # under the viewer: the islands are drawn first, the set is scored after
         dataset.panel(loaded, uploaded_set, run_settings)

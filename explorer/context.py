@@ -29,6 +29,7 @@ class Page:
     fit: str
     island_settings: IslandSettings
     playing: bool  # whether the viewer was set up with play's timer
+    release: float | None = None  # in a sequence, what carried columns let go from (ImageSettings.release)
 
     @property
     def iterations(self) -> int:

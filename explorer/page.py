@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from explorer import state
+from explorer import cache, state
 from explorer.limits import MAX_FRAMES, TORCH_THREADS
 from explorer.models import LoadedModel, ModelProblem
 from explorer.pictures import Frame, Picture, frame_of, show_new_upload
@@ -82,5 +82,6 @@ def frames_of(pictures: list[Picture], loaded: LoadedModel, settings: ImageSetti
             st.error(f"{plain_name(picture.name)} cannot be shown: {plain(str(error))}")
             return None
         frames.append(frame)
-        previous = frame.run_key if settings.sequence else ""
+        # the next frame's run continues from this one's, letting go as the settings say
+        previous = cache.content_key(frame.run_key, settings.release) if settings.sequence else ""
     return frames

@@ -31,8 +31,9 @@ class Cancelled(Exception):
 
 
 def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, settings: RunSettings,
-            label: str) -> Run:
-    """Run GLOM on one frame with a progress bar (the previous frame's run first, in a sequence)."""
+            label: str, before: Frame | None = None, release: float | None = None) -> Run:
+    """Run GLOM on one frame with a progress bar (in a sequence the previous frame's run first, its
+    columns letting go where `before`, the previous frame, differs: ``Glom.let_go`` from `release` on)."""
     start = previous() if previous is not None else None
     bar = st.progress(0.0, text=f"{label}: step 0 of {settings.iterations}")
     steps: queue.SimpleQueue = queue.SimpleQueue()
@@ -46,6 +47,8 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
     # in one of the server's niced run workers (explorer.cache.run_workers), while this thread, the
     # page's own, draws the progress; Streamlit stops it here when the page goes away
     future = cache.run_workers().submit(runs.run, loaded.model, frame.tensor, settings.iterations, start=start,
+                                        before=None if before is None else before.tensor,
+                                        release=release if start is not None else None,
                                         precision=settings.precision, progress=progress)
     try:
         while True:
@@ -65,15 +68,19 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
         bar.empty()
 
 
-def runs_for(loaded: LoadedModel, frames: list[Frame], sequence: bool, settings: RunSettings) -> tuple[RunLookup, ...]:
-    """One cache lookup per frame; in a sequence each frame starts from the previous one's final state."""
+def runs_for(loaded: LoadedModel, frames: list[Frame], sequence: bool, settings: RunSettings,
+             release: float | None = None) -> tuple[RunLookup, ...]:
+    """One cache lookup per frame; in a sequence each frame starts from the previous one's final state,
+    let go from `release` on where the picture changed (None: carried as it is)."""
     lookups: list[RunLookup] = []
     for index, frame in enumerate(frames):
         previous = lookups[index - 1] if sequence and index > 0 else None
+        before = frames[index - 1] if previous is not None else None
         name = plain_name(frame.picture.name)  # the progress bar's text is Markdown
         label = f"frame {index + 1} of {len(frames)} · {name}" if sequence else name
 
-        def lookup(frame=frame, previous=previous, label=label) -> Run:
-            return cache.run(frame.run_key, lambda: compute(loaded, frame, previous, settings, label))
+        def lookup(frame=frame, previous=previous, label=label, before=before) -> Run:
+            return cache.run(frame.run_key, lambda: compute(loaded, frame, previous, settings, label, before,
+                                                                    release))
         lookups.append(lookup)
     return tuple(lookups)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from glom_viz import islands
-from glom_viz.model import GlomConfig
+from glom_viz.model import RELEASE, GlomConfig
 from glom_viz.scenes import EVAL_SEEDS
 
 # the model panel
@@ -61,6 +61,13 @@ class ImageSettings:
     animations_as_frames: bool
     sequence: bool  # carry each frame's final state into the next
     dataset: tuple[str, bytes] | None = field(default=None, repr=False)  # a zip of the dataset layout (name, bytes)
+    let_go: bool = True  # in a sequence, carried columns let go where the picture changed
+
+    @property
+    def release(self) -> float | None:
+        """What a sequence's runs let carried columns go from (glom_viz.model.Glom.let_go's RMS pixel
+        change); None: no sequence, or every column carried as it is."""
+        return RELEASE if self.sequence and self.let_go else None
 
 
 @dataclass(frozen=True)

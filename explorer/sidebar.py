@@ -158,9 +158,15 @@ def images_panel() -> ImageSettings:
     sequence = st.sidebar.toggle("Sequence: carry state from frame to frame", key=state.IMAGES_SEQUENCE,
                                  help="Process the images in order, each starting from the previous one's final "
                                       "columns (GLOM's slow video: `levels=` of the last frame).")
+    let_go = st.sidebar.toggle("Let go where the picture changed", value=True, key=state.IMAGES_LET_GO,
+                               disabled=not sequence,
+                               help="In a sequence, a column whose patch (or a neighbour's) changed from the last "
+                                    "frame starts afresh, so islands move with their objects; the still rest keeps "
+                                    "its columns. Off: every column carries on as it was, and islands stay where "
+                                    "the objects were.")
     uploads = tuple((f.name, f.getvalue()) for f in (files or []))
     zipped = None if dataset is None else (dataset.name, dataset.getvalue())
-    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence, zipped)
+    return ImageSettings(tuple(bundled), uploads, fit, animations, sequence, zipped, let_go)
 
 
 def mask_upload(picture: Picture) -> Mask | None:

@@ -34,6 +34,7 @@ IMAGES_UPLOAD = "images_upload"
 IMAGES_FIT = "images_fit"
 IMAGES_FRAMES = "images_frames"
 IMAGES_SEQUENCE = "images_sequence"
+IMAGES_LET_GO = "images_let_go"
 IMAGES_SET = "images_set"
 # the run panel: one iterations slider per number of levels (its default is 2 x levels)
 ITERATIONS_PREFIX = "iterations_"

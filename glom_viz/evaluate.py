@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from glom_viz import invariance
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, DataError
 from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth, pixel_patches
-from glom_viz.model import Glom
+from glom_viz.model import RELEASE, RELEASE_REACH, Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.runs import final_columns
 from glom_viz.scenes import EVAL_SEEDS, make_batch
@@ -299,12 +300,14 @@ def load_model(path: str | Path) -> Glom:
 def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: int = EVAL_SEEDS.start,
         iters: int | None = None, baselines: bool = True, outlines: bool = False, auto: bool = False,
         translation: bool = False, shift: int = invariance.SHIFT, sequences: bool = False,
-        clips: int = invariance.CLIPS, frames: int = invariance.CLIP_FRAMES) -> dict:
+        clips: int = invariance.CLIPS, frames: int = invariance.CLIP_FRAMES, release: float = RELEASE,
+        reach: int = RELEASE_REACH) -> dict:
     """The full evaluation of a checkpoint on `scenes` held-out scenes from `seed` on, with baselines;
     with `outlines`, also ``outline_errors`` at the best object level; with `auto`, also the islands
     found with no count given (``auto_count``); with `translation`, also the shift test
     (``invariance.translation``, `shift` patches); with `sequences`, also the clip test
-    (``invariance.sequences``, `clips` clips of `frames` frames)."""
+    (``invariance.sequences``, `clips` clips of `frames` frames, the state carried as it is and let go
+    where the picture changed, ``Glom.let_go`` with `release` and `reach`)."""
     if scenes < 1:
         raise ConfigError(f"evaluate at least one scene, got --scenes {scenes}")
     model = load_model(checkpoint)
@@ -316,6 +319,11 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
         raise ConfigError(f"a clip needs at least 2 frames to carry the state from one to the next, got --frames {frames}")
     if sequences and clips < 1:
         raise ConfigError(f"the sequence test needs at least one clip, got --clips {clips}")
+    if sequences and not (math.isfinite(release) and release > 0):
+        raise ConfigError(f"--release is the RMS pixel change from which a carried column starts afresh, a number "
+                          f"> 0 (pixels in [0, 1]), got {release}")
+    if sequences and reach < 0:
+        raise ConfigError(f"--reach counts the patches around a changed one that let go with it, 0 or more, got {reach}")
     images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
 
     def denoiser_scenes(image_size: int):
@@ -328,7 +336,8 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     if translation:
         result["translation"] = invariance.translation(model, shift, scenes, seed=seed, iters=iters)
     if sequences:
-        result["sequences"] = invariance.sequences(model, clips, frames, seed=seed, iters=iters)
+        result["sequences"] = invariance.sequences(model, clips, frames, seed=seed, iters=iters, release=release,
+                                                   reach=reach)
     result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
     result["checkpoint"] = str(checkpoint)
     return result
@@ -494,10 +503,16 @@ def table(result: dict) -> str:
         found = result["sequences"]
         lines.append(f"\nclips of {found['frames']} frames, objects gliding up to {found['max_speed']:g} px a frame "
                      f"({found['clips']} clips): objects FG-ARI, each frame fresh or with the state carried")
-        lines.append(f"{'':>16} {'fresh':>8} {'carried':>8} {'worst frame':>12}   carried, frame by frame")
-        for row in found["levels"]:
-            lines.append(f"{'level ' + str(row['level']):>16} {row['fresh_mean']:>8.3f} {row['carried_mean']:>8.3f} "
-                         f"{row['carried_worst_frame']:>12.3f}   " + " ".join(f"{v:.2f}" for v in row["carried"]))
+        ways = ["carried"] + (["released"] if found.get("release") is not None else [])
+        for way in ways:
+            if way == "released":
+                lines.append(f"carried and let go where the picture changed (fully from an RMS change of "
+                             f"{found['release']:g}, {found['reach']} patch(es) around):")
+            shown_as = way if way == "carried" else "let go"
+            lines.append(f"{'':>16} {'fresh':>8} {shown_as:>8} {'worst frame':>12}   {shown_as}, frame by frame")
+            for row in found["levels"]:
+                lines.append(f"{'level ' + str(row['level']):>16} {row['fresh_mean']:>8.3f} {row[way + '_mean']:>8.3f} "
+                             f"{row[way + '_worst_frame']:>12.3f}   " + " ".join(f"{v:.2f}" for v in row[way]))
         lines.append(f"{'pixels':>16} {found['pixels']['mean']:>8.3f}")
     return "\n".join(lines)
 
@@ -546,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
                              "against the state carried from frame to frame")
     parser.add_argument("--clips", type=int, default=invariance.CLIPS, help="held-out clips of the clip test")
     parser.add_argument("--frames", type=int, default=invariance.CLIP_FRAMES, help="frames per clip")
+    parser.add_argument("--release", type=float, default=RELEASE,
+                        help="with --sequences, carried columns also let go as far as their patch changed: fully "
+                             "from this RMS pixel change on (pixels in [0, 1]), not at all up to half of it")
+    parser.add_argument("--reach", type=int, default=RELEASE_REACH,
+                        help="with --sequences, the patches around a changed one whose columns let go with it")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -556,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines,
                          auto=args.auto_count, translation=args.translation, shift=args.shift,
-                         sequences=args.sequences, clips=args.clips, frames=args.frames)
+                         sequences=args.sequences, clips=args.clips, frames=args.frames, release=args.release, reach=args.reach)
     except (ConfigError, CheckpointError, DataError) as error:
         print(f"evaluation stopped: {error}", file=sys.stderr)
         return 2

@@ -75,6 +75,15 @@ INT8_WEIGHT_MAX = 127
 # below this dim fbgemm's int8 nets are no faster than fp32 (measured on an AVX2 EPYC: 0.3-1.0x at dim 32-64,
 # 1.2-1.4x at 128, 1.5-2x from 256), so an unforced autocast runs such models in fp32
 INT8_MIN_DIM = 128
+# the continuation path's letting go (Glom.let_go): a column whose patch changed by at most this share of
+# `release` (RMS, pixels in [0, 1]) keeps its carried state; from `release` on it starts afresh. On the
+# built-in clips, patches whose object stayed changed by 0.036 RMS (median: fresh pixel noise), those an
+# object entered or left by 0.18 (5% of them under 0.08), hence RELEASE
+RELEASE_KEEP = 0.5
+RELEASE = 0.1
+# and so does every column within this many patches of a changed one: its island was held up by its
+# neighbours' consensus, so a moved object's ghost stays where only the changed patches start afresh
+RELEASE_REACH = 1
 # the fused consensus: one attention call costs as much as this share of a whole level's n x n similarities
 BAND_COST = 1 / 8
 # with gradients the fused consensus (flash attention, which recomputes the attention in its backward) beats
@@ -364,6 +373,22 @@ def run_path(dim: int, precision: str = "fast", device_type: str = "cpu") -> str
     with torch.inference_mode(), precision_context(precision, device_type), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return precision_path(device_type, dim)
+
+
+def patch_change(before: torch.Tensor, after: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(b, 3, S, S) twice -> (b, patches) float32: each patch's RMS pixel change, patches row-major."""
+    if before.shape != after.shape:
+        raise GlomInputError(f"the two frames must have one shape, got {tuple(before.shape)} and {tuple(after.shape)}")
+    squared = rearrange((after.float() - before.float()) ** 2, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)",
+                        p1=patch_size, p2=patch_size)
+    return squared.mean(-1).sqrt()
+
+
+def release_share(change: torch.Tensor, release: float) -> torch.Tensor:
+    """Patch change (any shape) -> how much of its carried state each column lets go of, in [0, 1]: none up
+    to RELEASE_KEEP x `release` (pixel noise, a slow drift of light), all from `release` on, linear between."""
+    keep = RELEASE_KEEP * release
+    return ((change - keep) / (release - keep)).clamp(0.0, 1.0)
 
 
 def patch_distances(side: int) -> torch.Tensor:
@@ -744,6 +769,43 @@ class Glom(nn.Module):
             )
         if not torch.isfinite(levels).all():
             raise GlomInputError("the levels to continue from hold NaN or Inf values")
+
+    # -- the continuation path ------------------------------------------------------------------
+
+    def let_go(self, levels: torch.Tensor, before: torch.Tensor, after: torch.Tensor, release: float = RELEASE,
+               reach: int = RELEASE_REACH) -> torch.Tensor:
+        """Columns carried from one frame to the next, each letting go of its island as far as its patch changed.
+
+        Carried as they are (glom-pytorch's ``levels=``), columns hold on to the islands of the frame they
+        settled on, so islands stay where an object was. Here a column blends toward the fresh start
+        (``init_levels`` at every level) by the ``release_share`` of the most changed patch within `reach`
+        patches of its own: the patches an object left or entered and their neighbours start afresh, a
+        still background keeps its state.
+
+        Args:
+            levels: (b, patches, levels, dim) columns settled on `before`.
+            before, after: (b, 3, S, S) in [0, 1], the frame they settled on and the next one.
+            release: the RMS pixel change from which a column starts afresh (> 0); up to half of it a
+                column keeps its state.
+            reach: patches (each axis) around a changed patch whose columns let go with it (>= 0).
+
+        Returns:
+            (b, patches, levels, dim) float32 columns to continue from on `after` (``levels=``).
+        """
+        if not (math.isfinite(release) and release > 0):
+            raise GlomInputError(f"release is the RMS pixel change from which a column starts afresh, a number > 0 "
+                                 f"(pixels in [0, 1]; 0.1 lets go where an edge crossed the patch), got {release}")
+        if int(reach) != reach or reach < 0:
+            raise GlomInputError(f"reach is a count of patches around a changed one, 0 or more, got {reach}")
+        for frame in (before, after):
+            self._check_image(frame)
+        self._check_levels(levels, before.shape[0])
+        share = release_share(patch_change(before, after, self.config.patch_size), release)  # (b, n)
+        if reach:
+            h, w = self.config.grid
+            share = F.max_pool2d(share.view(-1, 1, h, w), 2 * int(reach) + 1, 1, int(reach)).view(share.shape)
+        share = share.to(levels.device)[..., None, None]
+        return torch.lerp(levels.float(), self.init_levels.detach().float(), share)
 
     # -- the update -----------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 ``run`` steps a model over one picture and returns a ``Run``: every step's columns, stored compactly
 (float16, float32 where a value would overflow float16), the final columns at full precision (where the
 next frame of a sequence starts), where NaN or Inf first appeared, how long it took and which precision
-path ran. ``run_sequence`` carries each frame's final columns into the next, as GLOM's slow video does.
+path ran. ``run_sequence`` carries each frame's final columns into the next, as GLOM's slow video does, letting
+go of them where the picture changed.
 ``final_columns`` runs many pictures in batches and keeps only their last step. ``probe_column`` reruns
 to one step keeping the consensus attention and how far each contribution pulled every column.
 """
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from glom_viz.errors import GlomInputError
-from glom_viz.model import CONTRIBUTIONS, Glom, precision_context, run_path
+from glom_viz.model import CONTRIBUTIONS, RELEASE, RELEASE_REACH, Glom, precision_context, run_path
 
 # the stored states: float16 halves a run's memory, and float32 serves where a value would overflow it
 STATES_DTYPE = np.float16
@@ -96,6 +97,19 @@ def _start_levels(start, model: Glom) -> torch.Tensor | None:
     return levels.to(_device_of(model))
 
 
+def _continued(model: Glom, image: torch.Tensor, start, before: torch.Tensor | None, release: float | None,
+               reach: int) -> torch.Tensor | None:
+    """The (1, N, L, D) columns ``image`` (1, 3, S, S) starts from: `start`'s, let go as far as the picture
+    changed from `before` where `release` is given (``Glom.let_go``); None starts fresh."""
+    levels = _start_levels(start, model)
+    if levels is None or release is None:
+        return levels
+    if before is None:
+        raise GlomInputError("letting carried columns go (release) needs the picture they settled on: pass before")
+    with torch.no_grad():
+        return model.let_go(levels, _batched(before).to(image.device), image, release, reach)
+
+
 def compact(states: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
     """(T, N, L, D) float32 -> (the states as stored, (step, level) of the first NaN or Inf or None)."""
     finite = np.isfinite(states).all(axis=(1, 3))  # (T, L)
@@ -107,7 +121,8 @@ def compact(states: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
     return (states.astype(STATES_DTYPE) if safe else states), first_nonfinite
 
 
-def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=None, precision: str = "fp32",
+def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=None, before: torch.Tensor | None = None,
+        release: float | None = None, reach: int = RELEASE_REACH, precision: str = "fp32",
         progress: Progress | None = None) -> Run:
     """Step ``model`` over one picture and keep every step.
 
@@ -116,6 +131,10 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
         image: (3, S, S) or (1, 3, S, S) in [0, 1], S the model's image_size.
         iters: GLOM iterations; default the model's 2 * levels.
         start: columns to continue from, (N, L, D) or a previous frame's ``Run``; None starts fresh.
+        before: with `start` and `release`, the picture the start columns settled on, shaped like `image`.
+        release, reach: with `start`, each column lets go of its carried state as far as the patches within
+            `reach` of its own changed from `before` (``Glom.let_go``: fully from an RMS pixel change of
+            `release` on); release None carries every column as it is (glom-pytorch's ``levels=``).
         precision: "fp32" (exact) or "fast" (see ``glom_viz.model.run_path`` for what runs).
         progress: called as progress(step, iters) after every step.
 
@@ -124,7 +143,7 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
     """
     device = _device_of(model)
     image = _batched(image).to(device)
-    levels = _start_levels(start, model)
+    levels = _continued(model, image, start, before, release, reach)
     iters = model.config.levels * 2 if iters is None else int(iters)
     path = run_path(model.config.dim, precision, device.type)
     steps = []
@@ -141,8 +160,11 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
 
 
 def run_sequence(model: Glom, images: Sequence[torch.Tensor], iters: int | None = None, *,
-                 precision: str = "fp32", progress: Callable[[int, int, int], None] | None = None) -> list[Run]:
-    """``run`` over frames in order, each starting from the previous frame's final columns.
+                 release: float | None = RELEASE, reach: int = RELEASE_REACH, precision: str = "fp32",
+                 progress: Callable[[int, int, int], None] | None = None) -> list[Run]:
+    """``run`` over frames in order, each starting from the previous frame's final columns, which let go
+    where the picture changed (``Glom.let_go``, so that islands move with their objects); release None
+    carries them as they are.
 
     progress, if given, is called as progress(frame, step, iters). Raises GlomInputError where a frame's
     columns became NaN or Inf before the last frame (the next cannot start from them).
@@ -150,7 +172,9 @@ def run_sequence(model: Glom, images: Sequence[torch.Tensor], iters: int | None 
     runs: list[Run] = []
     for index, image in enumerate(images):
         report = None if progress is None else (lambda step, total, index=index: progress(index, step, total))
-        runs.append(run(model, image, iters, start=runs[-1] if runs else None, precision=precision,
+        runs.append(run(model, image, iters, start=runs[-1] if runs else None,
+                        before=images[index - 1] if index else None, release=release, reach=reach,
+                        precision=precision,
                         progress=report))
     return runs
 
@@ -170,8 +194,10 @@ def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None, *
     return torch.cat(out).numpy()
 
 
-def probe_column(model: Glom, image: torch.Tensor, step: int, *, start=None, precision: str = "fp32") -> ColumnProbe:
-    """Rerun GLOM to ``step`` (>= 1) keeping that step's attention and each contribution's pull.
+def probe_column(model: Glom, image: torch.Tensor, step: int, *, start=None, before: torch.Tensor | None = None,
+                 release: float | None = None, reach: int = RELEASE_REACH, precision: str = "fp32") -> ColumnProbe:
+    """Rerun GLOM to ``step`` (>= 1) keeping that step's attention and each contribution's pull; `start`,
+    `before`, `release` and `reach` as ``run`` takes them.
 
     The update is new = sum_c w_c c with the weights w_c summing to one per level, so
     new - previous = sum_c w_c (c - previous): a contribution's pull is w_c |c - previous|.
@@ -179,9 +205,10 @@ def probe_column(model: Glom, image: torch.Tensor, step: int, *, start=None, pre
     if step < 1:
         raise GlomInputError(f"step {step} has no contributions: step 0 is the initial state; pick 1 or more")
     device = _device_of(model)
+    image = _batched(image).to(device)
+    levels = _continued(model, image, start, before, release, reach)
     with torch.inference_mode(), precision_context(precision, device.type):
-        for last in model.iterate(_batched(image).to(device), step, _start_levels(start, model),
-                                  contributions=True, attention=True):
+        for last in model.iterate(image, step, levels, contributions=True, attention=True):
             pass
     parts = {name: value[0].float().cpu() for name, value in last.contributions.items()}  # (N, L, D)
     weights = model.update_weights.float().cpu()  # (4, L), in CONTRIBUTIONS' order

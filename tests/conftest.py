@@ -42,11 +42,14 @@ def scene_rgb(index: int, image_size: int) -> np.ndarray:
     return np.rint(make_scene(SCENE_SEEDS[index], image_size).image * 255).astype(np.uint8)
 
 
-def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, start=None) -> Run:
-    """glom_viz.runs.run of the model on a picture, fp32, as the app's input (centre crop)."""
+def reference_run(model: Glom, rgb: np.ndarray, iters: int | None = None, start=None, before: np.ndarray | None = None,
+                  release: float | None = None) -> Run:
+    """glom_viz.runs.run of the model on a picture, fp32, as the app's input (centre crop); `before` the
+    picture `start` settled on, as an (H, W, 3) picture too."""
     tensor, _, _ = to_model_input(rgb, model.config.image_size, "crop")
+    previous = None if before is None else to_model_input(before, model.config.image_size, "crop")[0]
     with mock.patch.object(Glom, "iterate", ITERATE):
-        return run(model, tensor, iters, start=start)
+        return run(model, tensor, iters, start=start, before=previous, release=release)
 
 
 def reference_probe(model: Glom, rgb: np.ndarray, step: int) -> ColumnProbe:

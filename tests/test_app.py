@@ -31,7 +31,7 @@ from glom_viz import islands, render
 from glom_viz import model as glom_model
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, save_checkpoint
 from glom_viz.images import to_model_input
-from glom_viz.model import REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
+from glom_viz.model import RELEASE, REDUCED_PRECISION_ENV, Glom, GlomConfig, reduced_precision_is_fast
 from glom_viz.project import project
 from glom_viz.scenes import make_scene
 
@@ -387,15 +387,26 @@ def test_sequence_carries_each_frames_final_state_into_the_next(at, glom_runs):
     run(at.toggle(key="images_sequence").set_value(True))
     assert at.slider(key="frame").min == 1 and at.slider(key="frame").max == 2, "frames count from 1, as captions do"
     model = default_model()
-    first = reference_run(model, scene_rgb(0, model.config.image_size))
+    size = model.config.image_size
+    first = reference_run(model, scene_rgb(0, size))
     sequence_calls = glom_runs[-2:]
     assert sequence_calls[0]["levels"] is None
-    np.testing.assert_allclose(sequence_calls[1]["levels"][0].numpy(), first.final, rtol=1e-5, atol=1e-6)
-
-    second = reference_run(model, scene_rgb(1, model.config.image_size), start=first).states
+    # by default the carried columns let go where the picture changed: here, another scene, nearly everywhere
+    second = reference_run(model, scene_rgb(1, size), start=first, before=scene_rgb(0, size), release=RELEASE)
+    assert not np.allclose(sequence_calls[1]["levels"][0].numpy(), first.final, atol=1e-3)
+    frames = [to_model_input(scene_rgb(seed, size), size, "crop")[0] for seed in (0, 1)]
+    with torch.no_grad():
+        start = model.let_go(torch.from_numpy(first.final[None]), *frames, RELEASE)
+    np.testing.assert_allclose(sequence_calls[1]["levels"].numpy(), start.numpy(), rtol=1e-5, atol=1e-6)
     run(at.slider(key="frame").set_value(2))
     level = at.button_group(key="level").value
-    assert legend(at) == expected_legend(reference_labels(second, model.grid)[-1, level])
+    assert legend(at) == expected_legend(reference_labels(second.states, model.grid)[-1, level])
+
+    # told not to let go, every column carries on from the first frame's final state (glom-pytorch's levels=)
+    run(at.toggle(key="images_let_go").set_value(False))
+    np.testing.assert_allclose(glom_runs[-1]["levels"][0].numpy(), first.final, rtol=1e-5, atol=1e-6)
+    held = reference_run(model, scene_rgb(1, size), start=first).states
+    assert legend(at) == expected_legend(reference_labels(held, model.grid)[-1, level])
 
 
 def test_patch_selection_helper():

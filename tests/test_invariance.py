@@ -9,6 +9,7 @@ from glom_viz.evaluate import main
 from glom_viz.invariance import (carried_columns, clip_batch, photograph_pairs, scene_pairs, sequence_test,
                                  shared_patches, shift_agreement, translation, translation_pairs, translation_test)
 from glom_viz.model import Glom
+from glom_viz.runs import final_columns
 from glom_viz.scenes import EVAL_SEEDS
 
 GRID = (8, 8)
@@ -109,8 +110,26 @@ def test_the_sequence_test_scores_every_frame_and_refuses_a_clip_of_one_frame():
         sequence_test(model, images[:, :1], objects[:, :1])
 
 
+def test_letting_go_at_any_change_is_a_fresh_run_and_at_none_is_the_carried_one():
+    model = tiny_model()
+    images, objects = clip_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + 2), 3, 32)
+    # each frame has fresh pixel noise, so at a tiny release every column starts afresh
+    fresh = final_columns(model, images.flatten(0, 1), 2).reshape(2, 3, 64, 3, 16)
+    np.testing.assert_allclose(carried_columns(model, images, iters=2, release=1e-6), fresh, atol=1e-5)
+    # at a release no patch reaches, every column is carried as it is
+    np.testing.assert_array_equal(carried_columns(model, images, iters=2, release=1e3),
+                                  carried_columns(model, images, iters=2))
+    result = sequence_test(model, images, objects, iters=2, release=0.1)
+    assert result["release"] == 0.1
+    for row in result["levels"]:
+        assert len(row["released"]) == 3 and row["released_worst_frame"] == min(row["released"])
+        assert row["released"][0] == pytest.approx(row["fresh"][0])
+
+
 def test_the_command_refuses_a_shift_that_shares_nothing_and_a_clip_of_one_frame(capsys):
     assert main(["--scenes", "2", "--translation", "--shift", "16"]) == 2
     assert "between 1 and 15 patches" in capsys.readouterr().err
     assert main(["--scenes", "2", "--sequences", "--frames", "1"]) == 2
     assert "at least 2 frames" in capsys.readouterr().err
+    assert main(["--scenes", "2", "--sequences", "--release", "0"]) == 2
+    assert "--release is the RMS pixel change" in capsys.readouterr().err

@@ -524,3 +524,38 @@ def test_int8_states_stay_close_to_fp32_at_the_seed_size(bf16_native):
     exact, fast = exact_and_autocast(model, img, iters=12)
     assert mean_cosine_per_level(fast, exact).min() > 0.995
     assert not torch.equal(fast, exact)
+
+
+def test_letting_go_keeps_unchanged_columns_and_starts_changed_ones_afresh():
+    torch.manual_seed(0)
+    model = Glom(dim=16, levels=3, image_size=32, patch_size=4).eval()
+    before = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        settled = model(before, iters=3)
+        # the same frame again: every column keeps its state, so the continuation is glom-pytorch's levels=
+        assert torch.equal(model.let_go(settled, before, before, 0.1), settled)
+        after = before.clone()
+        after[:, :, 4:8, 8:12] = 1 - after[:, :, 4:8, 8:12]  # patch (1, 2) changes, far beyond any release
+        after[1, :, :4, :4] += 0.02  # patch 0 of the second image drifts by 0.02 RMS
+        fresh = model.init_levels.expand(2, 3, 16)
+        for reach, around in ((0, [(1, 2)]), (1, [(r, c) for r in range(3) for c in range(1, 4)]),
+                              (2, [(r, c) for r in range(4) for c in range(8) if c <= 4])):
+            carried = model.let_go(settled, before, after, 0.1, reach)
+            let_go = torch.zeros(64, dtype=torch.bool)
+            let_go[[r * 8 + c for r, c in around]] = True
+            assert torch.equal(carried[:, let_go], fresh[:, None].expand(-1, int(let_go.sum()), -1, -1)), reach
+            # the rest is kept, patch 0's drift below half the release too
+            assert torch.equal(carried[:, ~let_go], settled[:, ~let_go]), reach
+        # between half the release and the release, the column blends linearly toward the fresh start
+        halfway = model.let_go(settled, before, after, 0.02 / 0.75, reach=0)
+        assert torch.allclose(halfway[1, 0], 0.5 * settled[1, 0] + 0.5 * model.init_levels, atol=1e-5)
+        # every patch changed: the continuation is a fresh run
+        assert torch.allclose(model(1 - before, iters=3, levels=model.let_go(settled, before, 1 - before, 0.1)),
+                              model(1 - before, iters=3), atol=1e-5)
+    for release in (0, -0.1, float("nan")):
+        with pytest.raises(GlomInputError, match="release"):
+            model.let_go(settled, before, after, release)
+    with pytest.raises(GlomInputError, match="shape"):
+        model.let_go(settled, before, after[:1], 0.1)
+    with pytest.raises(GlomInputError, match="reach"):
+        model.let_go(settled, before, after, 0.1, reach=-1)

@@ -47,7 +47,7 @@ def test_run_takes_the_models_default_iterations_and_one_picture_only(model, ima
 
 
 def test_a_sequence_starts_each_frame_from_the_last_ones_final_columns(model, images):
-    frames = run_sequence(model, list(images), 3)
+    frames = run_sequence(model, list(images), 3, release=None)  # every column carried as it is
     with torch.no_grad():
         levels = None
         for image, got in zip(images, frames):
@@ -56,6 +56,24 @@ def test_a_sequence_starts_each_frame_from_the_last_ones_final_columns(model, im
     # run with start= is the same step
     again = run(model, images[1], 3, start=frames[0])
     np.testing.assert_array_equal(again.final, frames[1].final)
+
+
+def test_a_sequence_that_lets_go_continues_each_frame_from_the_columns_let_go(model, images):
+    frames = run_sequence(model, list(images), 3, release=0.2)
+    with torch.no_grad():
+        start = model.let_go(torch.from_numpy(frames[0].final[None]), images[:1], images[1:2], 0.2)
+        expected = model(images[1:2], iters=3, levels=start)[0].numpy()
+    np.testing.assert_allclose(frames[1].final, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(run(model, images[1], 3, start=frames[0], before=images[0], release=0.2).final,
+                                  frames[1].final)
+    # random frames change every patch by far more than 0.2 RMS: each frame starts afresh
+    np.testing.assert_allclose(frames[2].final, run(model, images[2], 3).final, rtol=1e-4, atol=1e-5)
+    # a still frame keeps every column: the same as carrying them
+    still = run_sequence(model, [images[0], images[0]], 3, release=0.2)
+    np.testing.assert_array_equal(still[1].final,
+                                  run_sequence(model, [images[0], images[0]], 3, release=None)[1].final)
+    with pytest.raises(GlomInputError, match="pass before"):
+        run(model, images[1], 3, start=frames[0], release=0.2)
 
 
 def test_nonfinite_states_are_found_and_a_sequence_stops_there(model, images):

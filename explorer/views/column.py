@@ -63,9 +63,12 @@ def view(context: ViewContext):
         return None
     index = page.frames.index(frame)
     start = page.runs[index - 1]() if page.sequence and index > 0 else None
+    before = page.frames[index - 1].tensor if start is not None else None
+    release = page.release if start is not None else None
     with st.spinner(f"Recomputing step {step} with attention and contributions…"):
         probe = cache.derived("column", probe_key, lambda: probe_column(
-            page.model.model, frame.tensor, step, start=start, precision=page.run_settings.precision))
+            page.model.model, frame.tensor, step, start=start, before=before, release=release,
+            precision=page.run_settings.precision))
     left, right = st.columns(2, gap="large")
     figure = render.attention_figure(frame.display, probe.attention[level, patch], grid, patch,
                                      title=f"level {level}, step {step}: whom patch ({row}, {col}) agrees with")
