@@ -7,9 +7,11 @@ browser context, each uploading its own picture and then scrubbing the step slid
 and switching views (Islands -> Levels x steps -> Islands), as people would. Latency is measured in
 each page, on the page's own clock: from the keydown (or click) event to the moment the overlay of the
 new step (or view) is on the page and its image has loaded; the harness only presses keys, so a session
-never waits on another's measurement. Every time an overlay appears, the page checks that its caption
-names the session's own picture and that the model-input thumbnail has its picture's colours (each
-session's photograph is tinted its own way): no session may ever show another's picture.
+never waits on another's measurement, and each presses its next key as soon as its own page's recorder has
+seen the overlay (a promise in the page, woken by the check that records the overlay, rather than a poll
+of the page every animation frame). Every time an overlay appears, the page checks that its caption names the session's own picture and that the model-input thumbnail has its
+picture's colours (each session's photograph is tinted its own way): no session may ever show another's
+picture.
 
 With --heavy, one more session loads a 224 px GLOM (random weights, dim 512, 6 levels, 14 px patches)
 and keeps running it, one more iteration each time (a new run), while the others scrub: a heavy run
@@ -21,8 +23,9 @@ the peak RSS against the caches' configured bound, the overlays and thumbnails t
 session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
 p50/p95), the server's CPU use while they scrub (1 core = 100%), its CPU ms per scrub or view switch
 (the work itself, which the machine's other load does not change much), the part of it in GLOM's niced run workers, the
-browser's CPU use, the machine's load average, and the server's RSS over time. Speed is never asserted
-in tests.
+browser's CPU use and its CPU ms per scrub or view switch (every page's Chromium processes: what the visitors'
+own computers would spend, here on the server's cores), the machine's load average, and the server's RSS over
+time. Speed is never asserted in tests.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ RECORDER = """
 ({name, colour, others, tolerance}) => {
   const log = {events: [], shown: [], wrong: [], drawn: [], lastDrawn: ''};
   window.__glom = log;
+  // the harness waits here for the overlay of a step: woken by the same check that records it
+  let waiting = [];
+  log.until = step => new Promise(resolve => { waiting.push({step, resolve}); check(); });
   document.addEventListener('keydown', e => log.events.push({t: performance.now(), kind: 'key'}), true);
   document.addEventListener('click', e => log.events.push({t: performance.now(), kind: 'click'}), true);
   const canvas = document.createElement('canvas');
@@ -110,6 +116,10 @@ RECORDER = """
     if ((current && current.key) !== (last && last.key)) {  // an overlay appeared, changed or went away
       if (current) log.shown.push({t: now, step: current.step, level: current.level});
       last = current;
+    }
+    if (current) {
+      for (const waiter of waiting.filter(waiter => waiter.step === current.step)) waiter.resolve();
+      waiting = waiting.filter(waiter => waiter.step !== current.step);
     }
     for (const element of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
       const drawn = element.innerText.match(/step (\\d+) · drawn in (\\d+) ms on the server/);
@@ -200,13 +210,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def overlay_at(page, name: str, step: int | None = None) -> None:
+async def overlay_of(page, name: str) -> None:
+    """Until the page shows an overlay of picture ``name``, loaded (before the recorder is in the page)."""
     await page.wait_for_function(
-        """([name, step]) => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
+        """name => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
                element.innerText.startsWith(name + ' · level') &&
-               (step === null || element.innerText.includes(` · step ${step} of`)) &&
                [...element.querySelectorAll('img')].some(img => img.complete && img.naturalWidth > 0))""",
-        arg=[name, step], timeout=WAIT_MS)
+        arg=name, timeout=WAIT_MS)
+
+
+async def shown(page, step: int) -> None:
+    """Until the page's recorder has seen its own overlay of ``step`` on the page, loaded."""
+    await asyncio.wait_for(page.evaluate("step => window.__glom.until(step)", step), WAIT_MS / 1000)
 
 
 async def visitor(browser, url: str, index: int, colours: list, rounds: int, start: asyncio.Event,
@@ -222,7 +237,7 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
     await uploader.locator("input[type='file']").set_input_files({"name": name, "mimeType": "image/png",
                                                                    "buffer": picture})
-    await overlay_at(page, name)
+    await overlay_of(page, name)
     others = [c for i, c in enumerate(colours) if i != index]
     await page.evaluate(RECORDER, {"name": name, "colour": colour, "others": others, "tolerance": COLOUR_TOLERANCE})
     caption = await page.get_by_text(re.compile(re.escape(name) + r" · level \d+ · step \d+ of \d+")).first.inner_text()
@@ -238,13 +253,13 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
             key, step = ("ArrowLeft", step - 1) if step > 0 else ("ArrowRight", step + 1)
             expected.append(("scrub", step))
             await page.keyboard.press(key)
-            await overlay_at(page, name, step)
+            await shown(page, step)
         views = page.get_by_role("radiogroup", name="View")
         await views.get_by_role("radio", name="Levels × steps", exact=True).click()
         await page.get_by_text("Rows are levels").first.wait_for(timeout=WAIT_MS)
         expected.append(("view", step))
         await views.get_by_role("radio", name="Islands", exact=True).click()
-        await overlay_at(page, name, step)
+        await shown(page, step)
     log = await page.evaluate("() => window.__glom")
     await context.close()
     return {"name": name, "last": last, **latencies(log, expected)}
@@ -390,7 +405,7 @@ def main() -> None:
         print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
         print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
               f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'ms/act':>6} {'runs':>5} {'Chrome':>6} "
-              f"{'load':>16}")
+              f"{'ms/act':>6} {'load':>16}")
         for n in [n for _ in range(args.passes) for n in args.sessions]:
             rounds = max(args.rounds, -(-args.min_scrubs // (SCRUBS_PER_ROUND * n)))
             begun, marks = time.monotonic(), {}
@@ -410,7 +425,9 @@ def main() -> None:
             browser_cpu = (browser1 - browser0) / elapsed
             scrub = [s for v in result["visitors"] for s in v["scrub"]]
             view = [s for v in result["visitors"] for s in v["view"]]
-            per_action = server_seconds / max(1, len(scrub) + len(view))  # the server's CPU per scrub or switch
+            actions = max(1, len(scrub) + len(view))
+            per_action = server_seconds / actions  # the server's CPU per scrub or switch
+            browser_per_action = (browser1 - browser0) / actions  # Chromium's (every page's) for the same
             worst = max(percentile(v["scrub"], 95) for v in result["visitors"])
             wrong = sum(len(v["wrong"]) for v in result["visitors"])
             thumbnails = sum(v["thumbnails"] for v in result["visitors"])
@@ -424,7 +441,8 @@ def main() -> None:
             print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
                   f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
                   f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
-                  f"{server_cpu:>5.0%} {per_action * 1000:>6.0f} {runs_cpu:>5.0%} {browser_cpu:>6.0%} {load_average():>16}", flush=True)
+                  f"{server_cpu:>5.0%} {per_action * 1000:>6.0f} {runs_cpu:>5.0%} {browser_cpu:>6.0%} "
+                  f"{browser_per_action * 1000:>6.0f} {load_average():>16}", flush=True)
             for visitor_result in result["visitors"]:
                 for wrong_one in visitor_result["wrong"][:3]:
                     print(f"   {visitor_result['name']} showed: {wrong_one}")
