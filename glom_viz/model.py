@@ -108,9 +108,11 @@ BAND_COST = 1 / 8
 # dim 64 (16 images), 41 against 39 at 128 (4 images), 41 against 35 at 512 (1 image); without gradients it
 # was faster at every dim (21 against 35 ms at 64, 8.3 against 9.2 at 512)
 FUSED_TRAINING_MAX_DIM = 64
-# ...and on a CPU it runs in fp32 whatever the nets run in: its bf16 backward took twice fp32's time (620 against
-# 317 ms for a micro-batch of 16 scenes at dim 64 on an AMD EPYC with AVX512-BF16), its forward the same
-FUSED_TRAINING_DTYPE = torch.float32
+# ...and on a CPU it runs in the nets' reduced dtype only where a timed probe finds its forward and backward faster
+# so than in fp32 (``fused_training_dtype``): a micro-batch of 16 scenes at dim 64 took 620 ms in bf16 against 317 in
+# fp32 on an AMD EPYC with AVX512-BF16, and 590 against 490 on an Intel Xeon with AMX. The probe: one attention call
+# forward and backward on FUSED_PROBE_SHAPE (levels, scenes, columns) at the model's dim
+FUSED_PROBE_SHAPE = (4, 4, 256)
 
 
 @dataclass(frozen=True)
@@ -651,7 +653,33 @@ def _onednn_beats(width: int) -> bool:
     return timings["onednn"] * PROBE_MARGIN < timings["batched"]
 
 
-_PROBES = (reduced_precision_is_fast, _int8_beats, _onednn_beats)  # the cached probes themselves, whoever stands in for them
+def fused_training_dtype(dtype: torch.dtype, dim: int) -> torch.dtype:
+    """The dtype the fused consensus trains in on a CPU when the nets run in ``dtype``: ``dtype`` itself where a
+    timed probe (once per process, dtype and dim) finds one attention call's forward and backward PROBE_MARGIN
+    times faster in it than in fp32, else fp32."""
+    if dtype == torch.float32:
+        return dtype
+    return dtype if _fused_training_beats(dtype, int(dim)) else torch.float32
+
+
+def _attention_step(dtype: torch.dtype, dim: int) -> Callable[[], object]:
+    """One flash attention call on FUSED_PROBE_SHAPE at ``dim`` in ``dtype``, forward and backward, ready to call."""
+    q, k, v = (torch.randn(*FUSED_PROBE_SHAPE, dim, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(*FUSED_PROBE_SHAPE, dim, dtype=dtype)
+
+    def run():
+        with torch.enable_grad():
+            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), grad)
+    return run
+
+
+@functools.cache
+def _fused_training_beats(dtype: torch.dtype, dim: int) -> bool:
+    timings = probe_seconds({"fp32": _attention_step(torch.float32, dim), "reduced": _attention_step(dtype, dim)})
+    return timings["reduced"] * PROBE_MARGIN < timings["fp32"]
+
+
+_PROBES = (reduced_precision_is_fast, _int8_beats, _onednn_beats, _fused_training_beats)  # the cached probes themselves, whoever stands in for them
 
 
 class PreparedFeedForward:
@@ -1035,7 +1063,7 @@ class Glom(nn.Module):
             queries = keys if config.consensus_cosine else levels
             diagonal = "kept" if config.consensus_self else "constant"
             if torch.is_grad_enabled() and levels.device.type == "cpu":
-                dtype = FUSED_TRAINING_DTYPE
+                dtype = fused_training_dtype(dtype, d)
             return self._fused_consensus(queries.to(dtype), keys.to(dtype), levels.to(dtype), scale, first_level,
                                          diagonal), None
         values = levels.to(dtype)

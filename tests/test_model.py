@@ -742,3 +742,11 @@ def test_nets_that_onednn_cannot_pack_run_batched_with_one_warning(monkeypatch):
     assert prepared.onednn is None and again.onednn is None
     with torch.inference_mode():
         assert torch.equal(prepared(x, slice(0, 2)), net.prepare("bf16")(x, slice(0, 2)))
+
+
+@pytest.mark.parametrize("reduced_seconds, trains_in", [(1.0, torch.float32), (0.5, torch.bfloat16)])
+def test_the_fused_consensus_trains_in_bf16_only_where_its_probe_finds_it_faster(probe, reduced_seconds, trains_in):
+    probe(fp32=1.0, reduced=reduced_seconds)
+    assert glom_model.fused_training_dtype(torch.bfloat16, 64) == trains_in
+    assert glom_model.fused_training_dtype(torch.float32, 64) == torch.float32  # nothing to probe
+    assert [set(products) for products in probe.products] == [{"fp32", "reduced"}]
