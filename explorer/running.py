@@ -2,7 +2,8 @@
 
 Each frame's run is a lookup (``explorer.cache.run``) that computes what is missing; in a sequence a
 frame starts from the previous frame's final columns, so asking for frame 3 runs frames 1 and 2 first
-if they were evicted.
+if they were evicted. While a run goes, the page's thread finds the islands of the steps done
+(``StepIslands``), so that they are ready soon after the run.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import streamlit as st
 
 from explorer import cache, derived
@@ -19,7 +21,7 @@ from explorer.pictures import Frame
 from explorer.settings import IslandSettings, RunSettings
 from glom_viz import islands, runs
 from glom_viz.errors import StatesError
-from glom_viz.runs import STATES_DTYPE, Run
+from glom_viz.runs import FLOAT16_SAFE, STATES_DTYPE, Run
 from glom_viz.text import plain_name
 
 RunLookup = Callable[[], Run]
@@ -46,6 +48,9 @@ class StepIslands:
 
     def add(self, step: int, columns) -> None:
         if self.found is None:
+            return
+        if not (np.isfinite(columns).all() and np.abs(columns).max() < FLOAT16_SAFE):  # not stored as float16
+            self.found = None
             return
         try:
             self.found[step] = islands.cluster_step(columns.astype(STATES_DTYPE), self.grid, **self.settings.keywords())
