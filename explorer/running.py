@@ -2,8 +2,8 @@
 
 Each frame's run is a lookup (``explorer.cache.run``) that computes what is missing; in a sequence a
 frame starts from the previous frame's final columns, so asking for frame 3 runs frames 1 and 2 first
-if they were evicted. While a run goes, the page's thread finds the islands of the steps done
-(``StepIslands``), so that they are ready soon after the run.
+if they were evicted. While a run goes, the islands of the steps done are found in niced workers of their
+own (``StepIslands``), so that they are ready soon after the run.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 import streamlit as st
@@ -33,35 +34,49 @@ class Cancelled(Exception):
 
 
 class StepIslands:
-    """The islands of a run's steps, found on the page's thread as the run worker hands each step over (on the
-    second core while GLOM runs on its own), so that when the run ends only its last steps and the matching
-    of ids across steps and levels are left (``islands.find_islands_all_levels(clustered=...)``).
+    """The islands of a run's steps, found in the server's niced island workers (``cache.island_workers``) as the
+    run worker hands each step over (on the second core while GLOM runs on its own), so that when the run ends
+    only its last steps and the matching of ids across steps and levels are left
+    (``islands.find_islands_all_levels(clustered=...)``).
 
     Only where that gives the same islands as clustering the stored run: islands in the columns' own space
-    (not UMAP's), each step rounded as the run stores it (``STATES_DTYPE``); any step it cannot cluster
-    (NaN, Inf) ends it, and the labels are then found from the stored run as usual.
+    (not UMAP's), each step rounded as the run stores it (``STATES_DTYPE``), used only if the whole run is
+    stored so; a step it cannot cluster is left to be clustered from the stored run as usual.
     """
 
     def __init__(self, settings: IslandSettings, grid):
         self.settings, self.grid = settings, grid
-        self.found: dict[int, object] | None = {} if settings.keywords().get("space", "vectors") == "vectors" else None
+        self.vectors = settings.keywords().get("space", "vectors") == "vectors"
+        self.pending: dict[int, Future] = {}
 
     def add(self, step: int, columns) -> None:
-        if self.found is None:
-            return
+        if self.vectors:
+            self.pending[step] = cache.island_workers().submit(self._cluster, columns)
+
+    def _cluster(self, columns):
         if not (np.isfinite(columns).all() and np.abs(columns).max() < FLOAT16_SAFE):  # not stored as float16
-            self.found = None
-            return
+            return None
         try:
-            self.found[step] = islands.cluster_step(columns.astype(STATES_DTYPE), self.grid, **self.settings.keywords())
+            return islands.cluster_step(columns.astype(STATES_DTYPE), self.grid, **self.settings.keywords())
         except (StatesError, ValueError, FloatingPointError):
-            self.found = None
+            return None
+
+    def cancel(self) -> None:
+        for future in self.pending.values():
+            future.cancel()
 
     def labels(self, frame: Frame, run: Run):
         """The run's (T, L, N) islands, cached where the viewer looks for them (``derived.labels_of``)."""
-        clustered = self.found if run.states.dtype == STATES_DTYPE and run.finite else None
-        return cache.labels(derived.labels_key(frame, self.settings), lambda: islands.find_islands_all_levels(
-            run.states, self.grid, clustered=clustered, **self.settings.keywords()))
+        def find():
+            clustered = {}
+            if run.states.dtype == STATES_DTYPE and run.finite:
+                found = {step: future.result() for step, future in self.pending.items()}
+                clustered = {step: labels for step, labels in found.items() if labels is not None}
+            else:
+                self.cancel()
+            return islands.find_islands_all_levels(run.states, self.grid, clustered=clustered,
+                                                   **self.settings.keywords())
+        return cache.labels(derived.labels_key(frame, self.settings), find)
 
 
 def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, settings: RunSettings,
@@ -85,8 +100,8 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
         steps.put(("columns", step, columns))
 
     # in one of the server's niced run workers (explorer.cache.run_workers), while this thread, the
-    # page's own, draws the progress and finds the islands of the steps done; Streamlit stops it here when
-    # the page goes away
+    # page's own, draws the progress and hands the steps done to the island workers; Streamlit stops it here
+    # when the page goes away
     future = cache.run_workers().submit(runs.run, loaded.model, frame.tensor, settings.iterations, start=start,
                                         before=None if before is None else before.tensor,
                                         release=release if start is not None else None,
@@ -109,6 +124,8 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
     except BaseException:
         cancelled.set()
         future.cancel()
+        if found is not None:
+            found.cancel()
         raise
     finally:
         bar.empty()
