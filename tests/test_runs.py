@@ -100,6 +100,19 @@ def test_states_stay_float32_where_float16_would_overflow():
     assert stored.dtype == np.float32 and stored[1, 2, 1, 0] == 2 * FLOAT16_SAFE and first is None
     states[1, 0, 0, 0] = np.nan
     assert compact(states)[1] == (1, 0)
+    states[1, 2, 1, 0] = -2 * FLOAT16_SAFE  # a negative value overflows float16 too
+    assert compact(states)[0].dtype == np.float32
+    states[1, 2, 1, 0] = 1.0
+    stored, first = compact(states)  # NaN itself does not keep float32
+    assert stored.dtype == STATES_DTYPE and first == (1, 0)
+
+
+def test_compact_states_round_as_numpy_rounds_to_float16():
+    states = np.random.default_rng(0).normal(0, 300, (3, 8, 2, 16)).astype(np.float32)
+    stored, first = compact(states)
+    assert first is None and stored.dtype == STATES_DTYPE
+    np.testing.assert_array_equal(stored, states.astype(STATES_DTYPE))
+    assert not np.shares_memory(stored, states)
 
 
 def test_final_columns_in_batches_equal_one_forward(model, images):
