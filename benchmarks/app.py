@@ -208,7 +208,8 @@ def server_work(repeats: int) -> list[str]:
 # the moments of an upload the trace tells apart, in order: (name, what marks it)
 UPLOAD_PHASES = (("file handed to the uploader", "the browser asks for upload URLs"),
                  ("file sent", "its PUT finished"), ("rerun asked", "the browser sends rerun_script"),
-                 ("script started", "new_session arrives"), ("GLOM run done", "its progress bar is emptied"),
+                 ("script started", "new_session arrives"), ("GLOM run started", "its progress bar arrives"),
+                 ("GLOM run done", "its progress bar is emptied"),
                  ("overlay sent", "the overlay's image element arrives"), ("overlay loaded", "the image is drawn"))
 
 
@@ -258,9 +259,11 @@ class UploadTrace:
         sent = first(lambda what: what.startswith("PUT "), asked)
         rerun = first(lambda what: what == "out rerun_script", sent)
         started = first(lambda what: what == "in new_session", rerun)
-        run_done = first(lambda what: what == "in empty", first(lambda what: what == "in progress", started))
+        run_started = first(lambda what: what == "in progress", started)
+        run_done = first(lambda what: what == "in empty", run_started)
         overlay = first(lambda what: what == "in imgs", started)
-        return dict(zip((name for name, _ in UPLOAD_PHASES), (asked, sent, rerun, started, run_done, overlay, total)))
+        return dict(zip((name for name, _ in UPLOAD_PHASES),
+                        (asked, sent, rerun, started, run_started, run_done, overlay, total)))
 
     def traffic(self) -> tuple[int, int, int]:
         """(script runs, messages to the browser, their bytes)."""
