@@ -14,7 +14,7 @@ from explorer import cache, state
 from explorer.context import ViewContext
 from explorer.derived import level_measures
 from glom_viz import export, render
-from glom_viz.model import RELEASE_REACH
+from glom_viz.model import ALIKE, RELEASE_REACH
 from glom_viz.text import short_name
 
 STEM_CHARS = 60  # file systems take 255 bytes a name; a picture's name may be kilobytes
@@ -44,7 +44,7 @@ def bundle(context: ViewContext) -> bytes:
         iters=page.iterations, method=settings.method, params=settings.keywords(), model_seed=page.model.seed,
         model=page.model.title, picture=picture.name, image_frame=picture.frame, fit=page.fit, input=frame.info,
         precision=page.run_settings.path, sequence=page.sequence,
-        let_go={"release": page.release, "reach": RELEASE_REACH} if page.release is not None else None)
+        let_go={"release": page.release, "reach": RELEASE_REACH, "alike": ALIKE} if page.release is not None else None)
     return export.run_bundle(context.run.states, context.labels, context.grid, all_measures(context),
                              image=frame.shown, overlay=render.draw_islands(frame.display, context.labels[step, level],
                                                                             context.grid),

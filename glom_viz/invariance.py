@@ -10,7 +10,8 @@ on held-out scenes and on the photographs that scikit-learn and scikit-image shi
 **Sequences.** Clips in which every object glides at its own constant velocity (``scenes.make_clip``;
 training only ever sees two-frame jumps) are run three ways: each frame fresh, with the columns
 carried from frame to frame as they are (``levels=``, glom-pytorch's use for slow video), and carried
-but let go where the picture changed (``Glom.let_go``). Each frame's objects FG-ARI, per level.
+but let go where the picture changed (``Glom.let_go``: a column let go starts from its most alike still
+neighbour's state, or afresh). Each frame's objects FG-ARI, per level.
 Islands that move with their objects score at least as well carried as fresh.
 
 Both tests read ground truth for scoring only, never to make islands.
@@ -32,7 +33,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from glom_viz.errors import ConfigError
 from glom_viz.islands import fg_ari, find_islands, patch_truth
-from glom_viz.model import RELEASE, RELEASE_REACH, Glom
+from glom_viz.model import ALIKE, RELEASE, RELEASE_REACH, Glom
 from glom_viz.runs import final_columns
 from glom_viz.scenes import CLIP_FRAMES, CLIP_SPEED, EVAL_SEEDS, make_clip, make_scene
 
@@ -179,36 +180,40 @@ def clip_batch(seeds, frames: int, size: int, max_speed: float = CLIP_SPEED) -> 
 
 
 def carried_columns(model: Glom, images: torch.Tensor, iters: int | None = None,
-                    release: float | None = None, reach: int = RELEASE_REACH) -> np.ndarray:
+                    release: float | None = None, reach: int = RELEASE_REACH,
+                    alike: float | None = ALIKE) -> np.ndarray:
     """(clips, frames, 3, s, s) -> (clips, frames, patches, levels, dim): frame 0 fresh, every later
     frame continuing from the columns of the frame before it, `iters` steps each; with `release`, each
-    column first lets go of them as far as its patch changed (``Glom.let_go``)."""
+    column first lets go of them as far as its patch changed (``Glom.let_go`` with `reach` and `alike`)."""
     state, out = None, []
     for frame in range(images.shape[1]):
         if state is not None and release is not None:
             with torch.no_grad():
                 state = model.let_go(torch.from_numpy(state), images[:, frame - 1], images[:, frame], release,
-                                     reach).numpy()
+                                     reach, alike).numpy()
         state = final_columns(model, images[:, frame], iters, start=state)
         out.append(state)
     return np.stack(out, 1)
 
 
 def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters: int | None = None,
-                  release: float | None = RELEASE, reach: int = RELEASE_REACH) -> dict:
+                  release: float | None = RELEASE, reach: int = RELEASE_REACH, alike: float | None = ALIKE) -> dict:
     """Each frame's objects FG-ARI per level, fresh and with the state carried; with `release`, also
     with the state carried and let go where a patch changed (``Glom.let_go``).
 
     Args:
         model: a Glom; images: (clips, frames, 3, s, s); objects: (clips, frames, s, s) truth, for scoring.
         iters: settling steps per frame, fresh or carried alike (default the model's).
-        release, reach: as ``Glom.let_go`` takes them (the RMS pixel change from which a carried column
-            starts afresh, and the patches around a changed one that let go with it); release None: carried only.
+        release, reach, alike: as ``Glom.let_go`` takes them (the RMS pixel change from which a carried
+            column lets go fully, the patches around a changed one that let go with it, and the pixel
+            difference from which a column let go takes nothing of a still neighbour's state; None: it
+            starts afresh); release None: carried only.
 
     Returns:
         {"levels": [{"level", "fresh": [per frame], "carried": [per frame], "fresh_mean", "carried_mean",
         "carried_worst_frame"}, with release also "released", "released_mean", "released_worst_frame"],
-        "pixels": {"fresh": [per frame]}, "frames": F, "clips": n, "release"}, FG-ARI means over clips.
+        "pixels": {"fresh": [per frame]}, "frames": F, "clips": n, "release", "reach", "alike"}, FG-ARI means
+        over clips.
     """
     clips, frames = images.shape[:2]
     if frames < 2:
@@ -218,7 +223,7 @@ def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters:
     fresh = fresh.reshape(clips, frames, *fresh.shape[1:])
     carried = {"carried": carried_columns(model, images, iters)}
     if release is not None:
-        carried["released"] = carried_columns(model, images, iters, release, reach)
+        carried["released"] = carried_columns(model, images, iters, release, reach, alike)
     truths = [[patch_truth(objects[c, t], grid) for t in range(frames)] for c in range(clips)]
 
     def per_frame(columns: np.ndarray, level: int) -> list[float]:
@@ -239,7 +244,7 @@ def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters:
                                    for c in range(clips)])) for t in range(frames)]
     return {"levels": levels, "pixels": {"fresh": by_pixels, "mean": float(np.mean(by_pixels))},
             "frames": frames, "clips": clips, "release": release,
-            "reach": None if release is None else reach}
+            "reach": None if release is None else reach, "alike": None if release is None else alike}
 
 
 def _fg_ari(truth: np.ndarray, labels: np.ndarray) -> float:
@@ -249,11 +254,11 @@ def _fg_ari(truth: np.ndarray, labels: np.ndarray) -> float:
 
 def sequences(model: Glom, clips: int = CLIPS, frames: int = CLIP_FRAMES, max_speed: float = CLIP_SPEED,
               seed: int = EVAL_SEEDS.start, iters: int | None = None, release: float | None = RELEASE,
-              reach: int = RELEASE_REACH) -> dict:
+              reach: int = RELEASE_REACH, alike: float | None = ALIKE) -> dict:
     """The sequence test on `clips` held-out clips from `seed`: ``sequence_test``'s result, with "max_speed"."""
     if clips < 1:
         raise ConfigError(f"the sequence test needs at least one clip, got {clips}")
     if frames < 2:
         raise ConfigError(f"a clip needs at least 2 frames to carry the state from one to the next, got {frames}")
     images, objects = clip_batch(range(seed, seed + clips), frames, model.config.image_size, max_speed)
-    return {**sequence_test(model, images, objects, iters, release, reach), "max_speed": max_speed}
+    return {**sequence_test(model, images, objects, iters, release, reach, alike), "max_speed": max_speed}

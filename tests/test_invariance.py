@@ -133,3 +133,7 @@ def test_the_command_refuses_a_shift_that_shares_nothing_and_a_clip_of_one_frame
     assert "at least 2 frames" in capsys.readouterr().err
     assert main(["--scenes", "2", "--sequences", "--release", "0"]) == 2
     assert "--release is the RMS pixel change" in capsys.readouterr().err
+    assert main(["--scenes", "2", "--sequences", "--alike", "-0.05"]) == 2
+    assert "--alike is the RMS pixel difference" in capsys.readouterr().err
+    assert main(["--scenes", "2", "--sequences", "--max-speed", "0.1"]) == 2
+    assert "--max-speed must be at least" in capsys.readouterr().err
