@@ -518,11 +518,14 @@ def table(result: dict) -> str:
                 lines.append(f"carried and let go where the picture changed (fully from an RMS change of "
                              f"{found['release']:g}, {found['reach']} patch(es) around; starting {start}):")
             shown_as = way if way == "carried" else "let go"
-            lines.append(f"{'':>16} {'fresh':>8} {shown_as:>8} {'worst frame':>12}   {shown_as}, frame by frame")
+            lines.append(f"{'':>16} {'fresh':>8} {shown_as:>8} {'worst frame':>12} {'ARI: fresh':>11} {shown_as:>8}"
+                         f"   {shown_as}, frame by frame")
             for row in found["levels"]:
                 lines.append(f"{'level ' + str(row['level']):>16} {row['fresh_mean']:>8.3f} {row[way + '_mean']:>8.3f} "
-                             f"{row[way + '_worst_frame']:>12.3f}   " + " ".join(f"{v:.2f}" for v in row[way]))
-        lines.append(f"{'pixels':>16} {found['pixels']['mean']:>8.3f}")
+                             f"{row[way + '_worst_frame']:>12.3f} {row['fresh_ari_mean']:>11.3f} "
+                             f"{row[way + '_ari_mean']:>8.3f}   " + " ".join(f"{v:.2f}" for v in row[way]))
+        lines.append(f"{'pixels':>16} {found['pixels']['mean']:>8.3f} {'':>8} {'':>12} {found['pixels']['ari_mean']:>11.3f}")
+        lines.append("(FG-ARI over the objects' patches; ARI: over every patch, background included)")
     return "\n".join(lines)
 
 

@@ -198,8 +198,9 @@ def carried_columns(model: Glom, images: torch.Tensor, iters: int | None = None,
 
 def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters: int | None = None,
                   release: float | None = RELEASE, reach: int = RELEASE_REACH, alike: float | None = ALIKE) -> dict:
-    """Each frame's objects FG-ARI per level, fresh and with the state carried; with `release`, also
-    with the state carried and let go where a patch changed (``Glom.let_go``).
+    """Each frame's objects FG-ARI per level (and the ARI over every patch, background included), fresh and
+    with the state carried; with `release`, also with the state carried and let go where a patch changed
+    (``Glom.let_go``).
 
     Args:
         model: a Glom; images: (clips, frames, 3, s, s); objects: (clips, frames, s, s) truth, for scoring.
@@ -211,9 +212,10 @@ def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters:
 
     Returns:
         {"levels": [{"level", "fresh": [per frame], "carried": [per frame], "fresh_mean", "carried_mean",
-        "carried_worst_frame"}, with release also "released", "released_mean", "released_worst_frame"],
-        "pixels": {"fresh": [per frame]}, "frames": F, "clips": n, "release", "reach", "alike"}, FG-ARI means
-        over clips.
+        "carried_worst_frame", "fresh_ari_mean", "carried_ari_mean"}, with release also "released",
+        "released_mean", "released_worst_frame", "released_ari_mean"], "pixels": {"fresh": [per frame], "mean",
+        "ari_mean"}, "frames": F, "clips": n, "release", "reach", "alike"}, FG-ARI means over clips; *_ari_mean:
+        the ARI over every patch, mean over frames.
     """
     clips, frames = images.shape[:2]
     if frames < 2:
@@ -226,25 +228,38 @@ def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters:
         carried["released"] = carried_columns(model, images, iters, release, reach, alike)
     truths = [[patch_truth(objects[c, t], grid) for t in range(frames)] for c in range(clips)]
 
-    def per_frame(columns: np.ndarray, level: int) -> list[float]:
-        return [float(np.nanmean([_fg_ari(truths[c][t], find_islands(columns[c, t, :, level], grid, "kmeans",
-                                                                     n_islands=len(np.unique(truths[c][t])), seed=c))
-                                  for c in range(clips)])) for t in range(frames)]
+    def per_frame(columns: np.ndarray, level: int) -> tuple[list[float], list[float]]:
+        """(FG-ARI, ARI over every patch) per frame, means over clips."""
+        labels = [[find_islands(columns[c, t, :, level], grid, "kmeans", n_islands=len(np.unique(truths[c][t])),
+                                seed=c) for t in range(frames)] for c in range(clips)]
+        return _per_frame_scores(truths, labels)
 
     levels = []
     for level in range(fresh.shape[3]):
-        row = {"level": level, "fresh": per_frame(fresh, level)}
-        row["fresh_mean"] = float(np.mean(row["fresh"]))
-        for name, columns in carried.items():
-            row[name] = per_frame(columns, level)
-            row.update({f"{name}_mean": float(np.mean(row[name])), f"{name}_worst_frame": float(np.min(row[name]))})
+        row = {"level": level}
+        for name, columns in {"fresh": fresh, **carried}.items():
+            row[name], every_patch = per_frame(columns, level)
+            row.update({f"{name}_mean": float(np.mean(row[name])), f"{name}_ari_mean": float(np.mean(every_patch))})
+            if name != "fresh":
+                row[f"{name}_worst_frame"] = float(np.min(row[name]))
         levels.append(row)
     pixels = pixel_vectors(images.flatten(0, 1).numpy(), model.config.patch_size).reshape(clips, frames, grid[0] * grid[1], -1)
-    by_pixels = [float(np.nanmean([_fg_ari(truths[c][t], pixel_islands(pixels[c, t], len(np.unique(truths[c][t])), c))
-                                   for c in range(clips)])) for t in range(frames)]
-    return {"levels": levels, "pixels": {"fresh": by_pixels, "mean": float(np.mean(by_pixels))},
+    by_pixels, every_patch = _per_frame_scores(truths, [[pixel_islands(pixels[c, t], len(np.unique(truths[c][t])), c)
+                                                        for t in range(frames)] for c in range(clips)])
+    return {"levels": levels, "pixels": {"fresh": by_pixels, "mean": float(np.mean(by_pixels)),
+                                         "ari_mean": float(np.mean(every_patch))},
             "frames": frames, "clips": clips, "release": release,
             "reach": None if release is None else reach, "alike": None if release is None else alike}
+
+
+def _per_frame_scores(truths: list, labels: list) -> tuple[list[float], list[float]]:
+    """truths and labels [clip][frame] (patches,) -> per frame, means over clips: FG-ARI (objects only) and
+    ARI over every patch (background included: it sees an island that takes in background)."""
+    frames = range(len(truths[0]))
+    objects = [float(np.nanmean([_fg_ari(truth[t], label[t]) for truth, label in zip(truths, labels)])) for t in frames]
+    every = [float(np.mean([adjusted_rand_score(truth[t], label[t]) for truth, label in zip(truths, labels)]))
+             for t in frames]
+    return objects, every
 
 
 def _fg_ari(truth: np.ndarray, labels: np.ndarray) -> float:
