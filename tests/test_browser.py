@@ -99,8 +99,17 @@ def upload_photo(page, name: str, data: bytes) -> None:
 
 
 def download(page, label: str) -> bytes:
+    """The file a download button gives; the view's own exports are in the Export popover, opened first
+    (and closed after)."""
+    button = page.get_by_role("button", name=label)
+    in_menu = not button.first.is_visible()
+    if in_menu:
+        page.locator("[data-testid='stPopover']").filter(has_text="Export").get_by_role("button").click()
     with page.expect_download(timeout=WAIT_MS) as info:
-        page.get_by_role("button", name=label).click()
+        button.click()
+    if in_menu:
+        page.keyboard.press("Escape")
+        button.first.wait_for(state="hidden", timeout=WAIT_MS)
     with open(info.value.path(), "rb") as file:
         return file.read()
 
