@@ -49,7 +49,7 @@ def main() -> None:
     frames = page.frames_of(chosen, loaded, image_settings, cache.content_key(run_settings))
     if frames is None:
         return
-    runs = runs_for(loaded, frames, image_settings.sequence, run_settings, image_settings.release)
+    runs = runs_for(loaded, frames, image_settings.sequence, run_settings, image_settings.release, island_settings)
     try:
         for run in runs:  # the runs show their progress here; later page runs find them cached
             run()

@@ -21,7 +21,10 @@ Prints one line per measure: median, min and max over the repeats. Speed is neve
 does the same with the seed's GLOM (224 px, patch 14, dim 512, 6 levels: "Random weights" in the sidebar,
 12 iterations by default) instead of the shipped model, and first times, in this process, the server's own
 work for one upload (GLOM's run, the islands of all 78 maps, one level's measures, the overlay), so that the
-rest of the browser's time is Streamlit, the transfer and the browser.
+rest of the browser's time is Streamlit, the transfer and the browser. Each upload is traced too: when the
+browser handed the file to the uploader, sent it, asked for the rerun, when the script started, GLOM's run
+ended, the overlay was sent and drawn (Streamlit's websocket messages, decoded), how many script runs and
+messages it took, and how long the browser's main thread was busy.
 
     GLOM_VIZ_RUNS=runs python benchmarks/app.py --screenshots docs/screenshots
 
@@ -89,10 +92,13 @@ def overlay_shown(page, caption: str) -> None:
         arg=caption, timeout=WAIT_MS)
 
 
-def open_timed(browser, url: str, shown: str):
-    """A new page in a fresh context, and the seconds until the overlay captioned `shown` is loaded."""
+def open_timed(browser, url: str, shown: str, watch=None):
+    """A new page in a fresh context, and the seconds until the overlay captioned `shown` is loaded; ``watch(page)``
+    is called before the page opens."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
+    if watch is not None:
+        watch(page)
     start = time.perf_counter()
     page.goto(url)
     overlay_shown(page, shown)
@@ -199,10 +205,74 @@ def server_work(repeats: int) -> list[str]:
                for name in names])
 
 
+# the moments of an upload the trace tells apart, in order: (name, what marks it)
+UPLOAD_PHASES = (("file handed to the uploader", "the browser asks for upload URLs"),
+                 ("file sent", "its PUT finished"), ("rerun asked", "the browser sends rerun_script"),
+                 ("script started", "new_session arrives"), ("GLOM run done", "its progress bar is emptied"),
+                 ("overlay sent", "the overlay's image element arrives"), ("overlay loaded", "the image is drawn"))
+
+
+class UploadTrace:
+    """What one upload sends and receives over Streamlit's websocket and HTTP, timed from the upload's start.
+
+    Messages are decoded with Streamlit's own protobufs (ForwardMsg from the server, BackMsg from the browser).
+    """
+
+    def __init__(self, page):
+        self.events: list[tuple[float, str, int]] = []  # (time, what, bytes)
+        self.start = None
+        page.on("websocket", self._websocket)
+        page.on("requestfinished", lambda request: self._add(f"{request.method} {request.url.split('?')[0]}", 0))
+
+    def _websocket(self, socket) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        def received(payload):
+            message = ForwardMsg.FromString(payload if isinstance(payload, bytes) else payload.encode())
+            what = message.WhichOneof("type")
+            if what == "delta":
+                what = message.delta.WhichOneof("type")
+                if what == "new_element":
+                    what = message.delta.new_element.WhichOneof("type")
+            self._add("in " + str(what), len(payload))
+
+        def sent(payload):
+            message = BackMsg.FromString(payload if isinstance(payload, bytes) else payload.encode())
+            self._add("out " + str(message.WhichOneof("type")), len(payload))
+        socket.on("framereceived", received)
+        socket.on("framesent", sent)
+
+    def _add(self, what: str, size: int) -> None:
+        if self.start is not None:
+            self.events.append((time.perf_counter() - self.start, what, size))
+
+    def begin(self) -> None:
+        self.events, self.start = [], time.perf_counter()
+
+    def phases(self, total: float) -> dict[str, float]:
+        """UPLOAD_PHASES' seconds from the upload's start (NaN where one was not seen)."""
+        def first(match, after=0.0):
+            return next((t for t, what, _ in self.events if t >= after and match(what)), float("nan"))
+        asked = first(lambda what: what == "out file_urls_request")
+        sent = first(lambda what: what.startswith("PUT "), asked)
+        rerun = first(lambda what: what == "out rerun_script", sent)
+        started = first(lambda what: what == "in new_session", rerun)
+        run_done = first(lambda what: what == "in empty", first(lambda what: what == "in progress", started))
+        overlay = first(lambda what: what == "in imgs", started)
+        return dict(zip((name for name, _ in UPLOAD_PHASES), (asked, sent, rerun, started, run_done, overlay, total)))
+
+    def traffic(self) -> tuple[int, int, int]:
+        """(script runs, messages to the browser, their bytes)."""
+        received = [(what, size) for _, what, size in self.events if what.startswith("in ")]
+        return (sum(what == "in new_session" for what, _ in received), len(received), sum(size for _, size in received))
+
+
 def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str], seed_size: bool = False) -> list[str]:
     from playwright.sync_api import sync_playwright
 
     first_view, upload, scrub, scrub_server = [], [], [], []
+    phases, traffic, browser_cpu = [], [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args)
         warm = browser.new_page(viewport=VIEWPORT)
@@ -212,20 +282,32 @@ def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str]
             use_seed_model(warm)
         warm.close()
         for index in range(repeats):
-            context, page, seconds = open_timed(browser, url, "scene 1 · level")
+            traces = []
+            context, page, seconds = open_timed(browser, url, "scene 1 · level",
+                                                (lambda page: traces.append(UploadTrace(page))) if seed_size else None)
             first_view.append(seconds)
             if seed_size:
                 use_seed_model(page)
+                trace = traces[0]
+                devtools = context.new_cdp_session(page)
+                devtools.send("Performance.enable")
 
             name = f"coffee-{index}.png"
             uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
+            input_element = uploader.locator("input[type='file']")
+            input_element.wait_for(state="attached", timeout=WAIT_MS)
             picture = photo(index)
+            if seed_size:
+                before = browser_seconds(devtools)
+                trace.begin()
             start = time.perf_counter()
-            uploader.locator("input[type='file']").set_input_files(
-                {"name": name, "mimeType": "image/png", "buffer": picture})
+            input_element.set_input_files({"name": name, "mimeType": "image/png", "buffer": picture})
             overlay_shown(page, f"{name} · level")
             upload.append(time.perf_counter() - start)
             if seed_size:  # the upload is what the seed's size measures; scrubbing is the shipped model's
+                phases.append(trace.phases(upload[-1]))
+                traffic.append(trace.traffic())
+                browser_cpu.append(browser_seconds(devtools) - before)
                 context.close()
                 continue
 
@@ -248,9 +330,24 @@ def measure(url: str, repeats: int, chromium_path: str, chromium_args: list[str]
     lines = [summary("first view (warm server)" + (", shipped model" if seed_size else ""), first_view),
              summary("upload -> islands (new photo)", upload, goal="< 1 s" if seed_size else "< 2 s")]
     if seed_size:
+        lines.append("  where an upload's time went, from the upload's start (median over the uploads):")
+        previous = 0.0
+        for (name, marker), seconds in zip(UPLOAD_PHASES, zip(*(list(p.values()) for p in phases))):
+            at = statistics.median(seconds)
+            lines.append(f"    {name:<30} at {at:6.3f} s  (+{at - previous:.3f} s: {marker})")
+            previous = at
+        runs, messages, size = (statistics.median(values) for values in zip(*traffic))
+        lines.append(f"  script runs {runs:.0f}, {messages:.0f} messages to the browser ({size / 1000:.1f} kB); "
+                     f"the browser's main thread busy {statistics.median(browser_cpu):.3f} s")
         return lines
     return lines + [summary("one-step scrub, as seen", scrub, goal="< 0.3 s"),
                     summary("one-step scrub, server time", scrub_server, unit="ms", goal="well < 100 ms")]
+
+
+def browser_seconds(devtools) -> float:
+    """Seconds the page's main thread has been busy so far (Chromium's Performance.getMetrics TaskDuration)."""
+    metrics = {metric["name"]: metric["value"] for metric in devtools.send("Performance.getMetrics")["metrics"]}
+    return metrics["TaskDuration"]
 
 
 def click_view(page, view: str) -> None:

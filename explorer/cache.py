@@ -233,6 +233,13 @@ def run_workers() -> ThreadPoolExecutor:
 
 
 @st.cache_resource(show_spinner=False)
+def island_workers() -> ThreadPoolExecutor:
+    """The threads that find the islands of a run's steps while the run goes (explorer.running), once per server,
+    at the runs' lower priority: they are the runs' work, and a visitor scrubbing goes first."""
+    return ThreadPoolExecutor(max_workers=RUN_WORKERS, thread_name_prefix="glom-islands", initializer=_lower_priority)
+
+
+@st.cache_resource(show_spinner=False)
 def heap_frozen() -> bool:
     """freeze_heap once per server, after the first page."""
     freeze_heap()

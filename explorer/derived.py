@@ -12,9 +12,15 @@ from glom_viz import islands, render
 from glom_viz.runs import Run
 
 
+def labels_key(frame: Frame, settings: IslandSettings) -> str:
+    """The cache key of a frame's islands under these settings."""
+    return cache.content_key(frame.run_key, settings)
+
+
 def labels_of(frame: Frame, run: Run, settings: IslandSettings, grid) -> np.ndarray:
-    """(T, L, N) island ids of every step and level, computed once per (run, island settings)."""
-    return cache.labels(cache.content_key(frame.run_key, settings),
+    """(T, L, N) island ids of every step and level, computed once per (run, island settings) (or found as the
+    run went: explorer.running)."""
+    return cache.labels(labels_key(frame, settings),
                         lambda: islands.find_islands_all_levels(run.states, grid, **settings.keywords()))
 
 

@@ -108,7 +108,9 @@ def model_summary(loaded: LoadedModel) -> None:
         f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
     if loaded.shipped:
         st.sidebar.caption(SHIPPED_KNOWS)
-    with st.sidebar.expander("Full config"):
+    # a popover, not an expander: the browser keeps a closed expander's JSON tree mounted and draws it again
+    # on every scrub (the sidebar's largest element), a closed popover's not at all
+    with st.sidebar.popover("Full config", icon=":material/data_object:", width="stretch"):
         st.json(config.to_dict(), expanded=True)
         st.caption(f"hash `{loaded.key[:16]}`")
 

@@ -11,7 +11,10 @@ precision) the forward takes one of these paths, named by ``precision_path``:
 
 - autocast's dtype (``"bf16"``, ``"fp16"``) where it is faster than fp32 (CUDA; CPUs with AMX; CPUs with
   AVX512-BF16 alone where a timed probe says so, ``reduced_precision_is_fast``): the bottom-up and top-down
-  nets and the consensus run in it, weights cast once and kept while unchanged;
+  nets and the consensus run in it, weights cast once and kept while unchanged (for inference on a CPU, the
+  nets' bf16 weights packed by oneDNN, the bias and GELU done inside the products, where a timed probe finds that
+  faster, ``onednn_is_fast``: on an Intel Xeon with AMX one core ran the seed's forward in 0.27 s so, 0.39 s
+  with batched products);
 - ``"int8"`` for inference only (``torch.no_grad`` / ``torch.inference_mode``), on a CPU with fbgemm, for
   models of dim >= 128, where a timed probe finds the int8 nets faster for the model's dim than those of the
   path it would otherwise take (autocast's dtype where that is fast, else fp32; ``int8_is_fast``): the
@@ -56,6 +59,7 @@ TOKEN_ATTEND_SELF_VALUE = -5e-4
 CONTRIBUTIONS = ("previous", "bottom_up", "top_down", "consensus")
 LEVEL_NORMS = ("none", "layernorm", "l2")
 FEEDFORWARD_MULT = 4
+NORMALIZE_EPS = 1e-12  # F.normalize's floor under a vector's norm
 # per reduced dtype, the CPU flags of (native vector products, matrix units). Without the first torch emulates
 # the dtype: a bf16 matmul ran 0.25 GFLOP/s against fp32's 12 on an AVX2 EPYC. With the second (AMX) it is
 # several times faster than fp32. With the first alone it may well be slower: on a Xeon (family 6 model 207)
@@ -86,6 +90,8 @@ INT8_MIN_DIM = 128
 # at that width: the probe stays cheap, about 60 ms at dim 512, and int8 only gains with width)
 INT8_PROBE_ROWS = 256
 INT8_PROBE_MAX_DIM = 512
+# oneDNN packs the bf16 nets' weights for products of about this many rows (a 224 px picture's columns)
+ONEDNN_ROWS = 256
 # the continuation path's letting go (Glom.let_go): a column whose patch changed by at most this share of
 # `release` (RMS, pixels in [0, 1]) keeps its carried state; from `release` on it starts afresh. On the
 # built-in clips, patches whose object stayed changed by 0.036 RMS (median: fresh pixel noise), those an
@@ -112,9 +118,11 @@ BAND_COST = 1 / 8
 # dim 64 (16 images), 41 against 39 at 128 (4 images), 41 against 35 at 512 (1 image); without gradients it
 # was faster at every dim (21 against 35 ms at 64, 8.3 against 9.2 at 512)
 FUSED_TRAINING_MAX_DIM = 64
-# ...and on a CPU it runs in fp32 whatever the nets run in: its bf16 backward took twice fp32's time (620 against
-# 317 ms for a micro-batch of 16 scenes at dim 64 on an AMD EPYC with AVX512-BF16), its forward the same
-FUSED_TRAINING_DTYPE = torch.float32
+# ...and on a CPU it runs in the nets' reduced dtype only where a timed probe finds its forward and backward faster
+# so than in fp32 (``fused_training_dtype``): a micro-batch of 16 scenes at dim 64 took 620 ms in bf16 against 317 in
+# fp32 on an AMD EPYC with AVX512-BF16, and 590 against 490 on an Intel Xeon with AMX. The probe: one attention call
+# forward and backward on FUSED_PROBE_SHAPE (levels, scenes, columns) at the model's dim
+FUSED_PROBE_SHAPE = (4, 4, 256)
 
 
 @dataclass(frozen=True)
@@ -368,9 +376,6 @@ def _int8_beats(width: int, against: str) -> bool:
     return timings["int8"] * PROBE_MARGIN < timings[against]
 
 
-_PROBES = (reduced_precision_is_fast, _int8_beats)  # the cached probes themselves, whoever stands in for them
-
-
 def forget_probes() -> None:
     """Forget what the timed probes found, so that the next forward times them again (after the machine or the
     environment changed)."""
@@ -601,9 +606,10 @@ class GroupedFeedForward(nn.Module):
         w_out[:, hidden:] = 0.0
         b_out.copy_(old_b_out)
 
-    def prepare(self, path: str = "fp32") -> "PreparedFeedForward":
-        """The MLPs ready to run on a precision path ("fp32", "bf16", "fp16", "int8")."""
-        return PreparedFeedForward(self.weights(), path)
+    def prepare(self, path: str = "fp32", onednn: bool = False) -> "PreparedFeedForward":
+        """The MLPs ready to run on a precision path ("fp32", "bf16", "fp16", "int8"); bf16 ones packed by
+        oneDNN where ``onednn`` (inference on a CPU)."""
+        return PreparedFeedForward(self.weights(), path, onednn)
 
     def forward(self, levels: torch.Tensor) -> torch.Tensor:
         """(b, n, groups, d) -> (b, n, groups, d)."""
@@ -625,33 +631,148 @@ def int8_linear(weight: torch.Tensor, bias: torch.Tensor):
     return torch.ops.quantized.linear_prepack(quantized, bias.float().contiguous())
 
 
+class OneDnnLinear:
+    """One bf16 linear layer packed by oneDNN for its CPU: (m, in) bf16 -> (m, out) bf16, its bias and (if asked)
+    its GELU applied inside the product."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool, rows: int):
+        # weight (out, in): nn.Linear's layout, packed for products of about `rows` rows
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16).contiguous(), rows)
+        self.bias = bias.detach().to(torch.bfloat16).contiguous()
+        self.attr, self.algorithm = ("gelu", "none") if gelu else ("none", "")  # "none": the exact, erf GELU
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, [], self.algorithm)
+
+
+def onednn_layers(weights: tuple[torch.Tensor, ...], rows: int = ONEDNN_ROWS) -> list | None:
+    """Per group, the (linear + GELU, linear) pair of ``GroupedFeedForward.weights()`` packed by oneDNN in bf16,
+    or None, with one warning, where this torch or CPU cannot (the nets then run as batched products)."""
+    w_in, b_in, w_out, b_out = (w.detach() for w in weights)
+    try:
+        if not onednn_is_available():
+            raise RuntimeError("oneDNN's bf16 kernels are missing in this torch or CPU")
+        layers = [(OneDnnLinear(w_in[g].T, b_in[g, 0], True, rows), OneDnnLinear(w_out[g].T, b_out[g, 0], False, rows))
+                  for g in range(w_in.shape[0])]
+        layers[0][1](layers[0][0](torch.zeros(1, w_in.shape[1], dtype=torch.bfloat16)))  # fails here, not mid-run
+        return layers
+    except (RuntimeError, AttributeError) as error:
+        _warn_once(f"oneDNN could not pack GLOM's bf16 nets ({error}): they run as batched products instead")
+        return None
+
+
+def onednn_is_available() -> bool:
+    """Whether this torch has oneDNN's packed bf16 linear with a GELU inside, and this CPU runs oneDNN in bf16."""
+    try:
+        return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and callable(torch.ops.mkldnn._linear_pointwise) and callable(torch.ops.mkldnn._reorder_linear_weight))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def onednn_is_fast(dim: int) -> bool:
+    """Whether the oneDNN-packed bf16 nets (``PreparedFeedForward``'s ``onednn``) beat the batched bf16 products
+    for a model of ``dim`` on this CPU: a timed probe, once per process and width (``min(dim,
+    INT8_PROBE_MAX_DIM)``), one net on INT8_PROBE_ROWS columns each way, in rotation, taken only when PROBE_MARGIN
+    times faster; False where oneDNN is missing or fails."""
+    return onednn_is_available() and _onednn_beats(min(int(dim), INT8_PROBE_MAX_DIM))
+
+
+@functools.cache
+def _onednn_beats(width: int) -> bool:
+    hidden = FEEDFORWARD_MULT * width
+    weights = (torch.randn(1, width, hidden) * width ** -0.5, torch.zeros(1, 1, hidden),
+               torch.randn(1, hidden, width) * hidden ** -0.5, torch.zeros(1, 1, width))
+    x = torch.randn(1, INT8_PROBE_ROWS, width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failure to pack answers False here; the forward warns if it meets one
+        packed = PreparedFeedForward(weights, "bf16", onednn=True)
+    if packed.onednn is None:
+        return False
+    plain = PreparedFeedForward(weights, "bf16")
+    with torch.inference_mode():
+        timings = probe_seconds({"batched": lambda: plain(x, slice(0, 1)), "onednn": lambda: packed(x, slice(0, 1))})
+    return timings["onednn"] * PROBE_MARGIN < timings["batched"]
+
+
+def fused_training_dtype(dtype: torch.dtype, dim: int) -> torch.dtype:
+    """The dtype the fused consensus trains in on a CPU when the nets run in ``dtype``: ``dtype`` itself where a
+    timed probe (once per process, dtype and dim) finds one attention call's forward and backward PROBE_MARGIN
+    times faster in it than in fp32, else fp32."""
+    if dtype == torch.float32:
+        return dtype
+    return dtype if _fused_training_beats(dtype, int(dim)) else torch.float32
+
+
+def _attention_step(dtype: torch.dtype, dim: int) -> Callable[[], object]:
+    """One flash attention call on FUSED_PROBE_SHAPE at ``dim`` in ``dtype``, forward and backward, ready to call."""
+    q, k, v = (torch.randn(*FUSED_PROBE_SHAPE, dim, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(*FUSED_PROBE_SHAPE, dim, dtype=dtype)
+
+    def run():
+        with torch.enable_grad():
+            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), grad)
+    return run
+
+
+@functools.cache
+def _fused_training_beats(dtype: torch.dtype, dim: int) -> bool:
+    timings = probe_seconds({"fp32": _attention_step(torch.float32, dim), "reduced": _attention_step(dtype, dim)})
+    return timings["reduced"] * PROBE_MARGIN < timings["fp32"]
+
+
+_PROBES = (reduced_precision_is_fast, _int8_beats, _onednn_beats, _fused_training_beats)  # the cached probes themselves, whoever stands in for them
+
+
 class PreparedFeedForward:
     """A ``GroupedFeedForward``'s MLPs ready to run on one precision path, for as long as the weights hold.
 
     fp32 keeps views of the parameters (gradients flow); bf16 / fp16 keep cast copies; int8 keeps one pair
-    of fbgemm-packed layers per group (inference only).
+    of fbgemm-packed layers per group (inference only). ``onednn`` (bf16, inference, CPU) keeps one pair of
+    oneDNN-packed bf16 layers per group instead, the bias and GELU done inside the products: where AMX runs
+    the products themselves fast, the separate bias copy and GELU pass over the 4 dim wide hidden layer cost
+    a third of the net's time. If oneDNN refuses to pack, the nets run as batched products, with one warning.
     """
 
-    def __init__(self, weights: tuple[torch.Tensor, ...], path: str):
+    def __init__(self, weights: tuple[torch.Tensor, ...], path: str, onednn: bool = False):
         self.path = path
         self.groups = weights[0].shape[0]
+        self.onednn = None
         if path == "int8":
             w_in, b_in, w_out, b_out = (w.detach() for w in weights)
             self.packed = [
                 (int8_linear(w_in[g].T, b_in[g, 0]), int8_linear(w_out[g].T, b_out[g, 0])) for g in range(self.groups)
             ]
-        else:
-            self.dtype = PATH_DTYPES[path]
-            self.weights = tuple(w.to(self.dtype) for w in weights)
+            return
+        self.dtype = PATH_DTYPES[path]
+        self.weights = tuple(w.to(self.dtype) for w in weights)
+        if onednn and self.dtype == torch.bfloat16:
+            self.onednn = onednn_layers(weights)
 
-    def __call__(self, x: torch.Tensor, groups: slice) -> torch.Tensor:
-        """x (g, m, d) fp32 -> (g, m, d) fp32 through the MLPs of ``groups`` (g of them): linear, GELU, linear."""
+    def __call__(self, x: torch.Tensor, groups: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x (g, m, d) fp32 -> (g, m, d) fp32 through the MLPs of ``groups`` (g of them): linear, GELU, linear.
+
+        ``out``, (g, m, d) fp32, takes the result where given (and is returned)."""
         if self.path == "int8":
-            return self._int8(x, range(self.groups)[groups])
-        w_in, b_in, w_out, b_out = (w[groups] for w in self.weights)
-        hidden = torch.baddbmm(b_in, x.to(self.dtype), w_in)
-        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
-        return torch.baddbmm(b_out, hidden, w_out).float()
+            result = self._int8(x, range(self.groups)[groups])
+        elif self.onednn is not None:
+            return self._onednn(x, range(self.groups)[groups], out)
+        else:
+            w_in, b_in, w_out, b_out = (w[groups] for w in self.weights)
+            hidden = torch.baddbmm(b_in, x.to(self.dtype), w_in)
+            hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+            result = torch.baddbmm(b_out, hidden, w_out)
+        if out is None:
+            return result.float()
+        return out.copy_(result)
+
+    def _onednn(self, x: torch.Tensor, groups: range, out: torch.Tensor | None) -> torch.Tensor:
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device) if out is None else out
+        x = x.to(torch.bfloat16)
+        for i, group in enumerate(groups):
+            layer_in, layer_out = self.onednn[group]
+            out[i] = layer_out(layer_in(x[i]))
+        return out
 
     def _int8(self, x: torch.Tensor, groups: range) -> torch.Tensor:
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
@@ -975,10 +1096,12 @@ class Glom(nn.Module):
         if path == "fp32" or torch.is_grad_enabled():
             return self.bottom_up.prepare(path), self.top_down.prepare(path)
         params = (*self.bottom_up.parameters(), *self.top_down.parameters())
-        key = (torch.backends.quantized.engine, tuple((p.data_ptr(), p._version) for p in params))
+        onednn = path == "bf16" and params[0].device.type == "cpu" and onednn_is_fast(self.config.dim)
+        key = (torch.backends.quantized.engine, onednn, tuple((p.data_ptr(), p._version) for p in params))
         cached = self._prepared_cache.get(path)
         if cached is None or cached[0] != key:
-            cached = self._prepared_cache[path] = (key, (self.bottom_up.prepare(path), self.top_down.prepare(path)))
+            nets = self.bottom_up.prepare(path, onednn), self.top_down.prepare(path, onednn)
+            cached = self._prepared_cache[path] = (key, nets)
         return cached[1]
 
     def _consensus(self, levels: torch.Tensor, dtype: torch.dtype, weights: bool = False,
@@ -994,17 +1117,25 @@ class Glom(nn.Module):
         """
         config = self.config
         d = levels.shape[3]
-        keys = F.normalize(levels, dim=-1)
-        queries = keys if config.consensus_cosine else levels
         scale = config.attention_scale if config.attention_scale is not None else d ** -0.5
         fused = not weights and (config.consensus_cosine or config.consensus_self)
         if fused and (d <= FUSED_TRAINING_MAX_DIM or not torch.is_grad_enabled()):
+            keys = F.normalize(levels, dim=-1)
+            queries = keys if config.consensus_cosine else levels
             diagonal = "kept" if config.consensus_self else "constant"
             if torch.is_grad_enabled() and levels.device.type == "cpu":
-                dtype = FUSED_TRAINING_DTYPE
+                dtype = fused_training_dtype(dtype, d)
             return self._fused_consensus(queries.to(dtype), keys.to(dtype), levels.to(dtype), scale, first_level,
                                          diagonal), None
-        sim = torch.matmul(queries.to(dtype), keys.to(dtype).transpose(-1, -2)).float() * scale
+        values = levels.to(dtype)
+        if config.consensus_cosine:
+            keys = F.normalize(levels, dim=-1).to(dtype)
+            sim = torch.matmul(keys, keys.transpose(-1, -2)).float() * scale
+        else:
+            # the keys are unit vectors: the levels' similarities with each key's column divided by its norm, an
+            # n x n pass where normalising the keys would be an n x d one and a second cast
+            norms = torch.linalg.vector_norm(levels, dim=-1).clamp_min(NORMALIZE_EPS)  # (l, b, n)
+            sim = torch.matmul(values, values.transpose(-1, -2)).float().mul_((scale / norms)[..., None, :])
         if not config.consensus_self:
             sim.diagonal(dim1=-2, dim2=-1).fill_(TOKEN_ATTEND_SELF_VALUE)
         mask = self.attention.mask()
@@ -1013,7 +1144,7 @@ class Glom(nn.Module):
                 mask = mask[first_level:first_level + len(levels)]
             sim = sim.masked_fill(rearrange(mask, "l i j -> l () i j"), -torch.finfo(sim.dtype).max)
         attention = sim.softmax(dim=-1)
-        consensus = torch.matmul(attention.to(dtype), levels.to(dtype)).float()
+        consensus = torch.matmul(attention.to(dtype), values).float()
         return consensus, attention
 
     def _blocks_of(self, queries: torch.Tensor, scale: float, first_level: int, diagonal: str) -> list:
@@ -1134,28 +1265,29 @@ class Glom(nn.Module):
         def on_first_image(values: torch.Tensor) -> torch.Tensor:  # (g, n, d) -> (g, b n, d)
             return values[:, None].expand(-1, b, n, d).reshape(-1, b * n, d)
 
-        # bottom-up into level l from level l - 1 (level 0's from the image, computed once)
-        pieces = [from_image]
+        # bottom-up into level l from level l - 1 (level 0's from the image, computed once); the nets write
+        # into their rows of one (L, b n, d) tensor
+        bottom_up = columns.new_empty(L, b * n, d)
+        bottom_up[:1] = from_image
         if uniform:
-            pieces.append(bottom_up_nets(columns[:-1, :1], slice(1, L)).expand(L - 1, b * n, d))
+            bottom_up[1:] = bottom_up_nets(columns[:-1, :1], slice(1, L))
         else:
             own = min(shared, L - 1)  # inputs [0, own) differ between images
             if own > 0:
-                pieces.append(bottom_up_nets(columns[:own], slice(1, 1 + own)))
+                bottom_up_nets(columns[:own], slice(1, 1 + own), out=bottom_up[1:1 + own])
             if own < L - 1:
-                pieces.append(on_first_image(bottom_up_nets(state[own:L - 1, 0], slice(1 + own, L))))
-        bottom_up = torch.cat(pieces)
+                bottom_up[1 + own:] = on_first_image(bottom_up_nets(state[own:L - 1, 0], slice(1 + own, L)))
         # top-down into level l from level l + 1, with position; the top level gets none
         own = max(shared, 1)  # inputs [1, own) differ between images
         told = pos.dim() == 4  # told to some levels only: (L - 1, 1, n, d), one position per top-down net
-        pieces = []
+        top_down = columns.new_empty(L, b * n, d)
+        top_down[-1:] = 0.0
         if own > 1:
-            pieces.append(top_down_nets((state[1:own] + (pos[:own - 1] if told else pos)).view(own - 1, b * n, d),
-                                        slice(0, own - 1)))
+            top_down_nets((state[1:own] + (pos[:own - 1] if told else pos)).view(own - 1, b * n, d),
+                          slice(0, own - 1), out=top_down[:own - 1])
         if own < L:
-            pieces.append(on_first_image(top_down_nets((state[own:, 0] + (pos[own - 1:, 0] if told else pos)).contiguous(),
-                                                       slice(own - 1, L - 1))))
-        top_down = torch.cat((*pieces, columns.new_zeros(1, b * n, d)))
+            top_down[own - 1:L - 1] = on_first_image(top_down_nets(
+                (state[own:, 0] + (pos[own - 1:, 0] if told else pos)).contiguous(), slice(own - 1, L - 1)))
         attention_weights = None
         if uniform and not weights:
             consensus = state  # attention among equal columns returns their state

@@ -231,7 +231,7 @@ def probe(monkeypatch):
     def report(**seconds):
         def probe_seconds(named, *args, **kwargs):
             products.append(dict(named))
-            return {name: seconds[name] for name in named}
+            return {name: seconds.get(name, 1.0) for name in named}
         monkeypatch.setattr(glom_model, "probe_seconds", probe_seconds)
         glom_model.forget_probes()
     report.products = products
@@ -749,3 +749,63 @@ def test_a_column_let_go_starts_from_the_most_alike_still_column_nearby():
     for alike in (0, -0.05, float("nan")):
         with pytest.raises(GlomInputError, match="alike"):
             model.let_go(settled, before, after, 0.1, alike=alike)
+
+
+@pytest.mark.skipif(not glom_model.onednn_is_available(), reason="this torch or CPU has no oneDNN bf16 kernels")
+def test_onednn_packed_nets_compute_the_batched_bf16_nets():
+    torch.manual_seed(0)
+    net = glom_model.GroupedFeedForward(dim=32, groups=3)
+    x = torch.randn(2, 40, 32)
+    with torch.inference_mode():
+        batched = net.prepare("bf16")(x, slice(1, 3))
+        packed = net.prepare("bf16", onednn=True)
+        assert packed.onednn is not None
+        out = torch.full_like(x, float("nan"))
+        assert packed(x, slice(1, 3), out=out) is out
+        exact = net.prepare("fp32")(x, slice(1, 3))
+    assert relative_error(out, exact) < 0.02
+    assert relative_error(out, batched) < 0.02
+
+
+@pytest.mark.parametrize("onednn_seconds, packed", [(1.0, False), (0.5, True)])
+def test_the_forward_packs_its_bf16_nets_only_where_the_probe_finds_it_faster(monkeypatch, probe, onednn_seconds,
+                                                                              packed):
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: True)
+    monkeypatch.setattr(glom_model, "int8_is_fast", lambda dim, against="fp32": False)
+    probe(batched=1.0, onednn=onednn_seconds)
+    _, ours = twins(dict(dim=32, levels=3, image_size=16, patch_size=4))
+    img = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        exact = ours(img, iters=6, return_all=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = ours(img, iters=6, return_all=True)
+    nets = ours._prepared_cache["bf16"][1]
+    assert all((net.onednn is not None) == (packed and glom_model.onednn_is_available()) for net in nets)
+    assert mean_cosine_per_level(fast, exact).min() > 0.995
+
+
+def test_nets_that_onednn_cannot_pack_run_batched_with_one_warning(monkeypatch):
+    monkeypatch.setattr(glom_model, "_WARNED", set())
+    monkeypatch.setattr(glom_model, "onednn_is_available", lambda: True)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no kernel for this CPU")
+    monkeypatch.setattr(glom_model, "OneDnnLinear", refuse)
+    torch.manual_seed(0)
+    net = glom_model.GroupedFeedForward(dim=16, groups=2)
+    x = torch.randn(2, 8, 16)
+    with pytest.warns(UserWarning, match="oneDNN could not pack") as caught, torch.inference_mode():
+        prepared = net.prepare("bf16", onednn=True)
+        again = net.prepare("bf16", onednn=True)
+    assert len(caught) == 1
+    assert prepared.onednn is None and again.onednn is None
+    with torch.inference_mode():
+        assert torch.equal(prepared(x, slice(0, 2)), net.prepare("bf16")(x, slice(0, 2)))
+
+
+@pytest.mark.parametrize("reduced_seconds, trains_in", [(1.0, torch.float32), (0.5, torch.bfloat16)])
+def test_the_fused_consensus_trains_in_bf16_only_where_its_probe_finds_it_faster(probe, reduced_seconds, trains_in):
+    probe(fp32=1.0, reduced=reduced_seconds)
+    assert glom_model.fused_training_dtype(torch.bfloat16, 64) == trains_in
+    assert glom_model.fused_training_dtype(torch.float32, 64) == torch.float32  # nothing to probe
+    assert [set(products) for products in probe.products] == [{"fp32", "reduced"}]

@@ -7,12 +7,14 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from explorer import cache, running
+from explorer import cache, derived, running
 from explorer.limits import RUN_NICE, RUN_WORKERS
-from explorer.settings import RunSettings
+from explorer.settings import IslandSettings, RunSettings
+from glom_viz.islands import find_islands_all_levels
 from glom_viz.model import Glom
 from glom_viz.runs import run
 
@@ -100,3 +102,17 @@ def test_a_run_stops_at_its_next_step_when_its_page_goes_away(monkeypatch):
     time.sleep(0.3)
     assert len(steps_run) == stopped_at < 500  # it stopped, long before its 500 steps
     assert in_worker(lambda: "free") == "free"  # and its worker serves the next run
+
+
+def test_a_runs_islands_found_as_it_goes_are_those_of_the_stored_run():
+    torch.manual_seed(0)
+    model = Glom(dim=16, levels=3, image_size=32, patch_size=4).eval()
+    loaded = SimpleNamespace(model=model)
+    frame = SimpleNamespace(tensor=torch.rand(1, 3, 32, 32), run_key="islands found as the run goes")
+    settings = IslandSettings("kmeans", None)
+    shown = running.compute(loaded, frame, None, RunSettings(iterations=6), "picture", island_settings=settings)
+
+    def not_again():
+        raise AssertionError("the islands were found while the run went")
+    cached = cache.labels(derived.labels_key(frame, settings), not_again)
+    np.testing.assert_array_equal(cached, find_islands_all_levels(shown.states, model.grid, **settings.keywords()))
