@@ -1,7 +1,9 @@
-"""The export row under every view: the figure in view (PNG, SVG, HTML), the islands (CSV), the measures
+"""The export menu under every view: the figure in view (PNG, SVG, HTML), the islands (CSV), the measures
 (CSV, JSON) and a zip bundle of the whole run with a manifest of how it was made (glom_viz.export).
 
-Every file is made on the click, in a thread of the server: nothing here reads st.cache.
+Every file is made on the click, in a thread of the server: nothing here reads st.cache. The buttons sit in
+a popover: the browser mounts a closed popover's contents not at all, and the viewer, a fragment, is drawn
+again on every scrub, where seven download buttons took about a sixth of the browser's time.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from explorer import cache, state
 from explorer.context import ViewContext
 from explorer.derived import level_measures
 from glom_viz import export, render
-from glom_viz.model import RELEASE_REACH
+from glom_viz.model import ALIKE, RELEASE_REACH
 from glom_viz.text import short_name
 
+EXPORT_MENU_PX = 460  # the export popover's buttons in two rows
 STEM_CHARS = 60  # file systems take 255 bytes a name; a picture's name may be kilobytes
 
 ISLANDS_SEED = 0  # the page's islands and projections draw with find_islands' and project's default seed
@@ -44,7 +47,7 @@ def bundle(context: ViewContext) -> bytes:
         iters=page.iterations, method=settings.method, params=settings.keywords(), model_seed=page.model.seed,
         model=page.model.title, picture=picture.name, image_frame=picture.frame, fit=page.fit, input=frame.info,
         precision=page.run_settings.path, sequence=page.sequence,
-        let_go={"release": page.release, "reach": RELEASE_REACH} if page.release is not None else None)
+        let_go={"release": page.release, "reach": RELEASE_REACH, "alike": ALIKE} if page.release is not None else None)
     return export.run_bundle(context.run.states, context.labels, context.grid, all_measures(context),
                              image=frame.shown, overlay=render.draw_islands(frame.display, context.labels[step, level],
                                                                             context.grid),
@@ -52,12 +55,14 @@ def bundle(context: ViewContext) -> bytes:
 
 
 def export_row(context: ViewContext, figure: Callable[[], object] | None, view: str) -> None:
-    """Download buttons: the figure in view, labels, measures, and the zip bundle with provenance."""
+    """Download buttons in an "Export" popover: the figure in view, labels, measures, and the zip bundle
+    with provenance."""
     stem = stem_of(context.frame.picture.name)
     kind = view.lower().replace(" × ", "-").replace(" ", "-")
     truth_name = context.truth_name
-    row = st.container(horizontal=True, vertical_alignment="center")
-    row.markdown("**Export**")
+    menu = st.popover("Export", icon=":material/download:", key=state.EXPORT_MENU)
+    menu.caption("The figure in view, the islands and measures of this picture's run, or all of it in a zip")
+    row = menu.container(horizontal=True, vertical_alignment="center", width=EXPORT_MENU_PX)
     if figure is not None:  # figures are made only when a download asks for them
         no_browser = cache.static_export_browser() is None
         why = export.NO_BROWSER if no_browser else "The figure in view"

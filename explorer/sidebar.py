@@ -108,7 +108,9 @@ def model_summary(loaded: LoadedModel) -> None:
         f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
     if loaded.shipped:
         st.sidebar.caption(SHIPPED_KNOWS)
-    with st.sidebar.expander("Full config"):
+    # a popover, not an expander: the browser keeps a closed expander's JSON tree mounted and draws it again
+    # on every scrub (the sidebar's largest element), a closed popover's not at all
+    with st.sidebar.popover("Full config", icon=":material/data_object:", width="stretch"):
         st.json(config.to_dict(), expanded=True)
         st.caption(f"hash `{loaded.key[:16]}`")
 
@@ -161,9 +163,10 @@ def images_panel() -> ImageSettings:
     let_go = st.sidebar.toggle("Let go where the picture changed", value=True, key=state.IMAGES_LET_GO,
                                disabled=not sequence,
                                help="In a sequence, a column whose patch (or a neighbour's) changed from the last "
-                                    "frame starts afresh, so islands move with their objects; the still rest keeps "
-                                    "its columns. Off: every column carries on as it was, and islands stay where "
-                                    "the objects were.")
+                                    "frame lets go of its island: it starts from the state of the most alike still "
+                                    "column nearby, or afresh where none looks alike, so islands move with their "
+                                    "objects; the still rest keeps its columns. Off: every column carries on as it "
+                                    "was, and islands stay where the objects were.")
     uploads = tuple((f.name, f.getvalue()) for f in (files or []))
     zipped = None if dataset is None else (dataset.name, dataset.getvalue())
     return ImageSettings(tuple(bundled), uploads, fit, animations, sequence, zipped, let_go)

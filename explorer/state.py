@@ -77,6 +77,7 @@ COMPARE_WITH = "compare_with"  # the Compare view: what the page's model is comp
 COMPARE_RUN = "compare_run"
 COMPARE_STEP = "compare_step"
 COMPARE_CHECKPOINT = "compare_checkpoint"
+EXPORT_MENU = "export_menu"
 EXPORT_PNG = "export_png"
 EXPORT_SVG = "export_svg"
 EXPORT_HTML = "export_html"

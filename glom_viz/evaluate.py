@@ -40,10 +40,10 @@ from glom_viz import invariance
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, DataError
 from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth, pixel_patches
-from glom_viz.model import RELEASE, RELEASE_REACH, Glom
+from glom_viz.model import ALIKE, RELEASE, RELEASE_REACH, Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.runs import final_columns
-from glom_viz.scenes import EVAL_SEEDS, make_batch
+from glom_viz.scenes import CLIP_MIN_SPEED, CLIP_SPEED, EVAL_SEEDS, make_batch
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED = SHIPPED_CHECKPOINT  # the default --checkpoint
@@ -301,13 +301,14 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
         iters: int | None = None, baselines: bool = True, outlines: bool = False, auto: bool = False,
         translation: bool = False, shift: int = invariance.SHIFT, sequences: bool = False,
         clips: int = invariance.CLIPS, frames: int = invariance.CLIP_FRAMES, release: float = RELEASE,
-        reach: int = RELEASE_REACH) -> dict:
+        reach: int = RELEASE_REACH, alike: float | None = ALIKE, max_speed: float = CLIP_SPEED) -> dict:
     """The full evaluation of a checkpoint on `scenes` held-out scenes from `seed` on, with baselines;
     with `outlines`, also ``outline_errors`` at the best object level; with `auto`, also the islands
     found with no count given (``auto_count``); with `translation`, also the shift test
     (``invariance.translation``, `shift` patches); with `sequences`, also the clip test
-    (``invariance.sequences``, `clips` clips of `frames` frames, the state carried as it is and let go
-    where the picture changed, ``Glom.let_go`` with `release` and `reach`)."""
+    (``invariance.sequences``, `clips` clips of `frames` frames, objects gliding up to `max_speed` px a
+    frame, the state carried as it is and let go where the picture changed, ``Glom.let_go`` with
+    `release`, `reach` and `alike`)."""
     if scenes < 1:
         raise ConfigError(f"evaluate at least one scene, got --scenes {scenes}")
     model = load_model(checkpoint)
@@ -324,6 +325,12 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
                           f"> 0 (pixels in [0, 1]), got {release}")
     if sequences and reach < 0:
         raise ConfigError(f"--reach counts the patches around a changed one that let go with it, 0 or more, got {reach}")
+    if sequences and alike is not None and not (math.isfinite(alike) and alike > 0):
+        raise ConfigError(f"--alike is the RMS pixel difference from which a column let go takes nothing of a still "
+                          f"neighbour's state, a number > 0 (0: every column let go starts afresh), got {alike}")
+    if sequences and not max_speed >= CLIP_MIN_SPEED:
+        raise ConfigError(f"--max-speed must be at least {CLIP_MIN_SPEED} px a frame for the objects to move, "
+                          f"got {max_speed}")
     images, objects, parts = make_batch(range(seed, seed + scenes), config.image_size)
 
     def denoiser_scenes(image_size: int):
@@ -336,8 +343,8 @@ def run(checkpoint: str | Path = SHIPPED, scenes: int = DEFAULT_SCENES, seed: in
     if translation:
         result["translation"] = invariance.translation(model, shift, scenes, seed=seed, iters=iters)
     if sequences:
-        result["sequences"] = invariance.sequences(model, clips, frames, seed=seed, iters=iters, release=release,
-                                                   reach=reach)
+        result["sequences"] = invariance.sequences(model, clips, frames, max_speed, seed=seed, iters=iters,
+                                                   release=release, reach=reach, alike=alike)
     result["scenes"] = {"count": scenes, "first_seed": seed, "image_size": config.image_size}
     result["checkpoint"] = str(checkpoint)
     return result
@@ -506,14 +513,19 @@ def table(result: dict) -> str:
         ways = ["carried"] + (["released"] if found.get("release") is not None else [])
         for way in ways:
             if way == "released":
+                start = ("afresh" if found.get("alike") is None else
+                         f"from the most alike still neighbour, up to an RMS difference of {found['alike']:g}")
                 lines.append(f"carried and let go where the picture changed (fully from an RMS change of "
-                             f"{found['release']:g}, {found['reach']} patch(es) around):")
+                             f"{found['release']:g}, {found['reach']} patch(es) around; starting {start}):")
             shown_as = way if way == "carried" else "let go"
-            lines.append(f"{'':>16} {'fresh':>8} {shown_as:>8} {'worst frame':>12}   {shown_as}, frame by frame")
+            lines.append(f"{'':>16} {'fresh':>8} {shown_as:>8} {'worst frame':>12} {'ARI: fresh':>11} {shown_as:>8}"
+                         f"   {shown_as}, frame by frame")
             for row in found["levels"]:
                 lines.append(f"{'level ' + str(row['level']):>16} {row['fresh_mean']:>8.3f} {row[way + '_mean']:>8.3f} "
-                             f"{row[way + '_worst_frame']:>12.3f}   " + " ".join(f"{v:.2f}" for v in row[way]))
-        lines.append(f"{'pixels':>16} {found['pixels']['mean']:>8.3f}")
+                             f"{row[way + '_worst_frame']:>12.3f} {row['fresh_ari_mean']:>11.3f} "
+                             f"{row[way + '_ari_mean']:>8.3f}   " + " ".join(f"{v:.2f}" for v in row[way]))
+        lines.append(f"{'pixels':>16} {found['pixels']['mean']:>8.3f} {'':>8} {'':>12} {found['pixels']['ari_mean']:>11.3f}")
+        lines.append("(FG-ARI over the objects' patches; ARI: over every patch, background included)")
     return "\n".join(lines)
 
 
@@ -566,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
                              "from this RMS pixel change on (pixels in [0, 1]), not at all up to half of it")
     parser.add_argument("--reach", type=int, default=RELEASE_REACH,
                         help="with --sequences, the patches around a changed one whose columns let go with it")
+    parser.add_argument("--alike", type=float, default=ALIKE,
+                        help="with --sequences, a column let go starts from the state of the most alike still "
+                             "column nearby, taking nothing of it from this RMS pixel difference between their "
+                             "patches on, all of it up to half of it; 0: every column let go starts afresh")
+    parser.add_argument("--max-speed", type=float, default=CLIP_SPEED,
+                        help="with --sequences, the fastest an object glides, px a frame along each axis")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -576,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = run(args.checkpoint, args.scenes, args.seed, args.iters, outlines=args.outlines,
                          auto=args.auto_count, translation=args.translation, shift=args.shift,
-                         sequences=args.sequences, clips=args.clips, frames=args.frames, release=args.release, reach=args.reach)
+                         sequences=args.sequences, clips=args.clips, frames=args.frames, release=args.release,
+                         reach=args.reach, alike=args.alike or None, max_speed=args.max_speed)
     except (ConfigError, CheckpointError, DataError) as error:
         print(f"evaluation stopped: {error}", file=sys.stderr)
         return 2

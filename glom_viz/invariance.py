@@ -10,7 +10,8 @@ on held-out scenes and on the photographs that scikit-learn and scikit-image shi
 **Sequences.** Clips in which every object glides at its own constant velocity (``scenes.make_clip``;
 training only ever sees two-frame jumps) are run three ways: each frame fresh, with the columns
 carried from frame to frame as they are (``levels=``, glom-pytorch's use for slow video), and carried
-but let go where the picture changed (``Glom.let_go``). Each frame's objects FG-ARI, per level.
+but let go where the picture changed (``Glom.let_go``: a column let go starts from its most alike still
+neighbour's state, or afresh). Each frame's objects FG-ARI, per level.
 Islands that move with their objects score at least as well carried as fresh.
 
 Both tests read ground truth for scoring only, never to make islands.
@@ -32,7 +33,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from glom_viz.errors import ConfigError
 from glom_viz.islands import fg_ari, find_islands, patch_truth
-from glom_viz.model import RELEASE, RELEASE_REACH, Glom
+from glom_viz.model import ALIKE, RELEASE, RELEASE_REACH, Glom
 from glom_viz.runs import final_columns
 from glom_viz.scenes import CLIP_FRAMES, CLIP_SPEED, EVAL_SEEDS, make_clip, make_scene
 
@@ -179,36 +180,42 @@ def clip_batch(seeds, frames: int, size: int, max_speed: float = CLIP_SPEED) -> 
 
 
 def carried_columns(model: Glom, images: torch.Tensor, iters: int | None = None,
-                    release: float | None = None, reach: int = RELEASE_REACH) -> np.ndarray:
+                    release: float | None = None, reach: int = RELEASE_REACH,
+                    alike: float | None = ALIKE) -> np.ndarray:
     """(clips, frames, 3, s, s) -> (clips, frames, patches, levels, dim): frame 0 fresh, every later
     frame continuing from the columns of the frame before it, `iters` steps each; with `release`, each
-    column first lets go of them as far as its patch changed (``Glom.let_go``)."""
+    column first lets go of them as far as its patch changed (``Glom.let_go`` with `reach` and `alike`)."""
     state, out = None, []
     for frame in range(images.shape[1]):
         if state is not None and release is not None:
             with torch.no_grad():
                 state = model.let_go(torch.from_numpy(state), images[:, frame - 1], images[:, frame], release,
-                                     reach).numpy()
+                                     reach, alike).numpy()
         state = final_columns(model, images[:, frame], iters, start=state)
         out.append(state)
     return np.stack(out, 1)
 
 
 def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters: int | None = None,
-                  release: float | None = RELEASE, reach: int = RELEASE_REACH) -> dict:
-    """Each frame's objects FG-ARI per level, fresh and with the state carried; with `release`, also
-    with the state carried and let go where a patch changed (``Glom.let_go``).
+                  release: float | None = RELEASE, reach: int = RELEASE_REACH, alike: float | None = ALIKE) -> dict:
+    """Each frame's objects FG-ARI per level (and the ARI over every patch, background included), fresh and
+    with the state carried; with `release`, also with the state carried and let go where a patch changed
+    (``Glom.let_go``).
 
     Args:
         model: a Glom; images: (clips, frames, 3, s, s); objects: (clips, frames, s, s) truth, for scoring.
         iters: settling steps per frame, fresh or carried alike (default the model's).
-        release, reach: as ``Glom.let_go`` takes them (the RMS pixel change from which a carried column
-            starts afresh, and the patches around a changed one that let go with it); release None: carried only.
+        release, reach, alike: as ``Glom.let_go`` takes them (the RMS pixel change from which a carried
+            column lets go fully, the patches around a changed one that let go with it, and the pixel
+            difference from which a column let go takes nothing of a still neighbour's state; None: it
+            starts afresh); release None: carried only.
 
     Returns:
         {"levels": [{"level", "fresh": [per frame], "carried": [per frame], "fresh_mean", "carried_mean",
-        "carried_worst_frame"}, with release also "released", "released_mean", "released_worst_frame"],
-        "pixels": {"fresh": [per frame]}, "frames": F, "clips": n, "release"}, FG-ARI means over clips.
+        "carried_worst_frame", "fresh_ari_mean", "carried_ari_mean"}, with release also "released",
+        "released_mean", "released_worst_frame", "released_ari_mean"], "pixels": {"fresh": [per frame], "mean",
+        "ari_mean"}, "frames": F, "clips": n, "release", "reach", "alike"}, FG-ARI means over clips; *_ari_mean:
+        the ARI over every patch, mean over frames.
     """
     clips, frames = images.shape[:2]
     if frames < 2:
@@ -218,28 +225,41 @@ def sequence_test(model: Glom, images: torch.Tensor, objects: np.ndarray, iters:
     fresh = fresh.reshape(clips, frames, *fresh.shape[1:])
     carried = {"carried": carried_columns(model, images, iters)}
     if release is not None:
-        carried["released"] = carried_columns(model, images, iters, release, reach)
+        carried["released"] = carried_columns(model, images, iters, release, reach, alike)
     truths = [[patch_truth(objects[c, t], grid) for t in range(frames)] for c in range(clips)]
 
-    def per_frame(columns: np.ndarray, level: int) -> list[float]:
-        return [float(np.nanmean([_fg_ari(truths[c][t], find_islands(columns[c, t, :, level], grid, "kmeans",
-                                                                     n_islands=len(np.unique(truths[c][t])), seed=c))
-                                  for c in range(clips)])) for t in range(frames)]
+    def per_frame(columns: np.ndarray, level: int) -> tuple[list[float], list[float]]:
+        """(FG-ARI, ARI over every patch) per frame, means over clips."""
+        labels = [[find_islands(columns[c, t, :, level], grid, "kmeans", n_islands=len(np.unique(truths[c][t])),
+                                seed=c) for t in range(frames)] for c in range(clips)]
+        return _per_frame_scores(truths, labels)
 
     levels = []
     for level in range(fresh.shape[3]):
-        row = {"level": level, "fresh": per_frame(fresh, level)}
-        row["fresh_mean"] = float(np.mean(row["fresh"]))
-        for name, columns in carried.items():
-            row[name] = per_frame(columns, level)
-            row.update({f"{name}_mean": float(np.mean(row[name])), f"{name}_worst_frame": float(np.min(row[name]))})
+        row = {"level": level}
+        for name, columns in {"fresh": fresh, **carried}.items():
+            row[name], every_patch = per_frame(columns, level)
+            row.update({f"{name}_mean": float(np.mean(row[name])), f"{name}_ari_mean": float(np.mean(every_patch))})
+            if name != "fresh":
+                row[f"{name}_worst_frame"] = float(np.min(row[name]))
         levels.append(row)
     pixels = pixel_vectors(images.flatten(0, 1).numpy(), model.config.patch_size).reshape(clips, frames, grid[0] * grid[1], -1)
-    by_pixels = [float(np.nanmean([_fg_ari(truths[c][t], pixel_islands(pixels[c, t], len(np.unique(truths[c][t])), c))
-                                   for c in range(clips)])) for t in range(frames)]
-    return {"levels": levels, "pixels": {"fresh": by_pixels, "mean": float(np.mean(by_pixels))},
+    by_pixels, every_patch = _per_frame_scores(truths, [[pixel_islands(pixels[c, t], len(np.unique(truths[c][t])), c)
+                                                        for t in range(frames)] for c in range(clips)])
+    return {"levels": levels, "pixels": {"fresh": by_pixels, "mean": float(np.mean(by_pixels)),
+                                         "ari_mean": float(np.mean(every_patch))},
             "frames": frames, "clips": clips, "release": release,
-            "reach": None if release is None else reach}
+            "reach": None if release is None else reach, "alike": None if release is None else alike}
+
+
+def _per_frame_scores(truths: list, labels: list) -> tuple[list[float], list[float]]:
+    """truths and labels [clip][frame] (patches,) -> per frame, means over clips: FG-ARI (objects only) and
+    ARI over every patch (background included: it sees an island that takes in background)."""
+    frames = range(len(truths[0]))
+    objects = [float(np.nanmean([_fg_ari(truth[t], label[t]) for truth, label in zip(truths, labels)])) for t in frames]
+    every = [float(np.mean([adjusted_rand_score(truth[t], label[t]) for truth, label in zip(truths, labels)]))
+             for t in frames]
+    return objects, every
 
 
 def _fg_ari(truth: np.ndarray, labels: np.ndarray) -> float:
@@ -249,11 +269,11 @@ def _fg_ari(truth: np.ndarray, labels: np.ndarray) -> float:
 
 def sequences(model: Glom, clips: int = CLIPS, frames: int = CLIP_FRAMES, max_speed: float = CLIP_SPEED,
               seed: int = EVAL_SEEDS.start, iters: int | None = None, release: float | None = RELEASE,
-              reach: int = RELEASE_REACH) -> dict:
+              reach: int = RELEASE_REACH, alike: float | None = ALIKE) -> dict:
     """The sequence test on `clips` held-out clips from `seed`: ``sequence_test``'s result, with "max_speed"."""
     if clips < 1:
         raise ConfigError(f"the sequence test needs at least one clip, got {clips}")
     if frames < 2:
         raise ConfigError(f"a clip needs at least 2 frames to carry the state from one to the next, got {frames}")
     images, objects = clip_batch(range(seed, seed + clips), frames, model.config.image_size, max_speed)
-    return {**sequence_test(model, images, objects, iters, release, reach), "max_speed": max_speed}
+    return {**sequence_test(model, images, objects, iters, release, reach, alike), "max_speed": max_speed}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from glom_viz.errors import GlomInputError
-from glom_viz.model import CONTRIBUTIONS, RELEASE, RELEASE_REACH, Glom, precision_context, run_path
+from glom_viz.model import ALIKE, CONTRIBUTIONS, RELEASE, RELEASE_REACH, Glom, precision_context, run_path
 
 # the stored states: float16 halves a run's memory, and float32 serves where a value would overflow it
 STATES_DTYPE = np.float16
@@ -99,7 +99,7 @@ def _start_levels(start, model: Glom) -> torch.Tensor | None:
 
 
 def _continued(model: Glom, image: torch.Tensor, start, before: torch.Tensor | None, release: float | None,
-               reach: int) -> torch.Tensor | None:
+               reach: int, alike: float | None = ALIKE) -> torch.Tensor | None:
     """The (1, N, L, D) columns ``image`` (1, 3, S, S) starts from: `start`'s, let go as far as the picture
     changed from `before` where `release` is given (``Glom.let_go``); None starts fresh."""
     levels = _start_levels(start, model)
@@ -108,7 +108,7 @@ def _continued(model: Glom, image: torch.Tensor, start, before: torch.Tensor | N
     if before is None:
         raise GlomInputError("letting carried columns go (release) needs the picture they settled on: pass before")
     with torch.no_grad():
-        return model.let_go(levels, _batched(before).to(image.device), image, release, reach)
+        return model.let_go(levels, _batched(before).to(image.device), image, release, reach, alike)
 
 
 def compact(states: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -128,8 +128,9 @@ def compact(states: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
 
 
 def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=None, before: torch.Tensor | None = None,
-        release: float | None = None, reach: int = RELEASE_REACH, precision: str = "fp32",
-        progress: Progress | None = None, on_step: Callable[[int, np.ndarray], None] | None = None) -> Run:
+        release: float | None = None, reach: int = RELEASE_REACH, alike: float | None = ALIKE,
+        precision: str = "fp32", progress: Progress | None = None,
+        on_step: Callable[[int, np.ndarray], None] | None = None) -> Run:
     """Step ``model`` over one picture and keep every step.
 
     Args:
@@ -138,9 +139,11 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
         iters: GLOM iterations; default the model's 2 * levels.
         start: columns to continue from, (N, L, D) or a previous frame's ``Run``; None starts fresh.
         before: with `start` and `release`, the picture the start columns settled on, shaped like `image`.
-        release, reach: with `start`, each column lets go of its carried state as far as the patches within
-            `reach` of its own changed from `before` (``Glom.let_go``: fully from an RMS pixel change of
-            `release` on); release None carries every column as it is (glom-pytorch's ``levels=``).
+        release, reach, alike: with `start`, each column lets go of its carried state as far as the patches
+            within `reach` of its own changed from `before` (``Glom.let_go``: fully from an RMS pixel change
+            of `release` on), starting from the state of the most alike still column nearby (`alike`: the
+            difference from which it takes nothing of it; None: from the fresh start); release None
+            carries every column as it is (glom-pytorch's ``levels=``).
         precision: "fp32" (exact) or "fast" (see ``glom_viz.model.run_path`` for what runs).
         progress: called as progress(step, iters) after every step.
         on_step: called as on_step(step, columns) with each step's (N, L, D) float32 columns as they come (a
@@ -151,7 +154,7 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
     """
     device = _device_of(model)
     image = _batched(image).to(device)
-    levels = _continued(model, image, start, before, release, reach)
+    levels = _continued(model, image, start, before, release, reach, alike)
     iters = model.config.levels * 2 if iters is None else int(iters)
     path = run_path(model.config.dim, precision, device.type)
     steps = []
@@ -170,11 +173,11 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
 
 
 def run_sequence(model: Glom, images: Sequence[torch.Tensor], iters: int | None = None, *,
-                 release: float | None = RELEASE, reach: int = RELEASE_REACH, precision: str = "fp32",
-                 progress: Callable[[int, int, int], None] | None = None) -> list[Run]:
+                 release: float | None = RELEASE, reach: int = RELEASE_REACH, alike: float | None = ALIKE,
+                 precision: str = "fp32", progress: Callable[[int, int, int], None] | None = None) -> list[Run]:
     """``run`` over frames in order, each starting from the previous frame's final columns, which let go
-    where the picture changed (``Glom.let_go``, so that islands move with their objects); release None
-    carries them as they are.
+    where the picture changed (``Glom.let_go``, so that islands move with their objects: a column let go starts
+    from its most alike still neighbour's state, or afresh); release None carries them as they are.
 
     progress, if given, is called as progress(frame, step, iters). Raises GlomInputError where a frame's
     columns became NaN or Inf before the last frame (the next cannot start from them).
@@ -184,7 +187,7 @@ def run_sequence(model: Glom, images: Sequence[torch.Tensor], iters: int | None 
         report = None if progress is None else (lambda step, total, index=index: progress(index, step, total))
         runs.append(run(model, image, iters, start=runs[-1] if runs else None,
                         before=images[index - 1] if index else None, release=release, reach=reach,
-                        precision=precision,
+                        alike=alike, precision=precision,
                         progress=report))
     return runs
 
@@ -205,9 +208,10 @@ def final_columns(model: Glom, images: torch.Tensor, iters: int | None = None, *
 
 
 def probe_column(model: Glom, image: torch.Tensor, step: int, *, start=None, before: torch.Tensor | None = None,
-                 release: float | None = None, reach: int = RELEASE_REACH, precision: str = "fp32") -> ColumnProbe:
+                 release: float | None = None, reach: int = RELEASE_REACH, alike: float | None = ALIKE,
+                 precision: str = "fp32") -> ColumnProbe:
     """Rerun GLOM to ``step`` (>= 1) keeping that step's attention and each contribution's pull; `start`,
-    `before`, `release` and `reach` as ``run`` takes them.
+    `before`, `release`, `reach` and `alike` as ``run`` takes them.
 
     The update is new = sum_c w_c c with the weights w_c summing to one per level, so
     new - previous = sum_c w_c (c - previous): a contribution's pull is w_c |c - previous|.
@@ -216,7 +220,7 @@ def probe_column(model: Glom, image: torch.Tensor, step: int, *, start=None, bef
         raise GlomInputError(f"step {step} has no contributions: step 0 is the initial state; pick 1 or more")
     device = _device_of(model)
     image = _batched(image).to(device)
-    levels = _continued(model, image, start, before, release, reach)
+    levels = _continued(model, image, start, before, release, reach, alike)
     with torch.inference_mode(), precision_context(precision, device.type):
         for last in model.iterate(image, step, levels, contributions=True, attention=True):
             pass

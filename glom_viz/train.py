@@ -188,6 +188,9 @@ class TrainConfig(ModelFields):
     # the continuation path: this share of each batch's scenes is shown as the scene's second frame, its
     # columns continuing from those settled on the first frame (no gradient through the first)
     carry_share: float = 0.0
+    # ...carried as they are (0), or let go where the clean frames differ, fully from this RMS pixel change
+    # on (``Glom.let_go`` with its default reach and alike), as sequences run them
+    carry_release: float = 0.0
     # shift consistency: 1 - cosine between the columns of the first view and of that view moved by up to
     # max_view_shift whole patches (each axis, never both zero), over the patches both show, at
     # shift_levels (empty: every level)
@@ -301,6 +304,11 @@ class TrainConfig(ModelFields):
         if not 0 <= self.carry_share <= 1:
             raise ConfigError(f"carry_share is the share of scenes continued from their first frame, in [0, 1], "
                               f"got {self.carry_share}")
+        if not (math.isfinite(self.carry_release) and self.carry_release >= 0):
+            raise ConfigError(f"carry_release is the RMS pixel change from which a carried column lets go, 0 "
+                              f"(carried as it is) or more, got {self.carry_release}")
+        if self.carry_release > 0 and self.carry_share == 0:
+            raise ConfigError("carry_release lets carried columns go, but no scene is carried: set carry_share > 0")
         if self.carry_share > 0 and self.max_shift < MIN_SHIFT_GAP:
             raise ConfigError(f"carry_share needs objects that move between the frames: max_shift at least "
                               f"{MIN_SHIFT_GAP} px, got {self.max_shift}")
@@ -371,16 +379,21 @@ class Learner(nn.Module):
         from the initial state or continuing from `start` (b, patches, levels, dim)."""
         return self.glom(noisy, iters=iters or self.config.iters, levels=start)
 
-    def continued_from(self, before: torch.Tensor, carried: torch.Tensor, iters: int | None = None) -> torch.Tensor:
+    def continued_from(self, before: torch.Tensor, carried: torch.Tensor, iters: int | None = None,
+                       frames: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The start of every scene: (b, 3, s, s) noisy first frames and (b,) bool -> (b, patches, levels, dim),
         the columns settled on the first frame where carried (no gradient flows back through that frame),
-        the model's initial state elsewhere."""
+        the model's initial state elsewhere; with `frames` (the clean first and second frames, (b, 3, s, s)
+        each), carried columns let go where those differ (``Glom.let_go`` from config.carry_release on)."""
         glom = self.glom
         start = glom.init_levels[None, None].expand(len(before), glom.num_patches, *glom.init_levels.shape)
         if not carried.any():
             return start
         with torch.no_grad():
             settled = self.columns(before[carried], iters)
+            if frames is not None:
+                first, second = frames
+                settled = glom.let_go(settled, first[carried], second[carried], self.config.carry_release)
         start = start.clone()
         start[carried] = settled.to(start.dtype)
         return start
@@ -392,12 +405,13 @@ class Learner(nn.Module):
         """images (b, 3, s, s) clean; views: one or two (noisy images, masked patches); groups: for the
         "motion" and "similarity" terms, (b, patches) each patch's group (-1: none); iters: settling
         steps (default config.iters); decoder_only: the reconstruction sends the GLOM no gradient;
-        before: (noisy first frames (b, 3, s, s), carried (b,) bool) for the continuation path: carried
-        scenes' columns start from those settled on their first frame; moved: (the first view moved
+        before: (noisy first frames (b, 3, s, s), carried (b,) bool[, clean first frames, clean second
+        frames]) for the continuation path: carried scenes' columns start from those settled on their first
+        frame (let go where the clean frames differ, when they are given); moved: (the first view moved
         (b, 3, s, s), its shift (b, 2) in patches) for shift consistency -> named losses."""
         c = self.config
         losses = {}
-        start = None if before is None else self.continued_from(*before, iters)
+        start = None if before is None else self.continued_from(before[0], before[1], iters, before[2:] or None)
         states = [self.columns(noisy, iters, start) for noisy, _ in views]
         recon = torch.zeros((), device=images.device)
         for (_, masked), columns in zip(views, states):
@@ -943,6 +957,8 @@ class Trainer:
             noise, masked = draw_first_frames(c, step)
             extras["before"] = (corrupt(before, noise[share], masked[share], c.patch_size).to(self.device),
                                 torch.from_numpy(carried).to(self.device))
+            if c.carry_release > 0:  # the let-go compares the clean frames: the views' noise is no change
+                extras["before"] += (before.to(self.device), images.to(self.device))
         views = [(corrupt(images, noise[share], masked[share], c.patch_size), masked[share])
                  for noise, masked in draw_views(c, step)]
         if c.shift_weight > 0:

@@ -105,6 +105,15 @@ def download(page, label: str) -> bytes:
         return file.read()
 
 
+def export(page, label: str) -> bytes:
+    """A file from the viewer's Export popover: opened, the download clicked, closed again."""
+    page.locator("[data-testid='stPopover']").filter(has_text="Export").get_by_role("button").click()
+    data = download(page, label)
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name=label).wait_for(state="hidden", timeout=WAIT_MS)
+    return data
+
+
 def labels_from_csv(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     labels = np.full(shape, -2, dtype=np.int64)
     for row in csv.DictReader(io.StringIO(data.decode())):
@@ -143,9 +152,9 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
             wait_for_islands(page, "astronaut.png", step=step, level=level)
             assert legend(page) == expected_legend(photo[step, level])
 
-        exported = labels_from_csv(download(page, "Labels CSV"), photo.shape)
+        exported = labels_from_csv(export(page, "Labels CSV"), photo.shape)
         np.testing.assert_array_equal(exported, photo)
-        bundle = zipfile.ZipFile(io.BytesIO(download(page, "Bundle (zip)")))
+        bundle = zipfile.ZipFile(io.BytesIO(export(page, "Bundle (zip)")))
         manifest = json.loads(bundle.read("manifest.json"))
         assert manifest["image_sha256"] == hashlib.sha256(photo_png).hexdigest()
         assert manifest["step"] == last - 2 and manifest["level"] == level
@@ -214,7 +223,7 @@ def test_sessions_at_once_each_get_what_they_would_alone(app_server, browser, ph
         # unreferenced, and two script runs ending in any session delete it, so a file made while
         # the other sessions still compute can vanish before the browser fetches it (docs/LIMITS.md)
         for page, (name, labels) in zip(pages, expected.items()):
-            np.testing.assert_array_equal(labels_from_csv(download(page, "Labels CSV"), labels.shape), labels)
+            np.testing.assert_array_equal(labels_from_csv(export(page, "Labels CSV"), labels.shape), labels)
         # the photo uploaded in the third session is nowhere in the others
         for page in pages[:2]:
             page.locator("[data-testid='stSelectbox']").filter(has_text="Image").first.click()
@@ -439,7 +448,7 @@ def test_a_new_visitors_walk(walk_server, browser, tmp_path):
         assert fits(level_control) == [] and fits(page.get_by_role("button", name=re.compile("Play"))) == []
 
         # the bundle says what it was made from: the picture's full sha256 and no seed for a checkpoint
-        manifest = json.loads(zipfile.ZipFile(io.BytesIO(download(page, "Bundle (zip)"))).read("manifest.json"))
+        manifest = json.loads(zipfile.ZipFile(io.BytesIO(export(page, "Bundle (zip)"))).read("manifest.json"))
         scene = scene_rgb(0, model.config.image_size)
         assert manifest["image_sha256"] == hashlib.sha256(np.ascontiguousarray(scene).tobytes()).hexdigest()
         assert "seed" not in manifest and "model_seed" not in manifest and manifest["islands_seed"] == 0
@@ -450,7 +459,7 @@ def test_a_new_visitors_walk(walk_server, browser, tmp_path):
         level_control.get_by_role("radio", name="all levels").click()
         page.get_by_text(re.compile(r"scene 1 · all levels · step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
         if find_browser() is not None:
-            exported = Image.open(io.BytesIO(download(page, "Figure PNG")))
+            exported = Image.open(io.BytesIO(export(page, "Figure PNG")))
             tile = render.ROW_TILE_PX
             assert exported.width >= 2 * levels * tile and exported.height >= 2 * tile, exported.size
 

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 from glom_viz.errors import ConfigError
 from glom_viz.evaluate import main
 from glom_viz.invariance import (carried_columns, clip_batch, photograph_pairs, scene_pairs, sequence_test,
                                  shared_patches, shift_agreement, translation, translation_pairs, translation_test)
+from glom_viz.islands import find_islands, patch_truth
 from glom_viz.model import Glom
 from glom_viz.runs import final_columns
 from glom_viz.scenes import EVAL_SEEDS
@@ -106,6 +108,17 @@ def test_the_sequence_test_scores_every_frame_and_refuses_a_clip_of_one_frame():
         # frame 0 is fresh either way
         assert row["carried"][0] == pytest.approx(row["fresh"][0])
     assert len(result["pixels"]["fresh"]) == 3
+    # the ARI over every patch, background included, as a direct computation gives it
+    fresh = final_columns(model, images.flatten(0, 1), 2).reshape(2, 3, 64, 3, 16)
+    for row in result["levels"]:
+        direct = []
+        for c in range(2):
+            for t in range(3):
+                truth = patch_truth(objects[c, t], model.grid)
+                labels = find_islands(fresh[c, t, :, row["level"]], model.grid, "kmeans",
+                                      n_islands=len(np.unique(truth)), seed=c)
+                direct.append(adjusted_rand_score(truth, labels))
+        assert row["fresh_ari_mean"] == pytest.approx(np.mean(direct))
     with pytest.raises(ConfigError, match="at least 2 frames"):
         sequence_test(model, images[:, :1], objects[:, :1])
 
@@ -133,3 +146,7 @@ def test_the_command_refuses_a_shift_that_shares_nothing_and_a_clip_of_one_frame
     assert "at least 2 frames" in capsys.readouterr().err
     assert main(["--scenes", "2", "--sequences", "--release", "0"]) == 2
     assert "--release is the RMS pixel change" in capsys.readouterr().err
+    assert main(["--scenes", "2", "--sequences", "--alike", "-0.05"]) == 2
+    assert "--alike is the RMS pixel difference" in capsys.readouterr().err
+    assert main(["--scenes", "2", "--sequences", "--max-speed", "0.1"]) == 2
+    assert "--max-speed must be at least" in capsys.readouterr().err

@@ -692,6 +692,65 @@ def test_letting_go_keeps_unchanged_columns_and_starts_changed_ones_afresh():
         model.let_go(settled, before, after, 0.1, reach=-1)
 
 
+def test_alike_neighbours_agrees_with_a_direct_search():
+    torch.manual_seed(1)
+    image = torch.rand(2, 3, 24, 24)  # a 6 x 6 grid of 4 px patches
+    allowed = torch.rand(2, 36) < 0.4
+    allowed[1, :] = False
+    allowed[1, 35] = True  # image 1: one allowed patch, out of reach of most
+    for radius in (1, 2):
+        index, difference = glom_model.alike_neighbours(image, allowed, 4, radius)
+        pixels = image.unfold(2, 4, 4).unfold(3, 4, 4)  # (b, 3, 6, 6, 4, 4)
+        for b in range(2):
+            for patch in range(36):
+                row, col = divmod(patch, 6)
+                best, best_index = float("inf"), patch
+                for other in range(36):
+                    r, c = divmod(other, 6)
+                    if allowed[b, other] and max(abs(r - row), abs(c - col)) <= radius:
+                        rms = (pixels[b, :, row, col] - pixels[b, :, r, c]).square().mean().sqrt().item()
+                        if rms < best:
+                            best, best_index = rms, other
+                assert index[b, patch].item() == best_index, (b, patch, radius)
+                if best == float("inf"):
+                    assert torch.isinf(difference[b, patch])
+                else:
+                    assert difference[b, patch].item() == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+def test_a_column_let_go_starts_from_the_most_alike_still_column_nearby():
+    torch.manual_seed(0)
+    model = Glom(dim=16, levels=3, image_size=32, patch_size=4).eval()
+    before = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        settled = model(before, iters=3)
+        after = before.clone()
+        # patch (1, 2) now shows what the still patch (1, 4) shows: two patches on, beyond the ring let go
+        after[:, :, 4:8, 8:12] = before[:, :, 4:8, 16:20]
+        carried = model.let_go(settled, before, after, 0.1, reach=1)
+        assert torch.equal(carried[0, 1 * 8 + 2], settled[0, 1 * 8 + 4])
+        # the rest of the ring let go looks like no still column: it starts afresh, the still ones keep theirs
+        ring = [r * 8 + c for r in range(3) for c in range(1, 4) if (r, c) != (1, 2)]
+        assert torch.equal(carried[0, ring], model.init_levels.expand(len(ring), 3, 16))
+        kept = torch.ones(64, dtype=torch.bool)
+        kept[ring + [1 * 8 + 2]] = False
+        assert torch.equal(carried[0, kept], settled[0, kept])
+        # told to start afresh, it does
+        afresh = model.let_go(settled, before, after, 0.1, reach=1, alike=None)
+        assert torch.equal(afresh[0, 1 * 8 + 2], model.init_levels)
+        # between half of `alike` and `alike`, the start blends linearly from the still column's state
+        after[:, :, 4:8, 8:12] += 0.0375  # RMS 0.0375 from patch (1, 4): midway between 0.025 and 0.05
+        halfway = model.let_go(settled, before, after, 0.1, reach=1, alike=0.05)
+        assert torch.allclose(halfway[0, 1 * 8 + 2], 0.5 * settled[0, 1 * 8 + 4] + 0.5 * model.init_levels,
+                              atol=1e-5)
+        # an unchanged frame keeps every column exactly, whatever alike is
+        for alike in (0.05, 1.0, None):
+            assert torch.equal(model.let_go(settled, before, before, 0.1, alike=alike), settled)
+    for alike in (0, -0.05, float("nan")):
+        with pytest.raises(GlomInputError, match="alike"):
+            model.let_go(settled, before, after, 0.1, alike=alike)
+
+
 @pytest.mark.skipif(not glom_model.onednn_is_available(), reason="this torch or CPU has no oneDNN bf16 kernels")
 def test_onednn_packed_nets_compute_the_batched_bf16_nets():
     torch.manual_seed(0)

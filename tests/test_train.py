@@ -126,6 +126,8 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(carry_share=1.5), "carry_share"),
     (dict(carry_share=0.5, max_shift=1), "max_shift"),
     (dict(carry_share=0.5, data="."), "carry_share continues the built-in moving scenes"),
+    (dict(carry_share=0.5, carry_release=-0.1), "carry_release is the RMS pixel change"),
+    (dict(carry_release=0.1), "no scene is carried"),
     (dict(shift_weight=-1.0), "shift_weight"),
     (dict(shift_weight=1.0, max_view_shift=8), "max_view_shift must be between 1 and 7"),
     (dict(shift_levels=(3,)), "shift_levels must lie"),
@@ -668,6 +670,17 @@ def test_carried_scenes_are_seen_as_their_second_frame_continuing_from_the_first
     assert torch.equal(start[~shown], trainer.model.init_levels.detach().expand_as(start[~shown]))
     losses = trainer.compute_losses(0)
     assert torch.isfinite(losses["total"])
+    # told to let go, carried columns let go where the clean frames differ, as Glom.let_go does it
+    trainer = Trainer(tiny(**MOTION, **SIMILARITY, carry_share=0.5, carry_release=0.1, batch_size=8, scenes=6))
+    images, views, groups, extras = trainer.shard(0)
+    before, shown, first, second = extras["before"]
+    assert torch.equal(second, images) and not torch.equal(first[shown], second[shown])
+    start = trainer.learner.continued_from(before, shown, 3, (first, second))
+    with torch.no_grad():
+        let_go = trainer.model.let_go(trainer.model(before[shown], iters=3), first[shown], second[shown], 0.1)
+    torch.testing.assert_close(start[shown], let_go)
+    assert not torch.allclose(start[shown], trainer.learner.continued_from(before, shown, 3)[shown])
+    assert torch.isfinite(trainer.compute_losses(0)["total"])
     # shift consistency enters the total at its weight, beside the other terms
     trainer = Trainer(tiny(**MOTION, carry_share=0.5, shift_weight=2.0, max_view_shift=2, steps=3))
     losses = trainer.compute_losses(0)

@@ -24,6 +24,7 @@ from glom_viz.text import plain, plain_html, plain_name
 OVERLAY_FORMAT = "JPEG"
 LEGEND_CHIP_PX = 14
 MODEL_INPUT_PX = 96  # the model's input beside the legend
+METRIC_PX = 110  # a measure's label and its help icon on one line; three to a row beside the overlay
 
 
 def legend_html(ids: np.ndarray, counts: np.ndarray) -> str:
@@ -79,17 +80,18 @@ def view(context: ViewContext):
         hint = islands.islands_hint(level_labels, settings.method, **dict(settings.params))
         if hint:
             st.info(hint, icon=":material/tune:")
-        metrics = st.columns(3)
-        metrics[0].metric("in-island cos", fmt(now.get("within_cosine")),
-                          help="Mean cosine of each column to its island's mean direction")
-        metrics[1].metric("neighbours", fmt(now.get("neighbour_agreement")),
-                          help="Mean cosine between neighbouring columns")
-        metrics[2].metric("change", fmt(now.get("change")), help="Mean 1 - cosine to the previous step")
+        # one row that wraps, not a grid of columns: fewer blocks for the browser to draw on every scrub
+        metrics = st.container(horizontal=True, gap="small")
+        metrics.metric("in-island cos", fmt(now.get("within_cosine")), width=METRIC_PX,
+                       help="Mean cosine of each column to its island's mean direction")
+        metrics.metric("neighbours", fmt(now.get("neighbour_agreement")), width=METRIC_PX,
+                       help="Mean cosine between neighbouring columns")
+        metrics.metric("change", fmt(now.get("change")), width=METRIC_PX, help="Mean 1 - cosine to the previous step")
         if truth_name is not None:
-            scores = st.columns(3)
-            scores[0].metric("ARI", fmt(now.get("ari")), help=f"Adjusted Rand index against {truth_name}")
-            scores[1].metric("FG-ARI", fmt(now.get("fg_ari")),
-                             help=f"ARI against {truth_name} over the patches that are not background")
+            metrics.metric("ARI", fmt(now.get("ari")), width=METRIC_PX,
+                           help=f"Adjusted Rand index against {truth_name}")
+            metrics.metric("FG-ARI", fmt(now.get("fg_ari")), width=METRIC_PX,
+                           help=f"ARI against {truth_name} over the patches that are not background")
         st.divider()
         model_input(context)
     return lambda: render.island_map_figure(frame.display, level_labels, grid,
