@@ -172,7 +172,9 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
         page.evaluate("""() => {
             window.stepsShown = [];
             new MutationObserver(() => {
-                for (const match of document.body.innerText.matchAll(/ · step (\\d+) · drawn in/g)) {
+                // only elements of the current run: Streamlit keeps the last run's faded beside them meanwhile
+                const current = [...document.querySelectorAll('[data-testid="stElementContainer"]:not([data-stale="true"])')];
+                for (const match of current.map(e => e.innerText).join("\\n").matchAll(/ · step (\\d+) · drawn in/g)) {
                     const step = Number(match[1]);
                     if (window.stepsShown.at(-1) !== step) window.stepsShown.push(step);
                 }
