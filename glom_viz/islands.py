@@ -629,14 +629,11 @@ def _by_size(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def find_islands_all_levels(states, grid, *, match_levels: bool = True, clustered=None, **settings) -> np.ndarray:
+def find_islands_all_levels(states, grid, *, match_levels: bool = True, **settings) -> np.ndarray:
     """find_islands on every level: states (T, N, L, D) -> labels (T, L, N). Same keywords as find_islands.
 
     match_levels: match each level's ids to the level above's (``align_levels``), so that an island
     that spans levels keeps one id (and colour) at all of them; ids stay stable across steps.
-    clustered: step -> (L, N) labels that ``cluster_step`` found for that step of these states with these
-    settings (say while GLOM ran the next steps); only the other steps are clustered here, then all are
-    aligned. The result is the same as without them. space="vectors" only (a UMAP space embeds all steps at once).
     """
     vectors = as_array(states, "states")
     if vectors.ndim != 4:
@@ -646,36 +643,9 @@ def find_islands_all_levels(states, grid, *, match_levels: bool = True, clustere
         )
     if vectors.shape[2] == 0:
         raise StatesError("states have no levels (shape (steps, patches, 0, dim)): pass at least one level")
-    steps, n_patches, n_levels, _ = vectors.shape
-    clustered = dict(clustered or {})
-    if clustered and settings.get("space", "vectors") != "vectors":
-        raise StatesError("steps clustered beforehand serve space='vectors' only: a UMAP space embeds every step "
-                          "at once, so pass clustered=None")
-    if any(not 0 <= int(t) < steps or np.shape(found) != (n_levels, n_patches) for t, found in clustered.items()):
-        raise StatesError(f"clustered maps a step in 0..{steps - 1} to its labels ({n_levels}, {n_patches}) "
-                          f"from cluster_step, one row per level")
-    align = settings.pop("align", True)
-    todo = [t for t in range(steps) if t not in clustered]
-    labels = np.empty((steps, n_levels, n_patches), dtype=np.int64)
-    for t, found in clustered.items():
-        labels[int(t)] = found
-    for level in range(n_levels):
-        if todo:
-            labels[todo, level] = find_islands(vectors[todo, :, level], grid, align=False, **settings)
-        if align:
-            labels[:, level] = align_islands(labels[:, level])
+    per_level = [find_islands(vectors[:, :, level], grid, **settings) for level in range(vectors.shape[2])]
+    labels = np.stack(per_level, axis=1)
     return align_levels(labels) if match_levels else labels
-
-
-def cluster_step(columns, grid, **settings) -> np.ndarray:
-    """One step's islands at every level, before ids are matched across steps and levels: columns (N, L, D)
-    -> labels (L, N), what ``find_islands_all_levels(clustered=...)`` takes for the steps found so far.
-    Same keywords as find_islands; space="vectors" only."""
-    vectors = as_array(columns, "columns")
-    if vectors.ndim != 3:
-        raise StatesError(f"columns have shape {tuple(vectors.shape)}: pass one step's (patches, levels, dim)")
-    settings = {**settings, "align": False}
-    return np.stack([find_islands(vectors[:, level], grid, **settings) for level in range(vectors.shape[1])])
 
 
 def align_levels(labels) -> np.ndarray:

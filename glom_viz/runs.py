@@ -129,8 +129,7 @@ def compact(states: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
 
 def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=None, before: torch.Tensor | None = None,
         release: float | None = None, reach: int = RELEASE_REACH, alike: float | None = ALIKE,
-        precision: str = "fp32", progress: Progress | None = None,
-        on_step: Callable[[int, np.ndarray], None] | None = None) -> Run:
+        precision: str = "fp32", progress: Progress | None = None) -> Run:
     """Step ``model`` over one picture and keep every step.
 
     Args:
@@ -146,8 +145,6 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
             carries every column as it is (glom-pytorch's ``levels=``).
         precision: "fp32" (exact) or "fast" (see ``glom_viz.model.run_path`` for what runs).
         progress: called as progress(step, iters) after every step.
-        on_step: called as on_step(step, columns) with each step's (N, L, D) float32 columns as they come (a
-            view of what the run keeps: read, do not write).
 
     Returns:
         A ``Run``. Raises GlomInputError for a picture the model cannot take or a start that is not finite.
@@ -162,8 +159,6 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
     with torch.inference_mode(), precision_context(precision, device.type):
         for step in model.iterate(image, iters, levels):
             steps.append(step.levels[0].float().cpu().numpy())  # (N, L, D)
-            if on_step is not None:
-                on_step(step.step, steps[-1])
             if progress is not None:
                 progress(step.step, iters)
     seconds = time.perf_counter() - begun

@@ -29,7 +29,6 @@ from glom_viz.islands import (
     _silhouettes,
     align_checkpoints,
     align_islands,
-    cluster_step,
     compare_islands,
     fg_ari,
     find_islands,
@@ -236,27 +235,6 @@ def test_all_levels_stack_per_level_results(states):
         pairs = np.unique(np.stack([alone.ravel(), labels[:, level].ravel()]), axis=1)
         assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
     assert (labels[:, 2] == labels[0, 2, 0]).all()
-
-
-@pytest.mark.parametrize("method", ["kmeans", "threshold"])
-def test_steps_clustered_beforehand_give_the_islands_of_all_at_once(states, method):
-    by_level = np.stack([states, planted(seed=7), planted(seed=11)], axis=2)  # (T, N, L, D)
-    at_once = find_islands_all_levels(by_level, GRID, method=method)
-    for steps in ([0, 1], [2, STEPS - 1], list(range(STEPS))):
-        clustered = {t: cluster_step(by_level[t], GRID, method=method) for t in steps}
-        assert all(found.shape == (3, 64) for found in clustered.values())
-        np.testing.assert_array_equal(find_islands_all_levels(by_level, GRID, method=method, clustered=clustered),
-                                      at_once)
-
-
-def test_steps_clustered_beforehand_must_fit_the_states_and_their_space(states):
-    by_level = np.stack([states, planted(seed=7)], axis=2)
-    with pytest.raises(StatesError, match="one row per level"):
-        find_islands_all_levels(by_level, GRID, clustered={STEPS: np.zeros((2, 64), dtype=int)})
-    with pytest.raises(StatesError, match="one row per level"):
-        find_islands_all_levels(by_level, GRID, clustered={0: np.zeros((3, 64), dtype=int)})
-    with pytest.raises(StatesError, match="space='vectors' only"):
-        find_islands_all_levels(by_level, GRID, space="umap", clustered={0: cluster_step(by_level[0], GRID)})
 
 
 def test_an_island_spanning_levels_keeps_one_id_and_parts_take_new_ones():
