@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from explorer.derived import FrameIslands
 from explorer.models import LoadedModel
 from explorer.pictures import Frame
 from explorer.running import RunLookup
@@ -43,16 +44,21 @@ class ViewContext:
     page: Page
     frame: Frame
     run: Run
-    labels: np.ndarray  # (T, L, N)
+    islands: FrameIslands
     step: int
     level: int | str  # a level, or ALL_LEVELS
     grid: tuple[int, int]
     truth_names: list[str]
 
     @property
+    def labels(self) -> np.ndarray:
+        """(T, L, N) the islands of every step and level (found on first use)."""
+        return self.islands.every_level()
+
+    @property
     def level_index(self) -> int:
         """The chosen level, or the top level when all levels are shown."""
-        return self.labels.shape[1] - 1 if self.level == ALL_LEVELS else int(self.level)
+        return self.islands.levels - 1 if self.level == ALL_LEVELS else int(self.level)
 
     @property
     def truth_name(self) -> str | None:

@@ -33,7 +33,8 @@ def stem_of(name: str) -> str:
 def all_measures(context: ViewContext) -> dict[int, list[dict]]:
     """level -> per-step measures, against the first ground truth."""
     run, labels = context.run, context.labels
-    return {level: level_measures(context.frame, run.states, labels, context.grid, level, context.truth_name)
+    return {level: level_measures(context.frame, run.states, labels[:, level], context.grid, level,
+                                  context.truth_name)
             for level in range(labels.shape[1])}
 
 

@@ -1,8 +1,8 @@
 """The viewer: a fragment under the header, so scrubbing steps, switching level or view only redraws it.
 
-It draws the controls (frame, step, play, level), finds the islands of the frame's run (cached), hands a
-``ViewContext`` to the chosen view (explorer.views), then the export row and a last line saying what is
-shown. Play runs on the fragment's own timer.
+It draws the controls (frame, step, play, level), finds the islands of the frame's run (cached: the shown
+level's first), hands a ``ViewContext`` to the chosen view (explorer.views), then the export row and a last
+line saying what is shown. Play runs on the fragment's own timer.
 """
 
 from __future__ import annotations
@@ -69,16 +69,22 @@ def viewer(page: Page) -> None:
                  f"{bad_level}, so no islands are drawn. This comes from the weights or an extreme input: try fp32 "
                  "precision, fewer iterations, or another checkpoint.")
         return
-    try:
-        labels = derived.labels_of(frame, run, page.island_settings, grid)
+    found = derived.FrameIslands(frame, run, page.island_settings, grid)
+    try:  # the shown level's islands (and the levels' above, whose ids its colours follow) before the rest
+        found.from_level(levels - 1 if level == ALL_LEVELS else level)
     except StatesError as error:
         st.error(f"Islands could not be found with these settings: {error}")
         return
 
     view = st.segmented_control("View", list(VIEWS), key=state.VIEW, required=True, default=next(iter(VIEWS)),
                                 label_visibility="collapsed")
-    context = ViewContext(page, frame, run, labels, step, level, grid, [name for name, _ in frame.truth])
+    context = ViewContext(page, frame, run, found, step, level, grid, [name for name, _ in frame.truth])
     figure = VIEWS[view](context)
+    try:  # every level, once the view is drawn: the exports hold them all
+        found.every_level()
+    except StatesError as error:
+        st.error(f"Islands could not be found with these settings: {error}")
+        return
     export_row(context, figure, view)
     # last on the page: when it shows this step, everything above it (the export buttons too) is current
     where = f"{plain_name(frame.picture.name)} · " + ("all levels" if level == ALL_LEVELS else f"level {level}")

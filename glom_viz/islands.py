@@ -654,7 +654,9 @@ def align_levels(labels) -> np.ndarray:
     One renaming per level, so ids stay stable across steps, decided by the last step, where the islands
     have settled (``match_islands(where=...)``): early steps split the columns of each level their own
     way. A part takes its whole's id where it is the whole's best match; other islands take ids no level
-    above uses.
+    above uses. A level's ids follow only itself and the levels above it: ``align_levels(labels[:, l:])``
+    equals ``align_levels(labels)[:, l:]``, so one level's islands can be found and drawn before the levels
+    below it, with the colours they have among all levels.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:

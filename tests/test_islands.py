@@ -29,6 +29,7 @@ from glom_viz.islands import (
     _silhouettes,
     align_checkpoints,
     align_islands,
+    align_levels,
     compare_islands,
     fg_ari,
     find_islands,
@@ -445,6 +446,15 @@ def test_alignment_properties(rows):
         steps = np.flatnonzero((aligned == island).any(axis=1))
         assert steps.max() - steps.min() + 1 == steps.size
         assert len(set(np.unique(labels[steps[0]][aligned[steps[0]] == island]))) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 10_000), st.data())
+def test_a_level_and_the_levels_above_it_get_the_ids_they_get_among_all_levels(steps, levels, seed, data):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(-1, 4, (steps, levels, 12))
+    level = data.draw(st.integers(0, levels - 1))
+    assert np.array_equal(align_levels(labels[:, level:]), align_levels(labels)[:, level:])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def all_levels(context: ViewContext):
     order = list(reversed(range(n_levels)))
     captions = [level_caption(labels[step, level], level, n_levels) for level in order]
     for level, column, caption in zip(order, st.columns(n_levels), captions):
-        column.image(derived.overlay(frame, labels, context.page.island_settings, grid, step, level),
+        column.image(derived.overlay(frame, labels[:, level], context.page.island_settings, grid, step, level),
                      width="stretch", output_format=OVERLAY_FORMAT, caption=caption)
     st.caption("An island that spans levels has one colour at all of them.")
     return lambda: render.islands_row_figure(frame.display, labels[step, order], grid, captions,
@@ -63,18 +63,19 @@ def view(context: ViewContext):
     """The islands over the picture, and beside them their legend, measures and the model's input."""
     if context.level == ALL_LEVELS:
         return all_levels(context)
-    frame, labels, step, grid = context.frame, context.labels, context.step, context.grid
+    frame, step, grid = context.frame, context.step, context.grid
     settings = context.page.island_settings
     level = int(context.level)
-    level_labels = labels[step, level]
+    shown = context.islands.of_level(level)  # (T, N): this level's islands, not yet those of the levels below
+    level_labels = shown[step]
     left, right = st.columns([3, 2], gap="large")
-    left.image(derived.overlay(frame, labels, settings, grid, step, level), width="stretch",
+    left.image(derived.overlay(frame, shown, settings, grid, step, level), width="stretch",
                output_format=OVERLAY_FORMAT,
-               caption=f"{plain_name(frame.picture.name)} · level {level} · step {step} of {labels.shape[0] - 1}")
+               caption=f"{plain_name(frame.picture.name)} · level {level} · step {step} of {shown.shape[0] - 1}")
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)
         truth_name = truth_choice(context, state.TRUTH_ISLANDS)
-        now = derived.measures_of(frame, context.run, labels, settings, grid, truth_name, levels=[level])[level][step]
+        now = derived.measures_at(frame, context.run, shown, settings, grid, truth_name, level)[step]
         st.markdown(islands_summary(level_labels, level, step, now, settings))
         st.markdown(legend_html(ids, counts), unsafe_allow_html=True)
         hint = islands.islands_hint(level_labels, settings.method, **dict(settings.params))
