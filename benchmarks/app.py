@@ -179,11 +179,12 @@ def server_work(repeats: int) -> list[str]:
     project.warm_up_umap()
     try:
         for index in range(repeats + 1):  # the first warms up (packs the int8 nets, compiles UMAP)
+            uploaded = photo(index)  # the browser's file: its PNG encoding is no work of the server's
             marks = [(time.perf_counter(), time.process_time())]
 
             def mark():
                 marks.append((time.perf_counter(), time.process_time()))
-            picture = load_image(photo(index), "coffee.png")
+            picture = load_image(uploaded, "coffee.png")
             tensor, _, _ = to_model_input(picture.rgb, model.config.image_size)
             _, display, _ = to_model_input(picture.rgb, max(DISPLAY_PX, model.config.image_size))  # as the app draws
             mark()
