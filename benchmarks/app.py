@@ -175,7 +175,11 @@ def server_work(repeats: int) -> list[str]:
              "(not waited for) UMAP of one level, warm")
     times = {name: [] for name in names}
     cpu_times = {name: [] for name in names}
-    path = run_path(model.config.dim, "fast")
+    fast = run_path(model.config.dim, "fast")
+    # what the page runs at its default precision: fast where bf16 is native, exact fp32 elsewhere
+    # (explorer.sidebar.precision_panel), so an int8 CPU's upload in the browser runs fp32
+    precision = "fast" if fast in ("bf16", "fp16") else "fp32"
+    path = run_path(model.config.dim, precision)
     project.warm_up_umap()
     try:
         for index in range(repeats + 1):  # the first warms up (packs the int8 nets, compiles UMAP)
@@ -188,7 +192,7 @@ def server_work(repeats: int) -> list[str]:
             tensor, _, _ = to_model_input(picture.rgb, model.config.image_size)
             _, display, _ = to_model_input(picture.rgb, max(DISPLAY_PX, model.config.image_size))  # as the app draws
             mark()
-            run = runs.run(model, tensor, 2 * model.config.levels, precision="fast")
+            run = runs.run(model, tensor, 2 * model.config.levels, precision=precision)
             mark()
             # as the app finds them (explorer.derived.FrameIslands): the shown level's first, the rest after
             by_level = {level: islands.find_islands(run.states[:, :, level], model.grid) for level in shown}
@@ -212,7 +216,8 @@ def server_work(repeats: int) -> list[str]:
         torch.set_num_threads(threads)
     steps = run.states.shape[0]
     return ([f"server's work for one upload, in this process on {TORCH_THREADS} torch thread(s) as the server runs "
-             f"(GLOM {path}, {steps} steps x {levels} levels = {steps * levels} maps clustered, "
+             f"(GLOM {path}, the page's default; fast here: {fast}; {steps} steps x {levels} levels = "
+             f"{steps * levels} maps clustered, "
              f"{steps * len(shown)} of them before the overlay; load average {os.getloadavg()[0]:.1f}):"]
             + [summary("  " + name, times[name]) + f"  CPU median {statistics.median(cpu_times[name]):.3f} s"
                for name in names])
