@@ -2,8 +2,9 @@
 component (explorer/assets/scrubber.js, scrubber.css), so a scrub or a play only swaps a picture in the
 visitor's browser, and the server hears of the step once, when scrubbing stops.
 
-A rerun of the viewer costs the browser far more than the server (React redraws every element of the
-fragment, ~150 ms of a browser's CPU against the server's ~25 ms); a swap in the page costs a few ms.
+A rerun of the viewer costs the browser several times what it costs the server (React draws every element
+of the page again, the websocket's messages are decoded, the page laid out and painted); a swap in the
+page is one image's source and one caption's text.
 The page's step stays ``state.STEP``: the scrubber's "chosen" trigger writes it there before the viewer
 reruns, and headless tests, which cannot drive a component, set it there too.
 """
