@@ -54,8 +54,10 @@ class Scrubber {
   update(data, setTriggerValue) {
     this.data = data;
     this.setTriggerValue = setTriggerValue;
-    // each step's picture decoded ahead, so a swap never waits on the decoder
-    this.decoded = data.pictures.map(src => { const image = new Image(); image.src = src; return image; });
+    // each step's picture decoded ahead, so a swap never waits on the decoder; kept while the server's data
+    // repeats it (every rerun of the viewer sends it again)
+    const held = new Map((this.decoded ?? []).map(image => [image.src, image]));
+    this.decoded = data.pictures.map(src => held.get(src) ?? Object.assign(new Image(), {src}));
     this.range.max = String(data.last);
     [this.picture.width, this.picture.height] = [data.width, data.height]; // its place kept while it loads
     // the server's step, unless it is one this scrubber told it (the visitor may have scrubbed on since,
