@@ -22,7 +22,8 @@ must not freeze them. Its runs are timed from the key press to the end of its pr
 The server's resident memory is sampled every half second. Printed: per N, scrub and view-switch
 latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
 how long after a round's last key the whole viewer is drawn for its step (settled: where the app scrubs in
-the page, the server hears of the step only once scrubbing stops),
+the page, the server hears of the step only once scrubbing stops; each visitor waits for it before switching
+views),
 the peak RSS against the caches' configured bound, the overlays and thumbnails that were not the
 session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
 p50/p95), the server's CPU use while they scrub (1 core = 100%), its CPU ms per scrub or view switch
@@ -58,6 +59,7 @@ WAIT_MS = 180_000
 VIEWPORT = {"width": 1400, "height": 1000}
 SCRUBS_PER_ROUND = 4
 RSS_EVERY_S = 0.5
+SETTLED_POLL_MS = 100
 # each session's photograph, tinted its own way (RGB factors), so their model inputs differ in colour
 TINTS = [(1.0, 0.35, 0.35), (0.35, 1.0, 0.35), (0.35, 0.35, 1.0), (1.0, 1.0, 0.3), (1.0, 0.3, 1.0),
          (0.3, 1.0, 1.0), (0.6, 0.6, 0.6), (1.0, 0.65, 0.2), (0.2, 0.65, 1.0)]
@@ -234,6 +236,13 @@ async def shown(page, step: int) -> None:
     await asyncio.wait_for(page.evaluate("step => window.__glom.until(step)", step), WAIT_MS / 1000)
 
 
+async def settled(page, step: int) -> None:
+    """Until the viewer's last line names ``step`` (checked every SETTLED_POLL_MS, not every animation frame:
+    the page's own work is what is measured). A scrubber that came back to the server's step tells it nothing."""
+    await page.wait_for_function("step => window.__glom.drawn.at(-1)?.step === step", arg=step,
+                                 polling=SETTLED_POLL_MS, timeout=WAIT_MS)
+
+
 async def visitor(browser, url: str, index: int, colours: list, rounds: int, start: asyncio.Event,
                   ready: asyncio.Event) -> dict:
     """One session: upload its own picture, then scrub and switch views; its page's log, read at the end."""
@@ -267,6 +276,7 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
             expected.append(("scrub" if scrub < SCRUBS_PER_ROUND - 1 else "last scrub", step))
             await page.keyboard.press(key)
             await shown(page, step)
+        await settled(page, step)  # a person looks at what they scrubbed to before going on
         views = page.get_by_role("radiogroup", name="View")
         await views.get_by_role("radio", name="Levels × steps", exact=True).click()
         await page.get_by_text("Rows are levels").first.wait_for(timeout=WAIT_MS)
