@@ -1,10 +1,12 @@
 """Many visitors at once on one server: N browser sessions (Playwright driving Debian's Chromium).
 
     python benchmarks/load.py [--sessions 1 2 4 8] [--rounds 4] [--passes 1] [--heavy] [--torch-threads 1] [--run-nice 10]
+                              [--app CHECKOUT]
 
 Starts `streamlit run app.py` on a free port, then for each N opens N sessions at once, each in its own
 browser context, each uploading its own picture and then scrubbing the step slider with the keyboard
-and switching views (Islands -> Levels x steps -> Islands), as people would. Latency is measured in
+(the app's in-page scrubber, or Streamlit's Step slider where it has none) and switching views
+(Islands -> Levels x steps -> Islands), as people would. Latency is measured in
 each page, on the page's own clock: from the keydown (or click) event to the moment the overlay of the
 new step (or view) is on the page and its image has loaded; the harness only presses keys, so a session
 never waits on another's measurement, and each presses its next key as soon as its own page's recorder has
@@ -19,6 +21,9 @@ must not freeze them. Its runs are timed from the key press to the end of its pr
 
 The server's resident memory is sampled every half second. Printed: per N, scrub and view-switch
 latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
+how long after a round's last key the whole viewer is drawn for its step (settled: where the app scrubs in
+the page, the server hears of the step only once scrubbing stops; each visitor waits for it before switching
+views),
 the peak RSS against the caches' configured bound, the overlays and thumbnails that were not the
 session's own over those checked (must be 0), the server's own time per scrub (the viewer's "drawn in"
 p50/p95), the server's CPU use while they scrub (1 core = 100%), its CPU ms per scrub or view switch
@@ -40,6 +45,7 @@ import statistics
 import threading
 import time
 import tomllib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -53,6 +59,7 @@ WAIT_MS = 180_000
 VIEWPORT = {"width": 1400, "height": 1000}
 SCRUBS_PER_ROUND = 4
 RSS_EVERY_S = 0.5
+SETTLED_POLL_MS = 100
 # each session's photograph, tinted its own way (RGB factors), so their model inputs differ in colour
 TINTS = [(1.0, 0.35, 0.35), (0.35, 1.0, 0.35), (0.35, 0.35, 1.0), (1.0, 1.0, 0.3), (1.0, 0.3, 1.0),
          (0.3, 1.0, 1.0), (0.6, 0.6, 0.6), (1.0, 0.65, 0.2), (0.2, 0.65, 1.0)]
@@ -89,12 +96,17 @@ RECORDER = """
   const distance = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
   let last = null;
   log.thumbnails = 0;
+  // every picture with its caption: Streamlit's images, and the in-page scrubber's where the app has one
+  const figures = () => [
+    ...[...document.querySelectorAll('[data-testid="stImage"]')].map(
+      element => ({caption: element.innerText, img: element.querySelector('img')})),
+    ...[...document.querySelectorAll('.glom-scrubber')].map(element => ({
+      caption: element.querySelector('.glom-scrubber-caption').textContent,
+      img: element.querySelector('.glom-scrubber-picture')}))];
   const check = () => {
     const now = performance.now();
     let current = null;
-    for (const element of document.querySelectorAll('[data-testid="stImage"]')) {
-      const caption = element.innerText;
-      const img = element.querySelector('img');
+    for (const {caption, img} of figures()) {
       if (!img || !img.complete || !img.naturalWidth) continue;
       if (/ · level \\d+ · step \\d+ of \\d+/.test(caption) && !caption.startsWith(name + ' · ')) {
         log.wrong.push({t: now, what: 'caption', caption});
@@ -213,7 +225,7 @@ def percentile(values: list[float], q: float) -> float:
 async def overlay_of(page, name: str) -> None:
     """Until the page shows an overlay of picture ``name``, loaded (before the recorder is in the page)."""
     await page.wait_for_function(
-        """name => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
+        """name => [...document.querySelectorAll('[data-testid="stImage"], .glom-scrubber-figure')].some(element =>
                element.innerText.startsWith(name + ' · level') &&
                [...element.querySelectorAll('img')].some(img => img.complete && img.naturalWidth > 0))""",
         arg=name, timeout=WAIT_MS)
@@ -222,6 +234,13 @@ async def overlay_of(page, name: str) -> None:
 async def shown(page, step: int) -> None:
     """Until the page's recorder has seen its own overlay of ``step`` on the page, loaded."""
     await asyncio.wait_for(page.evaluate("step => window.__glom.until(step)", step), WAIT_MS / 1000)
+
+
+async def settled(page, step: int) -> None:
+    """Until the viewer's last line names ``step`` (checked every SETTLED_POLL_MS, not every animation frame:
+    the page's own work is what is measured). A scrubber that came back to the server's step tells it nothing."""
+    await page.wait_for_function("step => window.__glom.drawn.at(-1)?.step === step", arg=step,
+                                 polling=SETTLED_POLL_MS, timeout=WAIT_MS)
 
 
 async def visitor(browser, url: str, index: int, colours: list, rounds: int, start: asyncio.Event,
@@ -245,15 +264,19 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     step = int(re.search(r"step (\d+) of", caption).group(1))
     ready.set()
     await start.wait()
-    slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+    # the in-page scrubber's slider where the app has one, else Streamlit's Step slider
+    slider = page.locator(".glom-scrubber-range")
+    if not await slider.count():
+        slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
     expected = []  # (kind, step) per key press or view switch, in order
     for round_ in range(rounds):
         await slider.focus()
-        for _ in range(SCRUBS_PER_ROUND):
+        for scrub in range(SCRUBS_PER_ROUND):
             key, step = ("ArrowLeft", step - 1) if step > 0 else ("ArrowRight", step + 1)
-            expected.append(("scrub", step))
+            expected.append(("scrub" if scrub < SCRUBS_PER_ROUND - 1 else "last scrub", step))
             await page.keyboard.press(key)
             await shown(page, step)
+        await settled(page, step)  # a person looks at what they scrubbed to before going on
         views = page.get_by_role("radiogroup", name="View")
         await views.get_by_role("radio", name="Levels × steps", exact=True).click()
         await page.get_by_text("Rows are levels").first.wait_for(timeout=WAIT_MS)
@@ -267,16 +290,21 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
 
 def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
     """Scrub and view-switch latencies (s) from the page's log: each key press (or the click back to
-    Islands) to the first overlay of its step shown after it."""
+    Islands) to the first overlay of its step shown after it; and a round's last key press to the viewer's
+    last line naming its step (the whole viewer drawn for it: the server told, measures and exports current)."""
     keys = [e["t"] for e in log["events"] if e["kind"] == "key"]
     clicks = [e["t"] for e in log["events"] if e["kind"] == "click"]
-    scrub, view = [], []
+    scrub, view, settled = [], [], []
     key_index = click_index = 0
     for kind, step in expected:
-        if kind == "scrub":
+        if kind in ("scrub", "last scrub"):
             pressed = keys[key_index]
             key_index += 1
             out = scrub
+            if kind == "last scrub":
+                drawn = next((d["t"] for d in log["drawn"] if d["t"] >= pressed and d["step"] == step), None)
+                if drawn is not None:
+                    settled.append((drawn - pressed) / 1000)
         else:  # two clicks: to the sheet, back to Islands; timed from the second
             pressed = clicks[click_index + 1]
             click_index += 2
@@ -285,7 +313,8 @@ def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
         if shown is not None:
             out.append((shown - pressed) / 1000)
     server = [d["ms"] / 1000 for d in log["drawn"] if keys and d["t"] >= keys[0]]
-    return {"scrub": scrub, "view": view, "wrong": log["wrong"], "thumbnails": log["thumbnails"], "server": server}
+    return {"scrub": scrub, "view": view, "settled": settled, "wrong": log["wrong"], "thumbnails": log["thumbnails"],
+            "server": server}
 
 
 async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.Event) -> list[float]:
@@ -376,6 +405,8 @@ def main() -> None:
                         help="more rounds for few sessions, so every N's p95 is over at least this many scrubs")
     parser.add_argument("--passes", type=int, default=1, help="the whole table again, to see how noisy it is")
     parser.add_argument("--heavy", action="store_true", help="one more session keeps running a 224 px GLOM")
+    parser.add_argument("--app", type=Path, default=serve.APP.parent,
+                        help="the checkout whose app.py to serve (another commit's worktree, to compare)")
     parser.add_argument("--torch-threads", type=int, default=None, help="GLOM_VIZ_TORCH_THREADS for the server")
     parser.add_argument("--run-nice", type=int, default=None, help="GLOM_VIZ_RUN_NICE for the server (0: runs "
                                                                    "at the priority of the pages' threads)")
@@ -385,7 +416,8 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average before: {load_average()}; "
           f"torch threads {args.torch_threads or limits.TORCH_THREADS}; GLOM runs in {limits.RUN_WORKERS} threads "
           f"niced +{limits.RUN_NICE if args.run_nice is None else args.run_nice}; heavy run: {args.heavy}")
-    with serve.serve_process(env=env) as (url, process):
+    print(f"app: {args.app.resolve() / 'app.py'}")
+    with serve.serve_process(env=env, script=args.app.resolve() / "app.py") as (url, process):
         samples: list[tuple[float, float]] = []
         sampling = threading.Event()
 
@@ -404,7 +436,7 @@ def main() -> None:
         single_p95 = None
         print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
         print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
-              f"{'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'ms/act':>6} {'runs':>5} {'Chrome':>6} "
+              f"{'settled p50':>11} {'p95':>7} {'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'ms/act':>6} {'runs':>5} {'Chrome':>6} "
               f"{'ms/act':>6} {'load':>16}")
         for n in [n for _ in range(args.passes) for n in args.sessions]:
             rounds = max(args.rounds, -(-args.min_scrubs // (SCRUBS_PER_ROUND * n)))
@@ -425,6 +457,7 @@ def main() -> None:
             browser_cpu = (browser1 - browser0) / elapsed
             scrub = [s for v in result["visitors"] for s in v["scrub"]]
             view = [s for v in result["visitors"] for s in v["view"]]
+            settled = [s for v in result["visitors"] for s in v["settled"]]
             actions = max(1, len(scrub) + len(view))
             per_action = server_seconds / actions  # the server's CPU per scrub or switch
             browser_per_action = (browser1 - browser0) / actions  # Chromium's (every page's) for the same
@@ -439,7 +472,8 @@ def main() -> None:
             runs = result["heavy_runs"]
             heavy = f"{statistics.median(runs):.2f} s x{len(runs)}" if runs else "-"
             print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
-                  f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
+                  f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s "
+                  f"{percentile(settled, 50):>10.3f}s {percentile(settled, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
                   f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
                   f"{server_cpu:>5.0%} {per_action * 1000:>6.0f} {runs_cpu:>5.0%} {browser_cpu:>6.0%} "
                   f"{browser_per_action * 1000:>6.0f} {load_average():>16}", flush=True)

@@ -1,11 +1,12 @@
 """What the views derive from a frame's run, each computed once and cached by what it was made from:
-the islands of every step and level (the shown level's first), a level's measures, an overlay."""
+the islands of every step and level (the shown level's first), a level's measures, an overlay, a level's
+overlays for the in-page scrubber."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from explorer import cache
+from explorer import cache, scrubber
 from explorer.pictures import Frame
 from explorer.settings import IslandSettings
 from glom_viz import islands, render
@@ -89,3 +90,13 @@ def overlay(frame: Frame, level_labels: np.ndarray, settings: IslandSettings, gr
     level_labels: that level's islands (T, N)."""
     key = cache.content_key(frame.run_key, settings, step, level)
     return cache.derived("overlay", key, lambda: render.draw_islands(frame.display, level_labels[step], grid))
+
+
+def overlay_sources(frame: Frame, level_labels: np.ndarray, settings: IslandSettings, grid, level: int) -> list[str]:
+    """The islands of one level drawn over the picture at every step, as the in-page scrubber holds them
+    (encoded pictures, a few tens of KB each, not the arrays: they are kept once, encoded); level_labels:
+    that level's islands (T, N)."""
+    key = cache.content_key(frame.run_key, settings, level)
+    return cache.derived("overlay_sources", key, lambda: [
+        scrubber.picture_source(render.draw_islands(frame.display, level_labels[step], grid))
+        for step in range(level_labels.shape[0])])

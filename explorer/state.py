@@ -52,8 +52,9 @@ ISLANDS_MIN_CLUSTER = "islands_min_cluster"
 # the header and the viewer's controls
 PICTURE = "picture"  # index of the picture shown (not in a sequence)
 FRAME = "frame"  # the frame shown in a sequence, counted from 1 as its captions count
-STEP = "step"
+STEP = "step"  # the step shown: the Step slider's, or the in-page scrubber's (explorer.scrubber)
 PLAY = "play"
+SCRUBBER = "scrubber"
 LEVEL = "level"  # a level index or ALL_LEVELS
 VIEW = "view"
 # the views' widgets (charts keep their selections under their keys)
@@ -152,6 +153,24 @@ def keep_step(last_step: int, model_key: str) -> None:
     st.session_state[STEP_SHOWN] = (last_step, model_key)
 
 
+def step() -> int:
+    return st.session_state.get(STEP, 0)
+
+
+def choose_step(chosen: int) -> None:
+    st.session_state[STEP] = chosen
+
+
+def hold_step() -> None:
+    """Keep the step while no Step slider is drawn (the in-page scrubber shows it): a widget's key not
+    drawn in a run is dropped from the session's state, a value the page writes is kept."""
+    st.session_state[STEP] = step()
+
+
+def pause() -> None:
+    st.session_state[PLAYING] = False
+
+
 def keep_choice(key: str, options: list, default) -> None:
     """Reset a choice to ``default`` when its stored value is not among the current options."""
     if st.session_state.get(key) not in options:
@@ -175,6 +194,9 @@ def choose_patch(patch: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # play: paused -> (the button) playing, from step 0 when at the last step (shown first) -> one step per
 # tick of the viewer's timer -> paused at the last step, or by the button
+
+
+PLAY_INTERVAL_S = 0.7  # a step this often while playing, on the viewer's timer or in the in-page scrubber
 
 
 def playing() -> bool:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import io
+import json
 import re
 import sys
 import tempfile
@@ -17,6 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from explorer import state
+from explorer.scrubber import SCRUBBER_NAME
 from explorer.serve import APP, CHROMIUM, CHROMIUM_ARGS, serve_app
 from explorer.settings import RANDOM_CONFIG, RANDOM_SEED, SCENE_SEEDS
 from glom_viz import islands
@@ -131,6 +135,28 @@ def frame_index(rgb: np.ndarray) -> int:
     """The index moving_square wrote into a frame."""
     height = rgb.shape[0]
     return sum(1 << bit for bit in range(INDEX_BITS) if rgb[height - 6:height - 2, bit * 8 + 2:bit * 8 + 6].mean() > 128)
+
+
+def shown_step(at) -> int:
+    """The step the page shows: the Step slider's or, where the view scrubs in the page, the scrubber's."""
+    return at.session_state[state.STEP]
+
+
+def set_step(at, step: int):
+    """Choose a step the way scrubbing does once it stops (AppTest cannot drive the in-page scrubber)."""
+    at.session_state[state.STEP] = step
+    return at
+
+
+def scrubber_data(at) -> dict:
+    """What the page gave the in-page scrubber (explorer.scrubber): a picture and a caption per step, its step."""
+    (component,) = [c for c in at.get("bidi_component") if c.proto.component_name == SCRUBBER_NAME]
+    return json.loads(component.proto.json)
+
+
+def data_url_rgb(source: str) -> np.ndarray:
+    """The (H, W, 3) pixels of a picture's data URL."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
 
 
 def shown(markdown: str) -> str:

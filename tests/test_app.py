@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import (APP, default_model, moving_square, png_bytes, reference_labels, reference_probe, reference_run,
-                      scene_rgb, shown, sprite_zip, sprites, video_bytes)
+from conftest import (APP, data_url_rgb, default_model, moving_square, png_bytes, reference_labels, reference_probe,
+                      reference_run, scene_rgb, scrubber_data, set_step, shown, shown_step, sprite_zip, sprites,
+                      video_bytes)
 from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
 from explorer.limits import MAX_ITERATIONS, MAX_UPLOADS, run_size_problem
 from explorer.pictures import DISPLAY_PX
@@ -103,6 +104,9 @@ def mask_uploader(at: AppTest):
     return next(u for u in at.sidebar.file_uploader if u.key.startswith("mask_"))
 
 
+JPEG_ERROR = 3.0  # mean absolute error (0-255) within which a JPEG of an overlay is that overlay
+
+
 def main_images(at: AppTest) -> list:
     return [image for image in at.main.image]
 
@@ -119,11 +123,11 @@ def test_opens_with_the_default_models_islands_drawn(at, glom_runs):
     labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)).states, model.grid)
 
     assert len(glom_runs) == 1
-    assert at.slider(key="step").value == 2 * levels  # the last step, iterations = 2 x levels
+    assert shown_step(at) == 2 * levels  # the last step, iterations = 2 x levels
     level = at.button_group(key="level").value
     assert level == min(DEFAULT_LEVEL, levels - 1)
     assert legend(at) == expected_legend(labels[-1, level])
-    assert len(main_images(at)) >= 2  # the overlay and the model's input
+    assert len(main_images(at)) >= 2  # the picture and the model's input, beside the scrubber's overlays
     if not SHIPPED_CHECKPOINT.is_file():
         assert any("Stand-in model" in w.value for w in at.warning)
 
@@ -134,13 +138,13 @@ def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
     model = default_model()
     labels = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)).states, model.grid)
 
-    run(at.slider(key="step").set_value(0))
+    run(set_step(at, 0))
     # step 0: every column holds the model's initial levels, so a level is one island of all patches
     assert legend(at) == {0: model.num_patches}
     assert "step 0" in heading(at)
     for step in (3, 5):
         for level in range(model.config.levels):
-            run(at.slider(key="step").set_value(step))
+            run(set_step(at, step))
             run(at.button_group(key="level").set_value(level))
             assert legend(at) == expected_legend(labels[step, level])
     for view in VIEWS:
@@ -153,7 +157,38 @@ def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
     assert len(glom_runs) == 1, "the model ran again for a change that only needs the cached states"
 
     run(at.slider(key=f"iterations_{model.config.levels}").set_value(3))
-    assert len(glom_runs) == 2 and at.slider(key="step").value <= 3
+    assert len(glom_runs) == 2 and shown_step(at) <= 3
+
+
+def test_the_scrubber_holds_every_steps_overlay_and_the_page_follows_the_chosen_step(at):
+    """The in-page scrubber is given each step's overlay as render.draw_islands draws it, captioned with its
+    step; a step chosen (as scrubbing does once it stops) is the step of the whole page."""
+    set_fp32(at)
+    run(at)
+    model = default_model()
+    size, grid, last = model.config.image_size, model.grid, 2 * model.config.levels
+    rgb = scene_rgb(0, size)
+    labels = reference_labels(reference_run(model, rgb).states, grid)
+    level = at.button_group(key="level").value
+    pixels = to_model_input(rgb, size, "crop")[1]
+    display = pixels.repeat(DISPLAY_PX // size, axis=0).repeat(DISPLAY_PX // size, axis=1)  # the scene, enlarged
+
+    data = scrubber_data(at)
+    assert (data["step"], data["last"], len(data["pictures"])) == (last, last, last + 1)
+    assert data["captions"] == [f"scene 1 · level {level} · step {step} of {last}" for step in range(last + 1)]
+    for step, source in enumerate(data["pictures"]):
+        drawn = render.draw_islands(display, labels[step, level], grid).astype(float)
+        assert np.abs(data_url_rgb(source) - drawn).mean() < JPEG_ERROR, step  # that step's overlay, as a JPEG
+    assert not [s for s in at.slider if s.key == "step"], "the scrubber is the step control here"
+
+    run(set_step(at, 2))
+    assert scrubber_data(at)["step"] == 2 and "step 2" in heading(at)
+    assert legend(at) == expected_legend(labels[2, level])
+    run(at.button_group(key="level").set_value(ALL_LEVELS))  # all levels: the Step slider, at the same step
+    assert at.slider(key="step").value == 2 and not at.get("bidi_component")
+    run(at.slider(key="step").set_value(3))
+    run(at.button_group(key="level").set_value(level))
+    assert scrubber_data(at)["step"] == 3
 
 
 def test_island_controls_change_the_islands_as_glom_viz_finds_them(at):
@@ -254,7 +289,7 @@ def test_every_view_draws_what_glom_viz_computes(at, glom_runs):
     rgb = scene_rgb(0, size)
     reference = reference_run(model, rgb)
     labels = reference_labels(reference.states, grid)
-    step, level = at.slider(key="step").value, at.button_group(key="level").value
+    step, level = shown_step(at), at.button_group(key="level").value
     pixels = to_model_input(rgb, size, "crop")[1]
     display = pixels.repeat(DISPLAY_PX // size, axis=0).repeat(DISPLAY_PX // size, axis=1)  # the scenes, enlarged
 

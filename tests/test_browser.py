@@ -5,6 +5,7 @@ directly on the same picture."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -20,7 +21,7 @@ from PIL import Image
 from glom_viz import render
 from glom_viz.data import load_zip
 from glom_viz.evaluate import score_dataset
-from glom_viz.images import sample_images
+from glom_viz.images import sample_images, to_model_input
 
 from conftest import (default_model, moving_square, reference_labels, reference_run, scene_rgb, sprite_zip, sprites,
                       video_bytes)
@@ -29,8 +30,11 @@ from explorer.pictures import DISPLAY_PX
 
 pytestmark = pytest.mark.browser
 PlaywrightError = pytest.importorskip("playwright.sync_api").Error
+expect = pytest.importorskip("playwright.sync_api").expect
 
 VIEWPORT = {"width": 1400, "height": 1000}
+SCRUBBER_PICTURE = ".glom-scrubber-picture"
+JPEG_ERROR = 3.0  # mean absolute error (0-255) within which a JPEG of an overlay is that overlay
 WAIT_MS = 120_000  # a cold server loads the model and runs the first picture
 
 
@@ -135,7 +139,7 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
         wait_for_islands(page, "scene 1", step=last, level=level)
         scene = reference_labels(reference_run(model, scene_rgb(0, model.config.image_size)).states, model.grid)
         assert legend(page) == expected_legend(scene[last, level])
-        overlay = page.locator("[data-testid='stImage'] img").first
+        overlay = page.locator(SCRUBBER_PICTURE)
         assert overlay.evaluate("img => img.complete && img.naturalWidth") >= DISPLAY_PX
 
         upload_photo(page, "astronaut.png", photo_png)  # a new upload is shown at once
@@ -145,7 +149,7 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
         photo = reference_labels(reference_run(model, photo_rgb).states, model.grid)
         assert legend(page) == expected_legend(photo[last, level])
 
-        slider = page.locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+        slider = page.get_by_role("slider", name="Step", exact=True)  # the in-page scrubber's
         slider.focus()
         for step in (last - 1, last - 2):
             page.keyboard.press("ArrowLeft")
@@ -169,23 +173,73 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
         wait_for_islands(page, "astronaut.png", step=0, level=level)
         # every step the viewer's last line names, as the page draws it: a busy machine may paint two
         # ticks of the timer at once, so the test asks for a rising run of steps, not every one
+        # every step the scrubber's caption names as play shows it in the page: a busy machine may skip a
+        # paint, so the test asks for a rising run of steps, not every one
         page.evaluate("""() => {
             window.stepsShown = [];
+            const caption = document.querySelector('.glom-scrubber-caption');
             new MutationObserver(() => {
-                // only elements of the current run: Streamlit keeps the last run's faded beside them meanwhile
-                const current = [...document.querySelectorAll('[data-testid="stElementContainer"]:not([data-stale="true"])')];
-                for (const match of current.map(e => e.innerText).join("\\n").matchAll(/ · step (\\d+) · drawn in/g)) {
-                    const step = Number(match[1]);
-                    if (window.stepsShown.at(-1) !== step) window.stepsShown.push(step);
-                }
-            }).observe(document.body, {subtree: true, childList: true, characterData: true});
+                const step = Number(caption.textContent.match(/ · step (\\d+) of/)[1]);
+                if (window.stepsShown.at(-1) !== step) window.stepsShown.push(step);
+            }).observe(caption, {subtree: true, childList: true, characterData: true});
         }""")
         page.get_by_role("button", name=re.compile("Play")).click()  # plays on from here to the last step
-        wait_for_islands(page, "astronaut.png", step=last, level=level)
+        wait_for_islands(page, "astronaut.png", step=last, level=level)  # the server told once play stops
         page.get_by_role("button", name=re.compile("Play")).wait_for(timeout=WAIT_MS)  # and stops there
         shown = page.evaluate("() => window.stepsShown")
         assert shown == sorted(set(shown)) and shown[-1] == last, shown
         assert len(set(shown) - {0, last}) >= 3, shown  # it played through the steps, not jumped to the end
+        assert legend(page) == expected_legend(photo[last, level])
+    finally:
+        page.close()
+
+
+def scrubber_picture(page) -> np.ndarray:
+    """The (H, W, 3) pixels the in-page scrubber shows now (the picture it holds for its step)."""
+    source = page.locator(SCRUBBER_PICTURE).get_attribute("src")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"),
+                      dtype=np.float64)
+
+
+def test_the_scrubber_swaps_each_steps_overlay_in_the_page_and_the_page_follows_once_it_stops(app_server, browser):
+    """Scrubbing with the keys shows each step's overlay (the one render.draw_islands draws for that step),
+    captioned with its step, at once; the legend and the viewer's last line follow when scrubbing stops."""
+    model = default_model()
+    size, grid = model.config.image_size, model.grid
+    level = min(DEFAULT_LEVEL, model.config.levels - 1)
+    last = 2 * model.config.levels
+    rgb = scene_rgb(0, size)
+    labels = reference_labels(reference_run(model, rgb).states, grid)
+    shown = to_model_input(rgb, size, "crop")[1]
+    display = shown.repeat(DISPLAY_PX // size, axis=0).repeat(DISPLAY_PX // size, axis=1)  # the scene, enlarged
+
+    def overlay(step: int) -> np.ndarray:
+        return render.draw_islands(display, labels[step, level], grid).astype(np.float64)
+
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(app_server)
+        wait_for_islands(page, "scene 1", step=last, level=level)
+        caption = page.locator(".glom-scrubber-caption")
+        slider = page.get_by_role("slider", name="Step", exact=True)
+        slider.focus()
+        for key, step in (("Home", 0), ("ArrowRight", 1), ("End", last), ("ArrowLeft", last - 1)):
+            page.keyboard.press(key)
+            expect(caption).to_have_text(f"scene 1 · level {level} · step {step} of {last}")
+            expect(slider).to_have_attribute("aria-valuetext", f"step {step} of {last}")
+            picture = scrubber_picture(page)
+            error = np.abs(picture - overlay(step)).mean()
+            assert error < JPEG_ERROR, (step, error)  # this step's overlay, as JPEG carries it
+            # and not another step's, where that one looks different
+            for other in {0, last} - {step}:
+                if np.abs(overlay(other) - overlay(step)).mean() > 4 * JPEG_ERROR:
+                    assert np.abs(picture - overlay(other)).mean() > 2 * JPEG_ERROR, (step, other)
+        wait_for_islands(page, "scene 1", step=last - 1, level=level)  # the server told, the page drawn for it
+        assert legend(page) == expected_legend(labels[last - 1, level])
+        page.keyboard.press("Home")
+        wait_for_islands(page, "scene 1", step=0, level=level)
+        assert legend(page) == {0: model.num_patches}  # step 0: every column alike, one island
+        expect(caption).to_have_text(f"scene 1 · level {level} · step 0 of {last}")
     finally:
         page.close()
 
@@ -244,7 +298,9 @@ PLOT = "[data-testid='stPlotlyChart'] .js-plotly-plot"
 
 
 def click_view(page, view: str) -> None:
-    page.get_by_role("radiogroup", name="View").get_by_role("radio", name=view, exact=True).click()
+    # the current run's switcher: while the page reruns, Streamlit keeps the last run's faded beside it
+    current = page.locator('[data-testid="stElementContainer"]:not([data-stale="true"])')
+    current.get_by_role("radiogroup", name="View").get_by_role("radio", name=view, exact=True).click()
 
 
 def image_captioned(page, caption: str | re.Pattern) -> np.ndarray:

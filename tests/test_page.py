@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, default_model, reference_labels, reference_run, scene_rgb, shown
+from conftest import (APP, default_model, reference_labels, reference_run, scene_rgb, scrubber_data, set_step, shown,
+                      shown_step)
 from glom_viz import islands
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT
 from glom_viz.images import sample_images
@@ -102,14 +103,14 @@ def texts(elements) -> list[str]:
 def test_the_step_stays_at_the_settled_state_when_iterations_or_the_model_change(at):
     run(at)
     levels = default_model().config.levels
-    assert at.slider(key="step").value == 2 * levels
+    assert shown_step(at) == 2 * levels
     run(at.slider(key=f"iterations_{levels}").set_value(12))
-    assert at.slider(key="step").max == 12 and at.slider(key="step").value == 12, "it followed the end"
-    run(at.slider(key="step").set_value(5))
+    assert scrubber_data(at)["last"] == 12 and shown_step(at) == 12, "it followed the end"
+    run(set_step(at, 5))
     run(at.slider(key=f"iterations_{levels}").set_value(10))
-    assert at.slider(key="step").value == 5, "a step the visitor chose is kept"
+    assert shown_step(at) == 5 and scrubber_data(at)["step"] == 5, "a step the visitor chose is kept"
     run(at.radio(key="model_source").set_value("random"))  # another model opens settled, not at step 0
-    assert at.slider(key="step").value == 10
+    assert shown_step(at) == 10
 
 
 def test_a_six_level_model_gets_a_level_control_of_short_names(at):
@@ -123,6 +124,7 @@ def test_a_six_level_model_gets_a_level_control_of_short_names(at):
 
 def test_play_from_the_last_step_starts_at_step_0(at):
     run(at)
+    run(at.button_group(key="view").set_value("Measures"))  # a view under the Step slider and Play
     run(at.button(key="play").click())
     assert at.slider(key="step").value == 0, "step 0 is shown, not skipped"
     run(at)

@@ -74,6 +74,8 @@ def assert_shown_as_text(at: AppTest) -> int:
             continue
         if path[-1] in PLAIN_FIELDS:
             continue
+        if element == "UnknownElement" and path == ("json",):  # the in-page scrubber's data: its captions are
+            continue  # set as text (textContent), never parsed; the browser test below shows them, fetching nothing
         out = RENDERER.render(text)
         assert "<img" not in out and "<a " not in out, where
         shown = html.unescape(re.sub(r"<[^>]+>", "", out)).replace(WORD_JOINER, "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from explorer.context import ViewContext
+from explorer.context import ALL_LEVELS, ViewContext
 from explorer.views import column, compare, islands, measures, parse_tree, projection, sheet, training
 
 View = Callable[[ViewContext], Callable[[], object] | None]
@@ -23,3 +23,9 @@ VIEWS: dict[str, View] = {
 }
 # the views that run other models than the page's on its picture (a run's checkpoints, a second model)
 OTHER_MODELS = ("Over training", "Compare models")
+
+
+def scrubbed_in_page(view: str, level) -> bool:
+    """Whether this view at this level holds every step's picture in the in-page scrubber
+    (explorer.scrubber), which then is its step control, in place of the viewer's Step slider and Play."""
+    return view == "Islands" and level != ALL_LEVELS

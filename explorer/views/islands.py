@@ -1,8 +1,10 @@
 """The Islands view: the islands of the chosen level (or all levels) at the chosen step, over the picture,
 with a legend, the island measures of this step and what the model sees.
 
-The overlay is a plain image (drawn once per (step, level) and cached), so a scrub only swaps an image;
-the interactive plotly version with per-patch hover is what the figure exports hold.
+At one level the overlay of every step is held in the page by the in-page scrubber (explorer.scrubber),
+the view's step control, so a scrub or a play only swaps a picture there; all levels are plain images
+(each drawn once per (step, level) and cached) under the viewer's Step slider. The interactive plotly
+version with per-patch hover is what the figure exports hold.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import html
 import numpy as np
 import streamlit as st
 
-from explorer import derived, state
+from explorer import derived, scrubber, state
 from explorer.context import ALL_LEVELS, ViewContext
 from explorer.models import SHIPPED_KNOWS
 from explorer.views.common import fmt, islands_summary, plural, truth_choice
 from glom_viz import islands, render
-from glom_viz.text import plain, plain_html, plain_name
+from glom_viz.text import plain, plain_html, plain_name, short_name
 
 # the overlay goes to the browser as JPEG: ~1 ms to encode a 448 px photograph against ~75 ms for PNG
 # (zlib), which was most of a scrub's server time; the exports stay lossless PNG
@@ -69,9 +71,12 @@ def view(context: ViewContext):
     shown = context.islands.of_level(level)  # (T, N): this level's islands, not yet those of the levels below
     level_labels = shown[step]
     left, right = st.columns([3, 2], gap="large")
-    left.image(derived.overlay(frame, shown, settings, grid, step, level), width="stretch",
-               output_format=OVERLAY_FORMAT,
-               caption=f"{plain_name(frame.picture.name)} · level {level} · step {step} of {shown.shape[0] - 1}")
+    last = shown.shape[0] - 1
+    with left:
+        height, width = frame.display.shape[:2]
+        scrubber.scrubber(derived.overlay_sources(frame, shown, settings, grid, level),
+                          [f"{short_name(frame.picture.name)} · level {level} · step {s} of {last}" for s in range(last + 1)],
+                          (width, height), step, state.PLAY_INTERVAL_S)
     with right:
         ids, counts = np.unique(level_labels, return_counts=True)
         truth_name = truth_choice(context, state.TRUTH_ISLANDS)
