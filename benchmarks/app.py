@@ -86,11 +86,15 @@ def photo(index: int) -> bytes:
 
 
 def overlay_shown(page, caption: str) -> None:
-    """Wait until the overlay whose caption starts with `caption` has loaded in the browser."""
+    """Wait until the overlay whose caption starts with `caption` has loaded in the browser: an st.image, or the
+    in-page scrubber's picture (explorer.scrubber), which the Islands view at one level shows."""
     page.wait_for_function(
         """caption => [...document.querySelectorAll('[data-testid="stImage"]')].some(element =>
                element.innerText.startsWith(caption) && [...element.querySelectorAll('img')].some(
-                   img => img.complete && img.naturalWidth > 0))""",
+                   img => img.complete && img.naturalWidth > 0))
+            || [...document.querySelectorAll('.glom-scrubber-caption')].some(element =>
+               element.textContent.startsWith(caption) && [...element.parentElement.querySelectorAll(
+                   '.glom-scrubber-picture')].some(img => img.complete && img.naturalWidth > 0))""",
         arg=caption, timeout=WAIT_MS)
 
 
@@ -228,7 +232,7 @@ UPLOAD_PHASES = (("file handed to the uploader", "the browser asks for upload UR
                  ("file sent", "its PUT finished"), ("rerun asked", "the browser sends rerun_script"),
                  ("script started", "new_session arrives"), ("GLOM run started", "its progress bar arrives"),
                  ("GLOM run done", "its progress bar is emptied"),
-                 ("overlay sent", "the overlay's image element arrives"), ("overlay loaded", "the image is drawn"),
+                 ("overlay sent", "the overlay's image (or scrubber) element arrives"), ("overlay loaded", "the image is drawn"),
                  ("script run finished", "script_finished arrives: the levels below, the export row"))
 
 
@@ -280,7 +284,7 @@ class UploadTrace:
         started = first(lambda what: what == "in new_session", rerun)
         run_started = first(lambda what: what == "in progress", started)
         run_done = first(lambda what: what == "in empty", run_started)
-        overlay = first(lambda what: what == "in imgs", started)
+        overlay = first(lambda what: what in ("in imgs", "in bidi_component"), started)  # st.image or the scrubber
         finished = first(lambda what: what == "in script_finished", overlay)
         return dict(zip((name for name, _ in UPLOAD_PHASES),
                         (asked, sent, rerun, started, run_started, run_done, overlay, total, finished)))
