@@ -232,7 +232,8 @@ UPLOAD_PHASES = (("file handed to the uploader", "the browser asks for upload UR
                  ("file sent", "its PUT finished"), ("rerun asked", "the browser sends rerun_script"),
                  ("script started", "new_session arrives"), ("GLOM run started", "its progress bar arrives"),
                  ("GLOM run done", "its progress bar is emptied"),
-                 ("overlay sent", "the overlay's image (or scrubber) element arrives"), ("overlay loaded", "the image is drawn"),
+                 ("overlay sent", "the overlay's image (or scrubber) element arrives"),
+                 ("overlay loaded", "the image is drawn"),
                  ("script run finished", "script_finished arrives: the levels below, the export row"))
 
 
