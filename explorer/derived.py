@@ -92,11 +92,12 @@ def overlay(frame: Frame, level_labels: np.ndarray, settings: IslandSettings, gr
     return cache.derived("overlay", key, lambda: render.draw_islands(frame.display, level_labels[step], grid))
 
 
-def overlay_sources(frame: Frame, level_labels: np.ndarray, settings: IslandSettings, grid, level: int) -> list[str]:
+def overlay_pictures(frame: Frame, level_labels: np.ndarray, settings: IslandSettings, grid, level: int
+                     ) -> list[bytes]:
     """The islands of one level drawn over the picture at every step, as the in-page scrubber holds them
     (encoded pictures, a few tens of KB each, not the arrays: they are kept once, encoded); level_labels:
     that level's islands (T, N)."""
     key = cache.content_key(frame.run_key, settings, level)
-    return cache.derived("overlay_sources", key, lambda: [
-        scrubber.picture_source(render.draw_islands(frame.display, level_labels[step], grid))
+    return cache.derived("overlay_pictures", key, lambda: [
+        scrubber.encode_picture(render.draw_islands(frame.display, level_labels[step], grid))
         for step in range(level_labels.shape[0])])

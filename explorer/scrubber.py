@@ -5,6 +5,10 @@ visitor's browser, and the server hears of the step once, when scrubbing stops.
 A rerun of the viewer costs the browser several times what it costs the server (React draws every element
 of the page again, the websocket's messages are decoded, the page laid out and painted); a swap in the
 page is one image's source and one caption's text.
+The pictures reach the page by URL, as st.image sends its own: each is registered with Streamlit's media
+files under an id that is the hash of its bytes, so a rerun for the same run and level sends the same short
+URLs again (a few hundred bytes) and the page keeps the pictures it decoded, where data URLs sent every
+step's picture again on every rerun (~40 KB a step, each one parsed and compared in the page).
 The page's step stays ``state.STEP``: the scrubber's "chosen" trigger writes it there before the viewer
 reruns, and headless tests, which cannot drive a component, set it there too.
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit import runtime
 
 from explorer import state
 
@@ -32,11 +37,21 @@ _component = st.components.v2.component(
     isolate_styles=False)  # in the page's own DOM: its theme, and tests and load benchmarks see it
 
 
-def picture_source(rgb: np.ndarray) -> str:
-    """A data URL of an (H, W, 3) uint8 picture, for the scrubber to hold."""
+def encode_picture(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 picture encoded as the scrubber holds it."""
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format=PICTURE_FORMAT, quality=PICTURE_QUALITY)
-    return f"data:{PICTURE_MIME};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def picture_urls(pictures: list[bytes]) -> list[str]:
+    """The URLs the page fetches ``pictures`` (encoded, one per step) from: Streamlit's media files, one
+    place each in this session (a later rerun's picture for a step replaces the last one, which is freed once
+    no page shows it). Data URLs where no server runs."""
+    if not runtime.exists():
+        return [f"data:{PICTURE_MIME};base64," + base64.b64encode(picture).decode("ascii") for picture in pictures]
+    media = runtime.get_instance().media_file_mgr
+    return [media.add(picture, PICTURE_MIME, f"{SCRUBBER_NAME}.{step}") for step, picture in enumerate(pictures)]
 
 
 def _chosen() -> None:
@@ -46,11 +61,13 @@ def _chosen() -> None:
         state.choose_step(chosen)
 
 
-def scrubber(sources: list[str], captions: list[str], size: tuple[int, int], step: int, play_interval_s: float
+def scrubber(pictures: list[bytes], captions: list[str], size: tuple[int, int], step: int, play_interval_s: float
              ) -> None:
-    """Draw the scrubber here: ``sources`` and ``captions`` one per step (0 .. last), ``size`` the pictures'
-    (width, height), starting at ``step``; play shows a step every ``play_interval_s``."""
+    """Draw the scrubber here: ``pictures`` (encoded, see ``encode_picture``) and ``captions`` one per step
+    (0 .. last), ``size`` the pictures' (width, height), starting at ``step``; play shows a step every
+    ``play_interval_s``."""
     width, height = size
     _component(key=state.SCRUBBER, on_chosen_change=_chosen,
-               data={"pictures": sources, "captions": captions, "width": width, "height": height, "step": step,
-                     "last": len(sources) - 1, "play_ms": round(play_interval_s * 1000), "report_ms": REPORT_MS})
+               data={"pictures": picture_urls(pictures), "captions": captions, "width": width, "height": height,
+                     "step": step, "last": len(pictures) - 1, "play_ms": round(play_interval_s * 1000),
+                     "report_ms": REPORT_MS})

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import importlib
 import io
 import json
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from explorer import state
 from explorer.scrubber import SCRUBBER_NAME
@@ -154,9 +154,26 @@ def scrubber_data(at) -> dict:
     return json.loads(component.proto.json)
 
 
-def data_url_rgb(source: str) -> np.ndarray:
-    """The (H, W, 3) pixels of a picture's data URL."""
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+def picture_rgb(encoded: bytes) -> np.ndarray:
+    """The (H, W, 3) pixels of an encoded picture."""
+    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+
+
+@pytest.fixture
+def media(monkeypatch) -> dict[str, bytes]:
+    """The files the app gives Streamlit's media files in its AppTest runs, by the URL the page is sent: AppTest
+    makes a new media store for each run and drops it after, so the test keeps its own record."""
+    served: dict[str, bytes] = {}
+    load = MemoryMediaFileStorage.load_and_get_id
+
+    def recorded(self, path_or_data, mimetype, kind, filename=None):
+        file_id = load(self, path_or_data, mimetype, kind, filename)
+        if isinstance(path_or_data, bytes):
+            served[self.get_url(file_id)] = path_or_data
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recorded)
+    return served
 
 
 def shown(markdown: str) -> str:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import (APP, data_url_rgb, default_model, moving_square, png_bytes, reference_labels, reference_probe,
+from conftest import (APP, default_model, moving_square, picture_rgb, png_bytes, reference_labels, reference_probe,
                       reference_run, scene_rgb, scrubber_data, set_step, shown, shown_step, sprite_zip, sprites,
                       video_bytes)
 from explorer.context import ALL_LEVELS, DEFAULT_LEVEL
@@ -160,9 +160,10 @@ def test_scrub_level_view_and_clustering_never_rerun_the_model(at, glom_runs):
     assert len(glom_runs) == 2 and shown_step(at) <= 3
 
 
-def test_the_scrubber_holds_every_steps_overlay_and_the_page_follows_the_chosen_step(at):
-    """The in-page scrubber is given each step's overlay as render.draw_islands draws it, captioned with its
-    step; a step chosen (as scrubbing does once it stops) is the step of the whole page."""
+def test_the_scrubber_holds_every_steps_overlay_and_the_page_follows_the_chosen_step(at, media):
+    """The in-page scrubber is given each step's overlay as render.draw_islands draws it, served by URL and
+    captioned with its step; a step chosen (as scrubbing does once it stops) is the step of the whole page, and
+    its rerun sends the same URLs again."""
     set_fp32(at)
     run(at)
     model = default_model()
@@ -176,13 +177,14 @@ def test_the_scrubber_holds_every_steps_overlay_and_the_page_follows_the_chosen_
     data = scrubber_data(at)
     assert (data["step"], data["last"], len(data["pictures"])) == (last, last, last + 1)
     assert data["captions"] == [f"scene 1 · level {level} · step {step} of {last}" for step in range(last + 1)]
-    for step, source in enumerate(data["pictures"]):
+    for step, url in enumerate(data["pictures"]):
         drawn = render.draw_islands(display, labels[step, level], grid).astype(float)
-        assert np.abs(data_url_rgb(source) - drawn).mean() < JPEG_ERROR, step  # that step's overlay, as a JPEG
+        assert np.abs(picture_rgb(media[url]) - drawn).mean() < JPEG_ERROR, step  # that step's overlay, as a JPEG
     assert not [s for s in at.slider if s.key == "step"], "the scrubber is the step control here"
 
     run(set_step(at, 2))
     assert scrubber_data(at)["step"] == 2 and "step 2" in heading(at)
+    assert scrubber_data(at)["pictures"] == data["pictures"], "the pictures the page holds, not new ones"
     assert legend(at) == expected_legend(labels[2, level])
     run(at.button_group(key="level").set_value(ALL_LEVELS))  # all levels: the Step slider, at the same step
     assert at.slider(key="step").value == 2 and not at.get("bidi_component")

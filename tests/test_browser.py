@@ -5,7 +5,6 @@ directly on the same picture."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -195,10 +194,12 @@ def test_open_upload_scrub_with_keys_and_export(app_server, browser, photo_rgb, 
 
 
 def scrubber_picture(page) -> np.ndarray:
-    """The (H, W, 3) pixels the in-page scrubber shows now (the picture it holds for its step)."""
-    source = page.locator(SCRUBBER_PICTURE).get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"),
-                      dtype=np.float64)
+    """The (H, W, 3) pixels the in-page scrubber shows now (the picture it holds for its step, as the server
+    serves it at the URL the page shows)."""
+    url = page.locator(SCRUBBER_PICTURE).evaluate("picture => picture.src")
+    response = page.request.get(url)
+    assert response.ok, (url, response.status)
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"), dtype=np.float64)
 
 
 def test_the_scrubber_swaps_each_steps_overlay_in_the_page_and_the_page_follows_once_it_stops(app_server, browser):

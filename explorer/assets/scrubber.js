@@ -1,11 +1,19 @@
 // The in-page scrubber: the step slider, play and the overlay of every step, swapped in the page.
 //
-// data: {pictures: [src per step], captions: [caption per step], width, height (the pictures'), step, last,
+// data: {pictures: [URL per step], captions: [caption per step], width, height (the pictures'), step, last,
 //        play_ms, report_ms}
 // A scrub or a play only swaps the picture and its caption here; the server is told the step chosen
 // (the "chosen" trigger) once scrubbing stops: report_ms after the last key or drag, or when play ends.
 // Streamlit calls this function again with new data after every rerun of the viewer, in the same parent
 // element: the elements and the scrubber's state are made once and kept on it, and only the data changes.
+
+// Streamlit's media files come as root-relative URLs ("/media/ID.jpg"): served under the app's own path, as
+// Streamlit serves its own, so that a server with a base path (server.baseUrlPath) serves them too
+const served = url => {
+  if (!url.startsWith("/")) return url;
+  const path = window.location.pathname;
+  return (path.endsWith("/") ? path : path + "/") + url.slice(1);
+};
 
 const TEXT_INPUTS = new Set(["text", "search", "email", "number", "password", "url", "tel"]);
 
@@ -54,10 +62,10 @@ class Scrubber {
   update(data, setTriggerValue) {
     this.data = data;
     this.setTriggerValue = setTriggerValue;
-    // each step's picture decoded ahead, so a swap never waits on the decoder; kept while the server's data
-    // repeats it (every rerun of the viewer sends it again)
-    const held = new Map((this.decoded ?? []).map(image => [image.src, image]));
-    this.decoded = data.pictures.map(src => held.get(src) ?? Object.assign(new Image(), {src}));
+    // each step's picture fetched and decoded ahead, so a swap never waits on the network or the decoder;
+    // kept while the server's data names it again (every rerun of the viewer sends the same URLs)
+    const held = this.decoded ?? new Map();
+    this.decoded = new Map(data.pictures.map(url => [url, held.get(url) ?? Object.assign(new Image(), {src: served(url)})]));
     this.range.max = String(data.last);
     [this.picture.width, this.picture.height] = [data.width, data.height]; // its place kept while it loads
     // the server's step, unless it is one this scrubber told it (the visitor may have scrubbed on since,
@@ -78,7 +86,8 @@ class Scrubber {
     this.range.value = String(this.step);
     this.range.setAttribute("aria-valuetext", `step ${this.step} of ${last}`);
     this.value.textContent = String(this.step);
-    if (this.picture.getAttribute("src") !== pictures[this.step]) this.picture.src = pictures[this.step];
+    const src = served(pictures[this.step]);
+    if (this.picture.getAttribute("src") !== src) this.picture.src = src;
     this.picture.alt = captions[this.step];
     this.caption.textContent = captions[this.step];
     this.root.dataset.step = String(this.step);

@@ -74,7 +74,7 @@ def view(context: ViewContext):
     last = shown.shape[0] - 1
     with left:
         height, width = frame.display.shape[:2]
-        scrubber.scrubber(derived.overlay_sources(frame, shown, settings, grid, level),
+        scrubber.scrubber(derived.overlay_pictures(frame, shown, settings, grid, level),
                           [f"{short_name(frame.picture.name)} · level {level} · step {s} of {last}" for s in range(last + 1)],
                           (width, height), step, state.PLAY_INTERVAL_S)
     with right:
