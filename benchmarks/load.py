@@ -20,7 +20,9 @@ and keeps running it, one more iteration each time (a new run), while the others
 must not freeze them. Its runs are timed from the key press to the end of its progress bar.
 
 The server's resident memory is sampled every half second. Printed: per N, scrub and view-switch
-latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session,
+latency p50 / p95 over all sessions (and the worst session's p95), the p95 ratio to a single session, the
+same for a scrub until the frame that shows it is made (painted: the next animation frame's style, layout
+and paint done on the page's thread, what a person waits for),
 how long after a round's last key the whole viewer is drawn for its step (settled: where the app scrubs in
 the page, the server hears of the step only once scrubbing stops; each visitor waits for it before switching
 views),
@@ -29,7 +31,8 @@ session's own over those checked (must be 0), the server's own time per scrub (t
 p50/p95), the server's CPU use while they scrub (1 core = 100%), its CPU ms per scrub or view switch
 (the work itself, which the machine's other load does not change much), the part of it in GLOM's niced run workers, the
 browser's CPU use and its CPU ms per scrub or view switch (every page's Chromium processes: what the visitors'
-own computers would spend, here on the server's cores), the machine's load average, and the server's RSS over
+own computers would spend, here on the server's cores), what the server sent each page per scrub or view switch
+(KB over the websocket, and media files fetched by URL), the machine's load average, and the server's RSS over
 time. Speed is never asserted in tests.
 """
 
@@ -126,7 +129,17 @@ RECORDER = """
       }
     }
     if ((current && current.key) !== (last && last.key)) {  // an overlay appeared, changed or went away
-      if (current) log.shown.push({t: now, step: current.step, level: current.level});
+      if (current) {
+        const entry = {t: now, step: current.step, level: current.level};
+        log.shown.push(entry);
+        // and when the frame that shows it was made: a task queued from the next animation frame runs once
+        // that frame's style, layout and paint are done on the page's thread, as a person would see it
+        requestAnimationFrame(() => {
+          const channel = new MessageChannel();
+          channel.port1.onmessage = () => { entry.painted = performance.now(); };
+          channel.port2.postMessage(null);
+        });
+      }
       last = current;
     }
     if (current) {
@@ -251,6 +264,12 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     context = await browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(WAIT_MS)  # on a busy machine eight pages take a while to draw
     page = await context.new_page()
+    received = {"websocket": 0, "media": 0}  # bytes the server sent over the websocket; media files fetched
+
+    def count(kind: str, amount: int) -> None:
+        received[kind] += amount
+    page.on("websocket", lambda socket: socket.on("framereceived", lambda payload: count("websocket", len(payload))))
+    page.on("request", lambda request: count("media", 1) if "/media/" in request.url else None)
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
     uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
@@ -264,6 +283,7 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     step = int(re.search(r"step (\d+) of", caption).group(1))
     ready.set()
     await start.wait()
+    before = dict(received)
     # the in-page scrubber's slider where the app has one, else Streamlit's Step slider
     slider = page.locator(".glom-scrubber-range")
     if not await slider.count():
@@ -285,16 +305,17 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
         await shown(page, step)
     log = await page.evaluate("() => window.__glom")
     await context.close()
-    return {"name": name, "last": last, **latencies(log, expected)}
+    sent = {kind: received[kind] - before[kind] for kind in received}
+    return {"name": name, "last": last, "actions": len(expected), **sent, **latencies(log, expected)}
 
 
 def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
     """Scrub and view-switch latencies (s) from the page's log: each key press (or the click back to
-    Islands) to the first overlay of its step shown after it; and a round's last key press to the viewer's
+    Islands) to the first overlay of its step shown after it, and for scrubs to the frame that shows it; and a round's last key press to the viewer's
     last line naming its step (the whole viewer drawn for it: the server told, measures and exports current)."""
     keys = [e["t"] for e in log["events"] if e["kind"] == "key"]
     clicks = [e["t"] for e in log["events"] if e["kind"] == "click"]
-    scrub, view, settled = [], [], []
+    scrub, painted, view, settled = [], [], [], []
     key_index = click_index = 0
     for kind, step in expected:
         if kind in ("scrub", "last scrub"):
@@ -309,11 +330,13 @@ def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
             pressed = clicks[click_index + 1]
             click_index += 2
             out = view
-        shown = next((s["t"] for s in log["shown"] if s["t"] >= pressed and s["step"] == step), None)
+        shown = next((s for s in log["shown"] if s["t"] >= pressed and s["step"] == step), None)
         if shown is not None:
-            out.append((shown - pressed) / 1000)
+            out.append((shown["t"] - pressed) / 1000)
+            if out is scrub and "painted" in shown:
+                painted.append((shown["painted"] - pressed) / 1000)
     server = [d["ms"] / 1000 for d in log["drawn"] if keys and d["t"] >= keys[0]]
-    return {"scrub": scrub, "view": view, "settled": settled, "wrong": log["wrong"], "thumbnails": log["thumbnails"],
+    return {"scrub": scrub, "painted": painted, "view": view, "settled": settled, "wrong": log["wrong"], "thumbnails": log["thumbnails"],
             "server": server}
 
 
@@ -433,11 +456,12 @@ def main() -> None:
         threading.Thread(target=sample, daemon=True).start()
         asyncio.run(one_load(url, 1, 1, False))  # warm: the model loaded, the first runs made
         idle_mb = rss_mb(process.pid)
-        single_p95 = None
+        single_p95 = single_painted_p95 = None
         print(f"server RSS after a warm visit: {idle_mb:.0f} MB; caches' configured bound: {cache_bound_mb():.0f} MB")
-        print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'view p50':>9} {'p95':>7} "
+        print(f"{'N':>2} {'scrub p50':>10} {'p95':>7} {'worst p95':>10} {'p95/1':>6} {'painted p50':>11} {'p95':>7} "
+              f"{'p95/1':>6} {'view p50':>9} {'p95':>7} "
               f"{'settled p50':>11} {'p95':>7} {'RSS peak':>9} {'wrong/seen':>10} {'heavy runs':>12} {'server ms':>12} {'CPU':>5} {'ms/act':>6} {'runs':>5} {'Chrome':>6} "
-              f"{'ms/act':>6} {'load':>16}")
+              f"{'ms/act':>6} {'KB/act':>6} {'media/act':>9} {'load':>16}")
         for n in [n for _ in range(args.passes) for n in args.sessions]:
             rounds = max(args.rounds, -(-args.min_scrubs // (SCRUBS_PER_ROUND * n)))
             begun, marks = time.monotonic(), {}
@@ -456,6 +480,7 @@ def main() -> None:
                            if nice > own_nice) / elapsed  # in the niced run workers
             browser_cpu = (browser1 - browser0) / elapsed
             scrub = [s for v in result["visitors"] for s in v["scrub"]]
+            painted = [s for v in result["visitors"] for s in v["painted"]]
             view = [s for v in result["visitors"] for s in v["view"]]
             settled = [s for v in result["visitors"] for s in v["settled"]]
             actions = max(1, len(scrub) + len(view))
@@ -467,16 +492,24 @@ def main() -> None:
             drawn = [s for v in result["visitors"] for s in v["server"]]
             peak = max(mb for t, mb in samples if t >= begun)
             p95 = percentile(scrub, 95)
-            single_p95 = p95 if n == 1 else single_p95  # each pass against its own single session
+            painted_p95 = percentile(painted, 95)
+            if n == 1:  # each pass against its own single session
+                single_p95, single_painted_p95 = p95, painted_p95
             ratio = p95 / single_p95 if single_p95 else float("nan")
+            painted_ratio = painted_p95 / single_painted_p95 if single_painted_p95 else float("nan")
+            page_actions = sum(v["actions"] for v in result["visitors"])
+            kb_per_action = sum(v["websocket"] for v in result["visitors"]) / 1024 / page_actions
+            media_per_action = sum(v["media"] for v in result["visitors"]) / page_actions
             runs = result["heavy_runs"]
             heavy = f"{statistics.median(runs):.2f} s x{len(runs)}" if runs else "-"
-            print(f"{n:>2} {percentile(scrub, 50):>9.3f}s {p95:>6.3f}s {worst:>9.3f}s {ratio:>6.2f} "
+            print(f"{n:>2} {percentile(scrub, 50):>9.4f}s {p95:>6.4f}s {worst:>9.4f}s {ratio:>6.2f} "
+                  f"{percentile(painted, 50):>10.4f}s {painted_p95:>6.4f}s {painted_ratio:>6.2f} "
                   f"{percentile(view, 50):>8.3f}s {percentile(view, 95):>6.3f}s "
                   f"{percentile(settled, 50):>10.3f}s {percentile(settled, 95):>6.3f}s {peak:>7.0f}MB {wrong:>3}/{thumbnails:<4} "
                   f"{heavy:>12} {percentile(drawn, 50) * 1000:>6.0f}/{percentile(drawn, 95) * 1000:<5.0f} "
                   f"{server_cpu:>5.0%} {per_action * 1000:>6.0f} {runs_cpu:>5.0%} {browser_cpu:>6.0%} "
-                  f"{browser_per_action * 1000:>6.0f} {load_average():>16}", flush=True)
+                  f"{browser_per_action * 1000:>6.0f} {kb_per_action:>6.1f} {media_per_action:>9.2f} "
+                  f"{load_average():>16}", flush=True)
             for visitor_result in result["visitors"]:
                 for wrong_one in visitor_result["wrong"][:3]:
                     print(f"   {visitor_result['name']} showed: {wrong_one}")
