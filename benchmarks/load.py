@@ -235,6 +235,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+# the src of the model-input thumbnail the page shows, loaded ('' while there is none)
+MODEL_INPUT_SOURCE = """() => {
+  const figure = [...document.querySelectorAll('[data-testid="stImage"]')].find(
+    element => element.innerText.startsWith('model input'));
+  const img = figure && figure.querySelector('img');
+  return img && img.complete && img.naturalWidth ? img.src : '';
+}"""
+
+
 async def overlay_of(page, name: str) -> None:
     """Until the page shows an overlay of picture ``name``, loaded (before the recorder is in the page)."""
     await page.wait_for_function(
@@ -264,18 +273,32 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     context = await browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(WAIT_MS)  # on a busy machine eight pages take a while to draw
     page = await context.new_page()
-    received = {"websocket": 0, "media": 0}  # bytes the server sent over the websocket; media files fetched
+    # bytes the server sent over the websocket; media files fetched, and those it did not have (must be 0)
+    received = {"websocket": 0, "media": 0, "missing": 0}
 
     def count(kind: str, amount: int) -> None:
         received[kind] += amount
     page.on("websocket", lambda socket: socket.on("framereceived", lambda payload: count("websocket", len(payload))))
     page.on("request", lambda request: count("media", 1) if "/media/" in request.url else None)
+    page.on("response", lambda response: count("missing", 1) if "/media/" in response.url and response.status >= 400
+            else None)
     await page.goto(url)
     await page.get_by_text(re.compile(r"· step \d+ · drawn in")).first.wait_for(timeout=WAIT_MS)
+    default_thumbnail = await page.evaluate(MODEL_INPUT_SOURCE)
+    missing_at_start = received["missing"]
     uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Your images")
     await uploader.locator("input[type='file']").set_input_files({"name": name, "mimeType": "image/png",
                                                                    "buffer": picture})
-    await overlay_of(page, name)
+    try:
+        await overlay_of(page, name)
+    except Exception:
+        print(f"   {name}: no overlay; media files the server did not have: {received['missing'] - missing_at_start}",
+              flush=True)
+        raise
+    # and the rest of that rerun drawn: the model input below the overlay arrives after it, and until then
+    # the page still shows the default picture's (its own, not another visitor's)
+    await page.wait_for_function(f"before => ![before, ''].includes(({MODEL_INPUT_SOURCE})())", arg=default_thumbnail,
+                                 timeout=WAIT_MS)
     others = [c for i, c in enumerate(colours) if i != index]
     await page.evaluate(RECORDER, {"name": name, "colour": colour, "others": others, "tolerance": COLOUR_TOLERANCE})
     caption = await page.get_by_text(re.compile(re.escape(name) + r" · level \d+ · step \d+ of \d+")).first.inner_text()
@@ -424,7 +447,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=4, help=f"rounds of {SCRUBS_PER_ROUND} scrubs and a view switch")
-    parser.add_argument("--min-scrubs", type=int, default=64,
+    parser.add_argument("--min-scrubs", type=int, default=192,
                         help="more rounds for few sessions, so every N's p95 is over at least this many scrubs")
     parser.add_argument("--passes", type=int, default=1, help="the whole table again, to see how noisy it is")
     parser.add_argument("--heavy", action="store_true", help="one more session keeps running a 224 px GLOM")
@@ -513,6 +536,9 @@ def main() -> None:
             for visitor_result in result["visitors"]:
                 for wrong_one in visitor_result["wrong"][:3]:
                     print(f"   {visitor_result['name']} showed: {wrong_one}")
+            missing = sum(v["missing"] for v in result["visitors"])
+            if missing:
+                print(f"   media files a page asked for that the server no longer had: {missing}")
         sampling.set()
         begun = samples[0][0]
         every = max(1, len(samples) // 24)

@@ -245,6 +245,46 @@ def test_the_scrubber_swaps_each_steps_overlay_in_the_page_and_the_page_follows_
         page.close()
 
 
+def test_a_scrubber_picture_the_server_no_longer_had_is_fetched_again(app_server, browser):
+    """The server keeps a picture while a page's last script run names it, so another visitor's run can free
+    one that this page's rerun is about to name again before the page has fetched it: the scrubber asks
+    again and shows it. Here every picture is missing the first time it is asked for."""
+    model = default_model()
+    size, grid = model.config.image_size, model.grid
+    level = min(DEFAULT_LEVEL, model.config.levels - 1)
+    last = 2 * model.config.levels
+    labels = reference_labels(reference_run(model, scene_rgb(0, size)).states, grid)
+    display = to_model_input(scene_rgb(0, size), size, "crop")[1].repeat(DISPLAY_PX // size, axis=0).repeat(
+        DISPLAY_PX // size, axis=1)
+    refused = set()
+
+    def missing_the_first_time(route):
+        path = route.request.url.split("?")[0]
+        if path in refused:
+            route.continue_()
+        else:
+            refused.add(path)
+            route.fulfill(status=404, body="no such file")
+
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.route("**/media/**", missing_the_first_time)
+        page.goto(app_server)
+        wait_for_islands(page, "scene 1", step=last, level=level)
+        shown = page.locator(SCRUBBER_PICTURE)
+        page.get_by_role("slider", name="Step", exact=True).focus()
+        for key, step in (("End", last), ("Home", 0)):
+            page.keyboard.press(key)
+            expect(page.locator(".glom-scrubber-caption")).to_have_text(f"scene 1 · level {level} · step {step} of {last}")
+            page.wait_for_function("picture => picture.complete && picture.naturalWidth > 0", arg=shown.element_handle(),
+                                   timeout=WAIT_MS)
+            assert shown.evaluate("picture => picture.src").split("?")[0] in refused  # missing once, then shown
+            drawn = render.draw_islands(display, labels[step, level], grid).astype(np.float64)
+            assert np.abs(scrubber_picture(page) - drawn).mean() < JPEG_ERROR, step
+    finally:
+        page.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # several people at once
 

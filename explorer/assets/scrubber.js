@@ -15,6 +15,8 @@ const served = url => {
   return (path.endsWith("/") ? path : path + "/") + url.slice(1);
 };
 
+const FETCH_RETRIES = 4, FETCH_RETRY_MS = 250;
+
 const TEXT_INPUTS = new Set(["text", "search", "email", "number", "password", "url", "tel"]);
 
 const MARKUP = `
@@ -65,7 +67,10 @@ class Scrubber {
     // each step's picture fetched and decoded ahead, so a swap never waits on the network or the decoder;
     // kept while the server's data names it again (every rerun of the viewer sends the same URLs)
     const held = this.decoded ?? new Map();
-    this.decoded = new Map(data.pictures.map(url => [url, held.get(url) ?? Object.assign(new Image(), {src: served(url)})]));
+    this.decoded = new Map(data.pictures.map(url => {
+      const image = held.get(url);
+      return [url, image && !image.failed ? image : this.fetch(url)];
+    }));
     this.range.max = String(data.last);
     [this.picture.width, this.picture.height] = [data.width, data.height]; // its place kept while it loads
     // the server's step, unless it is one this scrubber told it (the visitor may have scrubbed on since,
@@ -80,13 +85,33 @@ class Scrubber {
     }
   }
 
+  // One step's picture, fetched ahead. The server keeps a picture while some page's last script run named
+  // it: one this page's rerun names again may be freed by another visitor's run in between, and then this
+  // fetch fails. Asked for again a little later (the rerun has named it again by then), a few times, and
+  // shown in place where it is the step's.
+  fetch(url, attempt = 0) {
+    const image = new Image();
+    image.onerror = () => {
+      image.failed = true;
+      if (attempt >= FETCH_RETRIES) return;
+      setTimeout(() => {
+        if (this.decoded.get(url) !== image) return; // a later update asked for it already
+        const again = this.fetch(url, attempt + 1);
+        this.decoded.set(url, again);
+        if (this.data.pictures[this.step] === url) this.picture.src = again.src;
+      }, FETCH_RETRY_MS * (attempt + 1));
+    };
+    image.src = served(url) + (attempt ? `?attempt=${attempt}` : ""); // not the failed answer again
+    return image;
+  }
+
   show(next) {
     const { pictures, captions, last } = this.data;
     this.step = Math.min(Math.max(next, 0), last);
     this.range.value = String(this.step);
     this.range.setAttribute("aria-valuetext", `step ${this.step} of ${last}`);
     this.value.textContent = String(this.step);
-    const src = served(pictures[this.step]);
+    const src = this.decoded.get(pictures[this.step]).src;
     if (this.picture.getAttribute("src") !== src) this.picture.src = src;
     this.picture.alt = captions[this.step];
     this.caption.textContent = captions[this.step];
