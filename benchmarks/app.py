@@ -162,10 +162,9 @@ def server_work(repeats: int) -> list[str]:
     from explorer.context import DEFAULT_LEVEL
     from explorer.limits import TORCH_THREADS
     from explorer.pictures import DISPLAY_PX
-    from explorer.settings import RANDOM_SEED
+    from explorer.settings import RANDOM_SEED, RunSettings, precision_choices
     from glom_viz import Glom, islands, project, render, runs
     from glom_viz.images import load_image, to_model_input
-    from glom_viz.model import run_path
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
@@ -179,11 +178,9 @@ def server_work(repeats: int) -> list[str]:
              "(not waited for) UMAP of one level, warm")
     times = {name: [] for name in names}
     cpu_times = {name: [] for name in names}
-    fast = run_path(model.config.dim, "fast")
-    # what the page runs at its default precision: fast where bf16 is native, exact fp32 elsewhere
-    # (explorer.sidebar.precision_panel), so an int8 CPU's upload in the browser runs fp32
-    precision = "fast" if fast in ("bf16", "fp16") else "fp32"
-    path = run_path(model.config.dim, precision)
+    offer = precision_choices(model.config.dim)  # what the page runs at its default precision
+    fast, path = offer.paths["fast"], offer.paths[offer.default]
+    precision = RunSettings(1, path).precision
     project.warm_up_umap()
     try:
         for index in range(repeats + 1):  # the first warms up (packs the int8 nets, compiles UMAP)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from glom_viz import islands
-from glom_viz.model import RELEASE, GlomConfig
+from glom_viz.model import PRECISIONS, RELEASE, GlomConfig, run_path
 from glom_viz.scenes import EVAL_SEEDS
 
 # the model panel
@@ -16,10 +16,34 @@ SOURCES = {"shipped": "Trained (shipped)", "random": "Random weights (seeded)", 
 # the shipped model's shape: a random model of the same shape stands in for it when the file is missing
 RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
 RANDOM_SEED = 0
-PRECISION_LABELS = {"fast": "fast", "fp32": "exact fp32"}
+PRECISION_LABELS = {"fast": "fast", "bf16": "bf16", "fp32": "exact fp32"}
 # what "fast" runs as (glom_viz.model.run_path): bf16 where it is faster here, else int8 nets where they
 # are, else fp32
 PATH_NAMES = {"bf16": "bf16", "fp16": "fp16", "int8": "int8 nets", "fp32": "fp32"}
+
+
+@dataclass(frozen=True)
+class PrecisionChoices:
+    """The precisions the page offers a model here: the path each runs (glom_viz.model.run_path), and the one
+    it opens on."""
+
+    paths: dict
+    default: str
+
+    @property
+    def offered(self) -> list[str]:
+        return [p for p in PRECISIONS if p in self.paths]
+
+
+def precision_choices(dim: int) -> PrecisionChoices:
+    """Fast and exact, and bf16 beside them where fast means the int8 nets and bf16 is faster than fp32. The
+    page opens on the fastest path that moves the islands no more than a grey level of noise on the picture
+    does: bf16 where it is faster than fp32 (the int8 nets move a trained model's islands further), else
+    exact (experiments/precision_islands.py)."""
+    fast, bf16 = run_path(dim, "fast"), run_path(dim, "bf16")
+    own_bf16 = fast == "int8" and bf16 in ("bf16", "fp16")
+    paths = {"fast": fast, **({"bf16": bf16} if own_bf16 else {}), "fp32": "fp32"}
+    return PrecisionChoices(paths, "bf16" if own_bf16 else "fast" if fast in ("bf16", "fp16") else "fp32")
 
 # the images panel
 SCENE_SEEDS = tuple(EVAL_SEEDS[i] for i in (0, 1, 2))  # held-out scenes, never seen in training
@@ -80,8 +104,9 @@ class RunSettings:
 
     @property
     def precision(self) -> str:
-        """What glom_viz.runs.run is asked for: "fast" unless the path is exact fp32."""
-        return "fp32" if self.path == "fp32" else "fast"
+        """What glom_viz.runs.run is asked for: "fp32" for the exact path, "bf16" for autocast's dtype (never
+        the int8 nets), else "fast"."""
+        return {"fp32": "fp32", "bf16": "bf16"}.get(self.path, "fast")
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from explorer.pictures import Mask, Picture
 from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
                                MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
                                RANDOM_CONFIG, RANDOM_SEED, SCENE_NAMES, SOURCES, VIDEO_TYPES, ImageSettings,
-                               IslandSettings, ModelSettings, RunSettings)
+                               IslandSettings, ModelSettings, RunSettings, precision_choices)
 from glom_viz import islands
 from glom_viz.errors import ConfigError, ImageLoadError
 from glom_viz.images import FITS, read_mask
-from glom_viz.model import PRECISIONS, GlomConfig, run_path
+from glom_viz.model import GlomConfig
 from glom_viz.text import plain, plain_name
 
 # every uploader's help ends with it: Streamlit's own "status code 400" beside such a file says nothing of why
@@ -116,22 +116,31 @@ def model_summary(loaded: LoadedModel) -> None:
 
 
 def precision_panel(dim: int) -> str:
-    """Fast or exact, named by what fast runs as for this model here; returns the path that will run."""
-    fast = run_path(dim, "fast")
+    """Fast or exact, named by what fast runs as for this model here, and bf16 beside them where fast means
+    the int8 nets and bf16 is faster than fp32; returns the path that will run."""
+    offer = precision_choices(dim)
+    choices, default, fast = offer.offered, offer.default, offer.paths["fast"]
+    # a visitor's own choice is kept while this model offers it; the page's own follows the model
+    current = st.session_state.get(state.MODEL_PRECISION)
+    if current not in choices or current == st.session_state.get(state.MODEL_PRECISION_DEFAULT):
+        st.session_state[state.MODEL_PRECISION] = default
+    st.session_state[state.MODEL_PRECISION_DEFAULT] = default
     choice = st.sidebar.radio(
-        "Precision", PRECISIONS, key=state.MODEL_PRECISION, horizontal=True,
-        index=0 if fast in ("bf16", "fp16") else 1,  # fast by default where the CPU has native bf16
+        "Precision", choices, key=state.MODEL_PRECISION, horizontal=True,
         format_func=lambda p: f"fast ({PATH_NAMES[fast]})" if p == "fast" else PRECISION_LABELS[p],
         help="Fast runs GLOM's matrix products in bf16 where that is faster than fp32 on this CPU (states stay "
              "fp32 between steps); elsewhere glom_viz runs the bottom-up and top-down nets in int8 instead, for "
-             "models of dim 128 and more where a timed probe finds them faster. Exact runs everything in fp32.")
+             "models of dim 128 and more where a timed probe finds them faster. Where bf16 is faster than fp32 "
+             "but the int8 nets faster still, bf16 is offered beside them and chosen first: it moves a trained "
+             "model's islands less than one grey level of noise on the picture does, the int8 nets more. "
+             "Exact runs everything in fp32.")
     if choice == "fast" and fast == "fp32":
         st.sidebar.caption(f"On this CPU neither bf16 nor int8 nets run a model of dim {dim} faster than fp32, "
                            "so fast runs fp32 here.")
-    elif choice == "fast" and fast not in ("bf16", "fp16"):
+    elif choice == "fast" and fast not in ("bf16", "fp16") and "bf16" not in choices:
         st.sidebar.caption(f"On this CPU bf16 runs no faster than fp32, so the fast path here is "
                            f"{PATH_NAMES[fast]}.")
-    return fast if choice == "fast" else "fp32"
+    return offer.paths[choice]
 
 
 def images_panel() -> ImageSettings:

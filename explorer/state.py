@@ -28,6 +28,7 @@ CHECKPOINT_FORM = "checkpoint_config_form"  # a checkpoint's config, asked for w
 CHECKPOINT_FIELD_PREFIX = "checkpoint_field_"
 CHECKPOINT_CONFIG = "checkpoint_config"  # (the upload's file id, the fields given) once the form is sent
 MODEL_PRECISION = "model_precision"
+MODEL_PRECISION_DEFAULT = "model_precision_default"  # the precision the page last chose by itself
 # the images panel; a picture's own ground-truth mask is under mask_key(picture key)
 IMAGES_BUNDLED = "images_bundled"
 IMAGES_UPLOAD = "images_upload"

@@ -37,6 +37,8 @@ The environment variable GLOM_VIZ_REDUCED_PRECISION forces a path under autocast
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -409,8 +411,8 @@ def precision_path(device_type: str, dim: int | None = None) -> str:
 
     Outside autocast: "fp32". Under autocast, the fastest path this device has for a model of ``dim``, each
     reduced path taken only where measured faster: with gradients off, on a CPU with fbgemm, for ``dim`` >=
-    INT8_MIN_DIM (None is probed at INT8_PROBE_MAX_DIM), "int8" (the bottom-up and top-down nets in dynamic
-    int8) where a timed probe finds its nets faster than those of the rival path (``int8_is_fast``); else
+    INT8_MIN_DIM (None is probed at INT8_PROBE_MAX_DIM), unless ``precision_context("bf16")`` asked for no
+    int8, "int8" (the bottom-up and top-down nets in dynamic int8) where a timed probe finds its nets faster than those of the rival path (``int8_is_fast``); else
     autocast's dtype where that beats fp32 (``reduced_precision_is_fast``); else "fp32", with a warning once per
     process saying why. GLOM_VIZ_REDUCED_PRECISION forces a path: 1 autocast's dtype, int8 (any dim), 0 fp32.
     """
@@ -428,7 +430,8 @@ def precision_path(device_type: str, dim: int | None = None) -> str:
     int8_runs = device_type == "cpu" and int8_is_available() and not torch.is_grad_enabled()
     if forced == "int8" and int8_runs:
         return "int8"
-    if forced is None and int8_runs and not small and int8_is_fast(width, name if reduced else "fp32"):
+    if (forced is None and int8_runs and _INT8_NETS_ALLOWED.get() and not small
+            and int8_is_fast(width, name if reduced else "fp32")):
         return "int8"  # faster still than the dtype asked for, where that is fast: inference only
     if reduced:
         return name
@@ -461,16 +464,27 @@ def consensus_dtype(path: str, device_type: str) -> torch.dtype:
     return PATH_DTYPES.get(path, torch.float32)
 
 
-# what a user may ask for: "fast" (torch.autocast; the forward picks the path) or exact "fp32"
-PRECISIONS = ("fast", "fp32")
+# what a user may ask for: "fast" (torch.autocast; the forward picks the path), "bf16" (the same without the
+# int8 nets: they move a trained model's islands more than a grey level of noise on the picture does, bf16
+# less; experiments/precision_islands.py) or exact "fp32"
+PRECISIONS = ("fast", "bf16", "fp32")
+# False while a forward runs for a "bf16" request: precision_path then never picks the int8 nets
+_INT8_NETS_ALLOWED = contextvars.ContextVar("glom_viz_int8_nets_allowed", default=True)
 
 
+@contextlib.contextmanager
 def precision_context(precision: str, device_type: str = "cpu"):
     """The context a forward runs in for ``precision``: autocast for any request but "fp32", else none.
 
-    Under it ``precision_path`` picks what runs; a path name ("bf16", "int8") asks for speed like "fast".
+    Under it ``precision_path`` picks what runs: for "bf16", autocast's dtype where that is faster than fp32
+    (else fp32), never the int8 nets; any other name ("fast", "int8") asks for the fastest path.
     """
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision != "fp32")
+    allowed = _INT8_NETS_ALLOWED.set(precision != "bf16")
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision != "fp32"):
+            yield
+    finally:
+        _INT8_NETS_ALLOWED.reset(allowed)
 
 
 def run_path(dim: int, precision: str = "fast", device_type: str = "cpu") -> str:

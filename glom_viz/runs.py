@@ -143,7 +143,8 @@ def run(model: Glom, image: torch.Tensor, iters: int | None = None, *, start=Non
             of `release` on), starting from the state of the most alike still column nearby (`alike`: the
             difference from which it takes nothing of it; None: from the fresh start); release None
             carries every column as it is (glom-pytorch's ``levels=``).
-        precision: "fp32" (exact) or "fast" (see ``glom_viz.model.run_path`` for what runs).
+        precision: "fp32" (exact), "fast", or "bf16" (fast without the int8 nets; see ``glom_viz.model.run_path``
+            for what runs).
         progress: called as progress(step, iters) after every step.
 
     Returns:

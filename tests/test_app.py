@@ -555,6 +555,29 @@ def test_every_precision_label_names_what_runs_for_this_models_dim(at, monkeypat
     assert any(f"for this frame ({path})" in c.value for c in at.caption)
 
 
+def test_where_the_int8_nets_are_fast_the_page_opens_on_bf16_beside_them(at, glom_runs, monkeypatch):
+    """Where bf16 beats fp32 and the int8 nets beat bf16, the page offers fast (int8 nets), bf16 and exact,
+    and opens on bf16, which moves islands no more than a grey level of noise; a model too narrow for the
+    int8 nets has no such choice, and fast is bf16 again."""
+    monkeypatch.delenv(REDUCED_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: True)
+    monkeypatch.setattr(glom_model, "int8_is_fast", lambda dim, against="fp32": dim >= glom_model.INT8_MIN_DIM)
+    run(at)
+    run(at.radio(key="model_source").set_value("random"))
+    for key, value in (("model_dim", glom_model.INT8_MIN_DIM), ("model_levels", 2), ("model_image_size", 32)):
+        run(at.number_input(key=key).set_value(value))
+    precision = at.radio(key="model_precision")
+    assert precision.options == ["fast (int8 nets)", "bf16", "exact fp32"] and precision.value == "bf16"
+    assert any(c.value.endswith("iterations · bf16") for c in at.caption)
+    assert glom_runs and legend(at)
+    run(precision.set_value("fast"))
+    assert any(c.value.endswith("iterations · int8") for c in at.caption)
+    run(at.number_input(key="model_dim").set_value(glom_model.INT8_MIN_DIM // 2))
+    precision = at.radio(key="model_precision")
+    assert precision.options == ["fast (bf16)", "exact fp32"] and precision.value == "fast"
+    assert any(c.value.endswith("iterations · bf16") for c in at.caption)
+
+
 def test_animation_frames_as_a_sequence(at, glom_runs):
     at.session_state["images_bundled"] = []
     run(at)

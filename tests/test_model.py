@@ -12,7 +12,8 @@ glom_pytorch = pytest.importorskip("glom_pytorch")
 
 from glom_viz import ConfigError, Glom, GlomConfig, GlomInputError  # noqa: E402
 from glom_viz import model as glom_model  # noqa: E402
-from glom_viz.model import REDUCED_PRECISION_ENV, precision_path, reduced_precision_is_fast  # noqa: E402
+from glom_viz.model import (REDUCED_PRECISION_ENV, precision_context, precision_path, reduced_precision_is_fast,  # noqa: E402
+                            run_path)
 
 # glom-pytorch 0.0.14's README, whose examples are the API glom_viz honours (a copy: CI has only this repository)
 SEED_README = pathlib.Path(__file__).resolve().parent / "fixtures" / "glom-pytorch-README.md"
@@ -412,6 +413,31 @@ def test_where_bf16_is_fast_int8_must_beat_bf16_nets_and_serves_inference_only(m
             assert precision_path("cpu", dim=256) == path
         assert precision_path("cpu", dim=256) == "bf16"  # with gradients: never int8
     assert [set(products) for products in probe.products] == [{"bf16", "int8"}]
+
+
+@pytest.mark.skipif(not glom_model.int8_is_available(), reason="this torch has no fbgemm int8 kernels")
+@pytest.mark.parametrize("bf16_fast, path", [(True, "bf16"), (False, "fp32")])
+def test_a_bf16_request_never_runs_the_int8_nets(monkeypatch, probe, bf16_fast, path):
+    """Where the int8 nets beat everything, "fast" runs them and "bf16" runs autocast's dtype where that beats
+    fp32, else fp32: its states are those of bf16 (or exact fp32), never the int8 nets'."""
+    monkeypatch.setattr(glom_model, "reduced_precision_is_fast", lambda device_type, dtype: bf16_fast)
+    probe(fp32=1.0, bf16=1.0, int8=0.1)
+    _, ours = twins(INT8_CONFIG)
+    img = torch.rand(1, 3, 32, 32)
+    dim = INT8_CONFIG["dim"]
+    assert (run_path(dim, "fast"), run_path(dim, "bf16"), run_path(dim, "fp32")) == ("int8", path, "fp32")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 no faster: fp32, said once
+        with precision_context("fast"):
+            assert precision_path("cpu", dim=dim) == "int8"
+            int8 = ours(img, iters=3)
+        with precision_context("bf16"):
+            assert precision_path("cpu", dim=dim) == path
+            asked = ours(img, iters=3)
+        monkeypatch.setenv(REDUCED_PRECISION_ENV, "1")  # autocast's dtype, forced: no int8
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=path == "bf16"):
+            expected = ours(img, iters=3)
+    assert torch.equal(asked, expected) and not torch.equal(asked, int8)
 
 
 @pytest.mark.skipif(not glom_model.int8_is_available(), reason="this torch has no fbgemm int8 kernels")
