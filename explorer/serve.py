@@ -29,22 +29,24 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(env: dict | None = None, log_path: Path | None = None, script: Path = APP):
-    """`streamlit run app.py` (or another script) headless on a free localhost port; yields its URL, stops it after."""
-    with serve_process(env, log_path, script) as (url, _):
+def serve_app(env: dict | None = None, log_path: Path | None = None, script: Path = APP, base_path: str = ""):
+    """`streamlit run app.py` (or another script) headless on a free localhost port, under ``base_path``
+    (server.baseUrlPath) if given; yields its URL, stops it after."""
+    with serve_process(env, log_path, script, base_path) as (url, _):
         yield url
 
 
 @contextmanager
-def serve_process(env: dict | None = None, log_path: Path | None = None, script: Path = APP):
+def serve_process(env: dict | None = None, log_path: Path | None = None, script: Path = APP, base_path: str = ""):
     """Like ``serve_app``, yielding ``(url, process)``: the server's process, for measuring it."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    base = ["--server.baseUrlPath", base_path] if base_path else []
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false", *base],
         cwd=script.parent, env={**os.environ, **QUIET_ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}" + (f"/{base_path}" if base_path else "")
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:

@@ -22,10 +22,11 @@ from glom_viz.data import load_zip
 from glom_viz.evaluate import score_dataset
 from glom_viz.images import sample_images, to_model_input
 
-from conftest import (default_model, moving_square, reference_labels, reference_run, scene_rgb, sprite_zip, sprites,
-                      video_bytes)
+from conftest import (default_model, moving_square, reference_labels, reference_run, scene_rgb, serve_app, sprite_zip,
+                      sprites, video_bytes)
 from explorer.context import DEFAULT_LEVEL
 from explorer.pictures import DISPLAY_PX
+from glom_viz.model import REDUCED_PRECISION_ENV
 
 pytestmark = pytest.mark.browser
 PlaywrightError = pytest.importorskip("playwright.sync_api").Error
@@ -285,6 +286,23 @@ def test_a_scrubber_picture_the_server_no_longer_had_is_fetched_again(app_server
         page.close()
 
 
+def test_the_scrubber_shows_its_pictures_on_a_server_under_a_base_path(browser):
+    """Behind a proxy the app may be served under a path of its own (server.baseUrlPath): the scrubber's
+    pictures are fetched from under it, at the page's address with and without its closing slash."""
+    with serve_app(env={REDUCED_PRECISION_ENV: "0"}, base_path="glom") as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        try:
+            for address in (url + "/", url):
+                page.goto(address)
+                wait_for_islands(page, "scene 1")
+                picture = page.locator(SCRUBBER_PICTURE)
+                page.wait_for_function("picture => picture.complete && picture.naturalWidth > 0",
+                                       arg=picture.element_handle(), timeout=WAIT_MS)
+                assert picture.evaluate("picture => picture.src").startswith(url + "/media/")
+        finally:
+            page.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # several people at once
 
@@ -525,8 +543,6 @@ def walk_server(tmp_path_factory):
     assert train(["--dim", "16", "--levels", "4", "--image-size", "64", "--patch-size", "4", "--iters", "2",
                   "--batch-size", "2", "--steps", "3", "--checkpoint-every", "1", "--warmup", "1", "--quiet",
                   "--out", str(root / "short")]) == 0
-    from conftest import serve_app
-    from glom_viz.model import REDUCED_PRECISION_ENV
     with serve_app(env={REDUCED_PRECISION_ENV: "0", RUNS_ENV: str(root)},
                    log_path=tmp_path_factory.mktemp("walk") / "server.log") as url:
         yield url
