@@ -162,7 +162,7 @@ def server_work(repeats: int) -> list[str]:
     from explorer.context import DEFAULT_LEVEL
     from explorer.limits import TORCH_THREADS
     from explorer.pictures import DISPLAY_PX
-    from explorer.settings import RANDOM_SEED, RunSettings, precision_choices
+    from explorer.settings import RANDOM_SEED, precision_choices
     from glom_viz import Glom, islands, project, render, runs
     from glom_viz.images import load_image, to_model_input
 
@@ -179,8 +179,8 @@ def server_work(repeats: int) -> list[str]:
     times = {name: [] for name in names}
     cpu_times = {name: [] for name in names}
     offer = precision_choices(model.config.dim)  # what the page runs at its default precision
-    fast, path = offer.paths["fast"], offer.paths[offer.default]
-    precision = RunSettings(1, path).precision
+    precision = offer.default
+    fast, path = offer.paths["fast"], offer.paths[precision]
     project.warm_up_umap()
     try:
         for index in range(repeats + 1):  # the first warms up (packs the int8 nets, compiles UMAP)

@@ -329,13 +329,14 @@ async def visitor(browser, url: str, index: int, colours: list, rounds: int, sta
     log = await page.evaluate("() => window.__glom")
     await context.close()
     sent = {kind: received[kind] - before[kind] for kind in received}
-    return {"name": name, "last": last, "actions": len(expected), **sent, **latencies(log, expected)}
+    return {"name": name, "last": last, **sent, **latencies(log, expected)}
 
 
 def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
     """Scrub and view-switch latencies (s) from the page's log: each key press (or the click back to
-    Islands) to the first overlay of its step shown after it, and for scrubs to the frame that shows it; and a round's last key press to the viewer's
-    last line naming its step (the whole viewer drawn for it: the server told, measures and exports current)."""
+    Islands) to the first overlay of its step shown after it, and for scrubs to the frame that shows it; and a
+    round's last key press to the viewer's last line naming its step (the whole viewer drawn for it: the server
+    told, measures and exports current)."""
     keys = [e["t"] for e in log["events"] if e["kind"] == "key"]
     clicks = [e["t"] for e in log["events"] if e["kind"] == "click"]
     scrub, painted, view, settled = [], [], [], []
@@ -359,8 +360,8 @@ def latencies(log: dict, expected: list[tuple[str, int]]) -> dict:
             if out is scrub and "painted" in shown:
                 painted.append((shown["painted"] - pressed) / 1000)
     server = [d["ms"] / 1000 for d in log["drawn"] if keys and d["t"] >= keys[0]]
-    return {"scrub": scrub, "painted": painted, "view": view, "settled": settled, "wrong": log["wrong"], "thumbnails": log["thumbnails"],
-            "server": server}
+    return {"scrub": scrub, "painted": painted, "view": view, "settled": settled, "wrong": log["wrong"],
+            "thumbnails": log["thumbnails"], "server": server}
 
 
 async def heavy_visitor(browser, url: str, stop: asyncio.Event, ready: asyncio.Event) -> list[float]:
@@ -520,9 +521,8 @@ def main() -> None:
                 single_p95, single_painted_p95 = p95, painted_p95
             ratio = p95 / single_p95 if single_p95 else float("nan")
             painted_ratio = painted_p95 / single_painted_p95 if single_painted_p95 else float("nan")
-            page_actions = sum(v["actions"] for v in result["visitors"])
-            kb_per_action = sum(v["websocket"] for v in result["visitors"]) / 1024 / page_actions
-            media_per_action = sum(v["media"] for v in result["visitors"]) / page_actions
+            kb_per_action = sum(v["websocket"] for v in result["visitors"]) / 1024 / actions
+            media_per_action = sum(v["media"] for v in result["visitors"]) / actions
             runs = result["heavy_runs"]
             heavy = f"{statistics.median(runs):.2f} s x{len(runs)}" if runs else "-"
             print(f"{n:>2} {percentile(scrub, 50):>9.4f}s {p95:>6.4f}s {worst:>9.4f}s {ratio:>6.2f} "

@@ -41,9 +41,10 @@ def precision_choices(dim: int) -> PrecisionChoices:
     does: bf16 where it is faster than fp32 (the int8 nets move a trained model's islands further), else
     exact (experiments/precision_islands.py)."""
     fast, bf16 = run_path(dim, "fast"), run_path(dim, "bf16")
-    own_bf16 = fast == "int8" and bf16 in ("bf16", "fp16")
+    own_bf16 = fast == "int8" and bf16 == "bf16"  # a "bf16" request runs bf16 or fp32
     paths = {"fast": fast, **({"bf16": bf16} if own_bf16 else {}), "fp32": "fp32"}
     return PrecisionChoices(paths, "bf16" if own_bf16 else "fast" if fast in ("bf16", "fp16") else "fp32")
+
 
 # the images panel
 SCENE_SEEDS = tuple(EVAL_SEEDS[i] for i in (0, 1, 2))  # held-out scenes, never seen in training

@@ -412,7 +412,8 @@ def precision_path(device_type: str, dim: int | None = None) -> str:
     Outside autocast: "fp32". Under autocast, the fastest path this device has for a model of ``dim``, each
     reduced path taken only where measured faster: with gradients off, on a CPU with fbgemm, for ``dim`` >=
     INT8_MIN_DIM (None is probed at INT8_PROBE_MAX_DIM), unless ``precision_context("bf16")`` asked for no
-    int8, "int8" (the bottom-up and top-down nets in dynamic int8) where a timed probe finds its nets faster than those of the rival path (``int8_is_fast``); else
+    int8, "int8" (the bottom-up and top-down nets in dynamic int8) where a timed probe finds its nets faster
+    than those of the rival path (``int8_is_fast``); else
     autocast's dtype where that beats fp32 (``reduced_precision_is_fast``); else "fp32", with a warning once per
     process saying why. GLOM_VIZ_REDUCED_PRECISION forces a path: 1 autocast's dtype, int8 (any dim), 0 fp32.
     """

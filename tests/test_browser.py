@@ -246,6 +246,12 @@ def test_the_scrubber_swaps_each_steps_overlay_in_the_page_and_the_page_follows_
         page.close()
 
 
+def wait_for_loaded(page, picture) -> None:
+    """Until the <img> ``picture`` (a locator) has loaded its picture."""
+    page.wait_for_function("picture => picture.complete && picture.naturalWidth > 0", arg=picture.element_handle(),
+                           timeout=WAIT_MS)
+
+
 def test_a_scrubber_picture_the_server_no_longer_had_is_fetched_again(app_server, browser):
     """The server keeps a picture while a page's last script run names it, so another visitor's run can free
     one that this page's rerun is about to name again before the page has fetched it: the scrubber asks
@@ -276,9 +282,9 @@ def test_a_scrubber_picture_the_server_no_longer_had_is_fetched_again(app_server
         page.get_by_role("slider", name="Step", exact=True).focus()
         for key, step in (("End", last), ("Home", 0)):
             page.keyboard.press(key)
-            expect(page.locator(".glom-scrubber-caption")).to_have_text(f"scene 1 · level {level} · step {step} of {last}")
-            page.wait_for_function("picture => picture.complete && picture.naturalWidth > 0", arg=shown.element_handle(),
-                                   timeout=WAIT_MS)
+            caption = f"scene 1 · level {level} · step {step} of {last}"
+            expect(page.locator(".glom-scrubber-caption")).to_have_text(caption)
+            wait_for_loaded(page, shown)
             assert shown.evaluate("picture => picture.src").split("?")[0] in refused  # missing once, then shown
             drawn = render.draw_islands(display, labels[step, level], grid).astype(np.float64)
             assert np.abs(scrubber_picture(page) - drawn).mean() < JPEG_ERROR, step
@@ -296,8 +302,7 @@ def test_the_scrubber_shows_its_pictures_on_a_server_under_a_base_path(browser):
                 page.goto(address)
                 wait_for_islands(page, "scene 1")
                 picture = page.locator(SCRUBBER_PICTURE)
-                page.wait_for_function("picture => picture.complete && picture.naturalWidth > 0",
-                                       arg=picture.element_handle(), timeout=WAIT_MS)
+                wait_for_loaded(page, picture)
                 assert picture.evaluate("picture => picture.src").startswith(url + "/media/")
         finally:
             page.close()
