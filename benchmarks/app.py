@@ -160,7 +160,7 @@ def server_work(repeats: int) -> list[str]:
     """The server's own work for one upload with the seed's GLOM, timed in this process on the server's torch
     threads (wall and CPU seconds), and beside it what the upload does not wait for (UMAP of one level)."""
     from explorer.context import DEFAULT_LEVEL
-    from explorer.limits import TORCH_THREADS
+    from explorer.limits import run_threads
     from explorer.pictures import DISPLAY_PX
     from explorer.settings import RANDOM_SEED, precision_choices
     from glom_viz import Glom, islands, project, render, runs
@@ -169,8 +169,8 @@ def server_work(repeats: int) -> list[str]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         model = Glom(**dict(SEED_CONFIG)).eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TORCH_THREADS)
+    threads, lone = torch.get_num_threads(), run_threads(model.config, 1)  # the server's threads for a run alone
+    torch.set_num_threads(lone)
     levels = model.config.levels
     shown = range(DEFAULT_LEVEL, levels)  # the shown level and those above, whose ids its colours follow
     names = ("picture decoded and fitted", "GLOM run", f"islands of levels {DEFAULT_LEVEL}-{levels - 1}, all steps",
@@ -216,7 +216,7 @@ def server_work(repeats: int) -> list[str]:
     finally:
         torch.set_num_threads(threads)
     steps = run.states.shape[0]
-    return ([f"server's work for one upload, in this process on {TORCH_THREADS} torch thread(s) as the server runs "
+    return ([f"server's work for one upload, in this process on {lone} torch thread(s) as the server runs it alone "
              f"(GLOM {path}, the page's default; fast here: {fast}; {steps} steps x {levels} levels = "
              f"{steps * levels} maps clustered, "
              f"{steps * len(shown)} of them before the overlay; load average {os.getloadavg()[0]:.1f}):"]

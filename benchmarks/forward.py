@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from glom_viz import Glom
 from glom_viz.model import (FEEDFORWARD_MULT, INT8_REDUCE_RANGE, REDUCED_PRECISION_ENV, consensus_dtype, cpu_flags,
                             int8_linear, precision_path, reduced_precision_is_fast)
-from glom_viz.train import usable_cpus
+from glom_viz.limits import usable_cpus
 
 try:
     from glom_pytorch import Glom as ReferenceGlom

@@ -13,6 +13,7 @@ import numpy as np
 from glom_viz.checkpoints import LIMITS as SERVER_CHECKPOINT_LIMITS
 from glom_viz.checkpoints import CheckpointLimits
 from glom_viz.images import LIMITS
+from glom_viz.limits import usable_cpus
 from glom_viz.model import GlomConfig
 from glom_viz.runs import STATES_DTYPE
 
@@ -59,6 +60,12 @@ REMEMBERED_KEYS = 256
 # shipped model 4-20x slower (0.11 s vs 0.5-2 s, OpenMP threads waiting on each other). Raise it for big
 # models on an otherwise idle machine.
 TORCH_THREADS = int(os.environ.get("GLOM_VIZ_TORCH_THREADS", "1"))
+# A big model's run alone on the server takes every core: a 224 px, dim 512, 6-level model ran 12 steps in
+# 0.42 s on two threads against 0.79 s on one (bf16; 1.0 against 1.7 s in fp32; AMD EPYC Zen 4, 2 cores).
+# It goes back to TORCH_THREADS at its next step once another run starts beside it. Big: patches x levels
+# x dim ** 2 (the nets' products per step) from BIG_RUN_WORK on; smaller runs take a tenth of a second.
+LONE_RUN_THREADS = int(os.environ.get("GLOM_VIZ_LONE_RUN_THREADS", "0")) or usable_cpus()
+BIG_RUN_WORK = 2**26
 # GLOM runs in a few worker threads of their own, niced: where the cores are busy, a visitor scrubbing
 # (Streamlit's threads, at the server's priority) goes before another visitor's long run. Measured with
 # benchmarks/load.py: a 224 px model's run beside three scrubbing visitors (docs/LIMITS.md).
@@ -67,6 +74,12 @@ RUN_NICE = int(os.environ.get("GLOM_VIZ_RUN_NICE", "10"))  # added to the server
 # after the first page, UMAP's numba code is compiled (~20 s of CPU) and the browser behind PNG/SVG export
 # is started (a few s), both in the background; GLOM_VIZ_WARM_UP=0 skips them (tests, tiny servers)
 WARM_UP = os.environ.get("GLOM_VIZ_WARM_UP", "1") != "0"
+
+
+def run_threads(config: GlomConfig, runs_in_flight: int) -> int:
+    """Torch threads for one step of a run of this model, with this many runs (its own included) going on."""
+    big = config.num_patches * config.levels * config.dim**2 >= BIG_RUN_WORK
+    return max(TORCH_THREADS, LONE_RUN_THREADS) if big and runs_in_flight <= 1 else TORCH_THREADS
 
 
 def run_size_problem(config: GlomConfig, iterations: int) -> str | None:

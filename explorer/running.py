@@ -13,8 +13,10 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as NotYet
 
 import streamlit as st
+import torch
 
 from explorer import cache
+from explorer.limits import run_threads
 from explorer.models import LoadedModel
 from explorer.pictures import Frame
 from explorer.settings import RunSettings
@@ -28,6 +30,37 @@ POLL_S = 0.1  # how often the page's thread looks at a run's progress
 
 class Cancelled(Exception):
     """The page that asked for a run went away (closed, or rerun): the run stops at its next step."""
+
+
+class _InFlight:
+    """How many runs the server's workers are running now, across all visitors."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self):
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *_):
+        with self._lock:
+            self.count -= 1
+
+
+_IN_FLIGHT = _InFlight()
+
+
+def _run_in_worker(model, image, iterations: int, progress, **keywords) -> Run:
+    """runs.run in a run worker, on the torch threads ``run_threads`` gives this run, asked again after every
+    step: a big run alone takes every core and goes back to one once another run starts beside it."""
+    with _IN_FLIGHT:
+        def each_step(step: int, total: int) -> None:
+            torch.set_num_threads(run_threads(model.config, _IN_FLIGHT.count))  # this worker thread's own
+            progress(step, total)
+
+        torch.set_num_threads(run_threads(model.config, _IN_FLIGHT.count))
+        return runs.run(model, image, iterations, progress=each_step, **keywords)
 
 
 def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, settings: RunSettings,
@@ -46,10 +79,11 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
 
     # in one of the server's niced run workers (explorer.cache.run_workers), while this thread, the
     # page's own, draws the progress; Streamlit stops it here when the page goes away
-    future = cache.run_workers().submit(runs.run, loaded.model, frame.tensor, settings.iterations, start=start,
+    future = cache.run_workers().submit(_run_in_worker, loaded.model, frame.tensor, settings.iterations, progress,
+                                        start=start,
                                         before=None if before is None else before.tensor,
                                         release=release if start is not None else None,
-                                        precision=settings.precision, progress=progress)
+                                        precision=settings.precision)
     try:
         while True:
             try:
@@ -57,8 +91,11 @@ def compute(loaded: LoadedModel, frame: Frame, previous: RunLookup | None, setti
             except NotYet:
                 pass
             finally:
-                while not steps.empty():
-                    step, total = steps.get()
+                latest = None
+                while not steps.empty():  # the latest step only: one message per look, however many steps ran
+                    latest = steps.get()
+                if latest is not None:
+                    step, total = latest
                     bar.progress(step / total, text=f"{label}: step {step} of {total}")
     except BaseException:
         cancelled.set()

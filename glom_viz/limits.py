@@ -17,6 +17,14 @@ from glom_viz.errors import ConfigError
 ENV_PREFIX = "GLOM_VIZ_"  # a server raises a limit with GLOM_VIZ_<FIELD>, e.g. GLOM_VIZ_MAX_PIXELS
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Positive numbers, each replaceable from the environment (see ``from_env``)."""

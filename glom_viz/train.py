@@ -77,6 +77,7 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from glom_viz.errors import CheckpointError, ConfigError, DataError
+from glom_viz.limits import usable_cpus
 from glom_viz.model import (Glom, GlomConfig, known_fields, patch_distances,
                             reduced_precision_is_fast, resize_position_embedding)
 from glom_viz.motion import MOTION_METHODS, PATCH_AGREEMENT, SIMILARITY_SCALE, common_fate, patch_groups, similarity_groups
@@ -725,14 +726,6 @@ def _groups_of_scene(seed: int, flip: bool, config: TrainConfig, terms: tuple[st
         groups["similarity"] = similarity_groups(first, config.patch_size, config.similarity_scale, still,
                                                  config.group_agreement)
     return groups
-
-
-def usable_cpus() -> int:
-    """The CPU cores this process may run on (its affinity where the OS tells it, else the machine's)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def micro_batch_plan(share: int, threads: int) -> int:

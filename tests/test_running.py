@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from explorer import cache, running
-from explorer.limits import RUN_NICE, RUN_WORKERS
+from explorer import limits
+from explorer.limits import RUN_NICE, RUN_WORKERS, run_threads
 from explorer.settings import RunSettings
 from glom_viz.model import Glom
 from glom_viz.runs import run
@@ -100,3 +101,59 @@ def test_a_run_stops_at_its_next_step_when_its_page_goes_away(monkeypatch):
     time.sleep(0.3)
     assert len(steps_run) == stopped_at < 500  # it stopped, long before its 500 steps
     assert in_worker(lambda: "free") == "free"  # and its worker serves the next run
+
+
+def test_a_big_run_alone_takes_every_core_and_one_beside_another(monkeypatch):
+    monkeypatch.setattr(limits, "TORCH_THREADS", 1)
+    monkeypatch.setattr(limits, "LONE_RUN_THREADS", 2)
+    seed = Glom(dim=512, levels=6, image_size=224, patch_size=14).config  # the seed README's model
+    shipped = Glom(dim=64, levels=4, image_size=64, patch_size=4).config
+    assert run_threads(seed, 1) == 2
+    assert run_threads(seed, 2) == 1
+    assert run_threads(shipped, 1) == 1  # a tenth of a second on one thread: more threads only risk waiting
+
+
+def test_a_run_gives_back_its_threads_at_the_step_after_another_run_starts(monkeypatch):
+    monkeypatch.setattr(limits, "TORCH_THREADS", 1)
+    monkeypatch.setattr(limits, "LONE_RUN_THREADS", 2)
+    monkeypatch.setattr(limits, "BIG_RUN_WORK", 1)  # every model is big
+    threads_at_step = []
+
+    def recording_run(model, images, iterations, *, progress, **_):
+        for step in range(1, iterations + 1):
+            threads_at_step.append(torch.get_num_threads())
+            if step == 3:
+                running._IN_FLIGHT.__enter__()  # another visitor's run starts beside this one
+            progress(step, iterations)
+        running._IN_FLIGHT.__exit__()
+        return "finished"
+
+    monkeypatch.setattr(running.runs, "run", recording_run)
+    loaded, frame = frame_and_model()
+    assert running.compute(loaded, frame, None, RunSettings(iterations=5), "picture") == "finished"
+    assert threads_at_step == [2, 2, 2, 1, 1]
+    assert running._IN_FLIGHT.count == 0
+
+
+def test_the_progress_bar_hears_the_latest_step_once_per_look(monkeypatch):
+    told = []
+
+    def quick_steps(model, images, iterations, *, progress, **_):
+        for step in range(1, iterations + 1):
+            progress(step, iterations)
+        time.sleep(3 * running.POLL_S)  # the page looks while the run finishes
+        return "finished"
+
+    class Bar:
+        def progress(self, value, text):
+            told.append(text)
+
+        def empty(self):
+            pass
+
+    monkeypatch.setattr(running.runs, "run", quick_steps)
+    monkeypatch.setattr(running.st, "progress", lambda *args, **kwargs: Bar())
+    loaded, frame = frame_and_model()
+    running.compute(loaded, frame, None, RunSettings(iterations=40), "picture")
+    assert told[-1] == "picture: step 40 of 40"
+    assert len(told) < 40
