@@ -32,10 +32,11 @@ and how long the browser's main thread was busy.
 takes the README's screenshots instead (1400 px wide): each view of the default picture, and a photograph; the
 Over training view shows the newest run under GLOM_VIZ_RUNS.
 
-    python benchmarks/app.py --photographs DIR
+    python benchmarks/app.py --photographs DIR [--checkpoint PATH]
 
 takes one screenshot per bundled photograph with every level's islands side by side (1400 px wide), to
-judge by eye whether a uniform sky stays one island and an object one island at the top levels.
+judge by eye whether a uniform sky stays one island and an object one island at the top levels; with
+--checkpoint PATH, of that checkpoint, loaded in the sidebar as a visitor loads one.
 """
 
 from __future__ import annotations
@@ -457,8 +458,19 @@ def screenshots(url: str, folder: Path, chromium_path: str, chromium_args: list[
     return taken
 
 
-def photographs(url: str, folder: Path, chromium_path: str, chromium_args: list[str]) -> list[Path]:
-    """Every bundled photograph at every level (the islands view's "all levels"), one screenshot each."""
+def use_checkpoint(page, checkpoint: Path) -> None:
+    """Load a checkpoint through the sidebar's uploader, as a visitor would, and wait until it runs."""
+    page.get_by_text(SOURCES["upload"]).click()
+    uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Checkpoint")
+    uploader.locator("input[type='file']").set_input_files(str(checkpoint))
+    page.locator("[data-testid='stCaptionContainer']").filter(has_text=checkpoint.name).first.wait_for(timeout=WAIT_MS)
+    overlay_shown(page, "scene 1 · level")
+
+
+def photographs(url: str, folder: Path, chromium_path: str, chromium_args: list[str],
+                checkpoint: Path | None = None) -> list[Path]:
+    """Every bundled photograph at every level (the islands view's "all levels"), one screenshot each, with
+    the shipped model or a checkpoint loaded as a visitor loads one."""
     from playwright.sync_api import sync_playwright
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -468,6 +480,8 @@ def photographs(url: str, folder: Path, chromium_path: str, chromium_args: list[
         page = browser.new_page(viewport=VIEWPORT)
         page.goto(url)
         overlay_shown(page, "scene 1 · level")
+        if checkpoint is not None:
+            use_checkpoint(page, checkpoint)
         page.get_by_role("radiogroup", name="Level").get_by_role("radio", name="all levels").click()
         settle(page, "level 0 ·")
         for name in PHOTOS:
@@ -490,6 +504,8 @@ def main() -> None:
     parser.add_argument("--screenshots", type=Path, help="take the README's screenshots into this folder instead")
     parser.add_argument("--photographs", type=Path,
                         help="take every bundled photograph at every level into this folder instead")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="with --photographs: load this checkpoint in the sidebar first (default: the shipped model)")
     parser.add_argument("--seed-size", action="store_true",
                         help="upload with the seed's GLOM (224 px, dim 512, 6 levels) instead of the shipped model")
     args = parser.parse_args()
@@ -498,11 +514,14 @@ def main() -> None:
             print(line)
     server = contextlib.nullcontext(args.url) if args.url else serve.serve_app()
     with server as url:
-        for folder, take in ((args.screenshots, screenshots), (args.photographs, photographs)):
-            if folder:
-                for path in take(url, folder, serve.CHROMIUM, serve.CHROMIUM_ARGS):
-                    print(path)
-                return
+        if args.screenshots:
+            for path in screenshots(url, args.screenshots, serve.CHROMIUM, serve.CHROMIUM_ARGS):
+                print(path)
+            return
+        if args.photographs:
+            for path in photographs(url, args.photographs, serve.CHROMIUM, serve.CHROMIUM_ARGS, args.checkpoint):
+                print(path)
+            return
         for line in measure(url, args.repeats, serve.CHROMIUM, serve.CHROMIUM_ARGS, args.seed_size):
             print(line)
     with tempfile.TemporaryDirectory() as folder:
