@@ -54,12 +54,15 @@ _IN_FLIGHT = _InFlight()
 def _run_in_worker(model, image, iterations: int, progress, **keywords) -> Run:
     """runs.run in a run worker, on the torch threads ``run_threads`` gives this run, asked again after every
     step: a big run alone takes every core and goes back to one once another run starts beside it."""
-    with _IN_FLIGHT:
-        def each_step(step: int, total: int) -> None:
-            torch.set_num_threads(run_threads(model.config, _IN_FLIGHT.count))  # this worker thread's own
-            progress(step, total)
+    def take_threads() -> None:
+        torch.set_num_threads(run_threads(model.config, _IN_FLIGHT.count))  # this worker thread's own
 
-        torch.set_num_threads(run_threads(model.config, _IN_FLIGHT.count))
+    def each_step(step: int, total: int) -> None:
+        take_threads()
+        progress(step, total)
+
+    with _IN_FLIGHT:
+        take_threads()
         return runs.run(model, image, iterations, progress=each_step, **keywords)
 
 

@@ -2,7 +2,8 @@
 
 ``glom_viz.images.ImageLimits`` (uploads) and ``glom_viz.checkpoints.CheckpointLimits`` (checkpoints)
 are both ``Limits``: every field a positive number, each read from the environment when glom-viz is
-imported (``GLOM_VIZ_MAX_PIXELS=100000000``), or passed per call in Python.
+imported (``GLOM_VIZ_MAX_PIXELS=100000000``), or passed per call in Python. ``usable_cpus`` says how many
+cores this process may use.
 """
 
 from __future__ import annotations
