@@ -12,7 +12,8 @@ from glom_viz.model import PRECISIONS, RELEASE, GlomConfig, run_path
 from glom_viz.scenes import EVAL_SEEDS
 
 # the model panel
-SOURCES = {"shipped": "Trained (shipped)", "random": "Random weights (seeded)", "upload": "Upload a checkpoint"}
+SOURCES = {"shipped": "Trained (shipped)", "content": "Trained, content only",
+           "random": "Random weights (seeded)", "upload": "Upload a checkpoint"}
 # the shipped model's shape: a random model of the same shape stands in for it when the file is missing
 RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
 RANDOM_SEED = 0

@@ -9,7 +9,7 @@ import streamlit as st
 from explorer import cache, state
 from explorer.limits import (CHECKPOINT_UPLOAD_MB, IMAGE_UPLOAD_MB, MAX_ITERATIONS, MAX_SET_PICTURES, MAX_UPLOADS,
                              SET_UPLOAD_MB, UPLOAD_NAME_BYTES)
-from explorer.models import SHIPPED_KNOWS, LoadedModel, ModelProblem
+from explorer.models import LoadedModel, ModelProblem
 from explorer.pictures import Mask, Picture
 from explorer.settings import (COUNT_LABELS, DEFAULT_FIXED_ISLANDS, FIT_LABELS, IMAGE_TYPES, MASK_TYPES,
                                MAX_FIXED_ISLANDS, METHOD_LABELS, PATH_NAMES, PHOTOS, PRECISION_LABELS,
@@ -33,7 +33,7 @@ CHECKPOINT_FIELDS = (("dim", 8, 4096, 8), ("levels", 1, 16, 1), ("image_size", 8
 
 
 def model_panel() -> ModelSettings:
-    """Which model: shipped, random (with its config) or an uploaded checkpoint."""
+    """Which model: one of the shipped two, random (with its config) or an uploaded checkpoint."""
     st.sidebar.header("Model")
     source = st.sidebar.radio("Weights", list(SOURCES), format_func=SOURCES.get, key=state.MODEL_SOURCE,
                               label_visibility="collapsed")
@@ -106,8 +106,8 @@ def model_summary(loaded: LoadedModel) -> None:
         f"**{plain_name(loaded.title)}** · expects **{config.image_size}×{config.image_size} px** images in "
         f"**{config.patch_size} px** patches ({h}×{w} = {h * w} columns) · {config.levels} levels of "
         f"dim {config.dim} · {sum(p.numel() for p in loaded.model.parameters()):,} weights")
-    if loaded.shipped:
-        st.sidebar.caption(SHIPPED_KNOWS)
+    if loaded.knows:
+        st.sidebar.caption(loaded.knows)
     # a popover, not an expander: the browser keeps a closed expander's JSON tree mounted and draws it again
     # on every scrub (the sidebar's largest element), a closed popover's not at all
     with st.sidebar.popover("Full config", icon=":material/data_object:", width="stretch"):

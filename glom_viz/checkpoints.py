@@ -43,6 +43,10 @@ FORMAT = "glom-viz"
 FORMAT_VERSION = "1"
 RESERVED_METADATA = ("format", "format_version", "config")
 SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "shipped.safetensors"
+# the shipped model fine-tuned with no position told to any level: its islands follow what the patches show,
+# so they hold on pictures outside the training scenes, where it finds the scenes' objects less well
+CONTENT_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("shipped-content.safetensors")
+SHIPPED_KINDS = ("scenes", "content")
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own cap on the JSON header
 HASH_CHUNK_BYTES = 2**20
@@ -244,14 +248,23 @@ def checkpoint_hash(path_or_bytes) -> str:
     return digest.hexdigest()
 
 
-def load_shipped() -> Glom:
-    """The model that ships with glom-viz (``SHIPPED_CHECKPOINT``), ready in eval mode."""
-    if not SHIPPED_CHECKPOINT.is_file():
+def shipped_path(kind: str = "scenes") -> Path:
+    """Where a shipped model lies: "scenes" (``SHIPPED_CHECKPOINT``, position told: objects on the project's
+    scenes) or "content" (``CONTENT_CHECKPOINT``, no position: islands that follow the picture)."""
+    if kind not in SHIPPED_KINDS:
+        raise CheckpointError(f"no shipped model {kind!r}: pick one of {', '.join(SHIPPED_KINDS)}")
+    return SHIPPED_CHECKPOINT if kind == "scenes" else CONTENT_CHECKPOINT
+
+
+def load_shipped(kind: str = "scenes") -> Glom:
+    """A model that ships with glom-viz (``shipped_path(kind)``), ready in eval mode."""
+    path = shipped_path(kind)
+    if not path.is_file():
         raise CheckpointError(
-            f"the shipped model is missing ({SHIPPED_CHECKPOINT}): reinstall glom-viz, or train one with "
+            f"the shipped model is missing ({path}): reinstall glom-viz, or train one with "
             "`python -m glom_viz.train` and load it with load_checkpoint(path)"
         )
-    return load_checkpoint(SHIPPED_CHECKPOINT)
+    return load_checkpoint(path)
 
 
 # -- reading the bytes ---------------------------------------------------------------------------

@@ -399,6 +399,18 @@ def test_load_shipped_reads_the_shipped_path(tmp_path, monkeypatch):
     assert_same_weights(model, load_shipped())
 
 
+def test_load_shipped_reads_either_shipped_model_and_refuses_others(tmp_path, monkeypatch):
+    path = tmp_path / "shipped-content.safetensors"
+    monkeypatch.setattr(checkpoints, "CONTENT_CHECKPOINT", path)
+    with pytest.raises(CheckpointError, match="shipped model is missing"):
+        load_shipped("content")
+    model = Glom(**TINY)
+    save_checkpoint(model, path)
+    assert_same_weights(model, load_shipped("content"))
+    with pytest.raises(CheckpointError, match="no shipped model 'photos': pick one of scenes, content"):
+        load_shipped("photos")
+
+
 def test_shipped_checkpoint_lives_in_the_package():
     assert checkpoints.SHIPPED_CHECKPOINT.parent.name == "assets"
     assert checkpoints.SHIPPED_CHECKPOINT.parent.parent.name == "glom_viz"
@@ -476,12 +488,12 @@ def test_dtypes_the_model_does_not_take_are_refused_naming_those_it_does(dtype):
             load_checkpoint(data)
 
 
-def test_the_shipped_provenance_names_the_shipped_weights():
-    """The package's record of how the shipped model was made is of these very weights, and its config theirs."""
-    from glom_viz.checkpoints import SHIPPED_CHECKPOINT
-
-    provenance = json.loads(SHIPPED_CHECKPOINT.with_name("shipped-provenance.json").read_text())
-    shipped = read_checkpoint(SHIPPED_CHECKPOINT)
+@pytest.mark.parametrize("kind", checkpoints.SHIPPED_KINDS)
+def test_the_shipped_provenance_names_the_shipped_weights(kind):
+    """The package's record of how a shipped model was made is of these very weights, and its config theirs."""
+    path = checkpoints.shipped_path(kind)
+    provenance = json.loads(path.with_name(path.stem + "-provenance.json").read_text())
+    shipped = read_checkpoint(path)
     assert provenance["sha256"] == shipped.sha256
     config = shipped.config
     for field in ("dim", "levels", "image_size", "patch_size"):

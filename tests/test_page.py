@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import (APP, default_model, reference_labels, reference_run, scene_rgb, scrubber_data, set_step, shown,
                       shown_step)
 from glom_viz import islands
-from glom_viz.checkpoints import SHIPPED_CHECKPOINT
+from glom_viz.checkpoints import CONTENT_CHECKPOINT, SHIPPED_CHECKPOINT, load_shipped
 from glom_viz.images import sample_images
 from glom_viz.train import KEPT_DIR, LOG_FILE, kept_checkpoint_name, main as train
 from glom_viz.training_runs import RUNS_ENV, open_run
@@ -206,7 +206,29 @@ def test_what_the_shipped_model_knows_is_said(at):
     at.session_state["images_bundled"] = ["china"]
     run(at)
     assert any("64 px synthetic part-whole scenes" in c for c in texts(at.sidebar.caption))
-    assert any(c.startswith("**What the shipped model knows.**") and "photographs" in c for c in texts(at.caption))
+    assert any(c.startswith("**What this model knows.**") and "content-only model" in c for c in texts(at.caption))
+
+
+def test_the_content_only_model_is_offered_for_pictures_and_compared_with_the_scenes_model(at):
+    if not (SHIPPED_CHECKPOINT.is_file() and CONTENT_CHECKPOINT.is_file()):
+        pytest.skip("the shipped models are not here")
+    scenes, content = load_shipped("scenes"), load_shipped("content")
+    rgb = sample_images()["china"]
+    at.session_state["images_bundled"] = ["china"]
+    run(at)
+    run(at.radio(key="model_source").set_value("content"))
+    assert any("trained GLOM, content only (shipped)" in c for c in texts(at.sidebar.caption))
+    assert any(c.startswith("**What this model knows.**") and "no position told" in c for c in texts(at.caption))
+    mine = reference_labels(reference_run(content, rgb).states, content.grid)
+    assert legends(at) == [expected_legend(mine[shown_step(at), at.button_group(key="level").value])]
+
+    run(at.button_group(key="view").set_value("Compare models"))
+    run(at.radio(key="compare_with").set_value("shipped"))
+    level, step = at.button_group(key="level").value, at.slider(key="step").value
+    theirs = reference_labels(reference_run(scenes, rgb).states, scenes.grid)
+    matched = islands.match_islands(theirs[:, level], mine[:, level])
+    assert legends(at) == [expected_legend(mine[step, level]), expected_legend(matched[step])]
+    assert "trained GLOM (shipped)" in shown(markdown_with(at, "| in-island cos |"))
 
 
 # ---------------------------------------------------------------------------------------------------

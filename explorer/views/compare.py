@@ -1,8 +1,9 @@
 """The Compare view: two models side by side on the same picture, level and step, with their islands'
 ids matched where they overlap (``glom_viz.islands.match_islands``) and their measures next to each other.
 
-The page's model is compared with an untrained model of its shape (what training started from), a
-checkpoint of a training run under the server's runs folder, or a checkpoint the visitor uploads. Two
+The page's model is compared with an untrained model of its shape (what training started from), the other
+shipped model (position told or content only), a checkpoint of a training run under the server's runs folder,
+or a checkpoint the visitor uploads. Two
 models whose patch grids differ cover different patches: that is said, and the rest of the page works.
 """
 
@@ -14,7 +15,7 @@ import streamlit as st
 from explorer import cache, derived, state
 from explorer.context import ViewContext
 from explorer.limits import CHECKPOINT_UPLOAD_MB, run_size_problem
-from explorer.models import LoadedModel, state_dict_note, training_checkpoint, untrained_like
+from explorer.models import CONTENT_TITLE, LoadedModel, shipped_model, state_dict_note, training_checkpoint, untrained_like
 from explorer.pictures import frame_of
 from explorer.running import runs_for
 from explorer.views.common import choose_run, fmt, islands_summary, truth_choice
@@ -24,8 +25,8 @@ from glom_viz.checkpoints import checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, RunError, StatesError
 from glom_viz.text import plain, plain_html
 
-CHOICES = {"untrained": "an untrained model of its shape", "run": "a checkpoint of a training run",
-           "upload": "a checkpoint you upload"}
+CHOICES = {"untrained": "an untrained model of its shape", "shipped": "the other shipped model",
+           "run": "a checkpoint of a training run", "upload": "a checkpoint you upload"}
 MEASURES = (("islands", "n_islands"), ("in-island cos", "within_cosine"), ("neighbours", "neighbour_agreement"),
             ("silhouette", "silhouette"), ("change", "change"), ("ARI", "ari"), ("FG-ARI", "fg_ari"))
 
@@ -36,6 +37,8 @@ def other_model(context: ViewContext) -> LoadedModel | None:
                       key=state.COMPARE_WITH)
     if choice == "untrained":
         return untrained_like(context.page.model.model.config)
+    if choice == "shipped":  # the content-only model beside any other, the scenes model beside it
+        return shipped_model("scenes" if context.page.model.title == CONTENT_TITLE else "content")
     if choice == "run":
         pick = st.columns([2, 5], vertical_alignment="bottom")
         run = choose_run(state.COMPARE_RUN, pick[0])

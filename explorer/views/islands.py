@@ -16,7 +16,6 @@ import streamlit as st
 
 from explorer import derived, scrubber, state
 from explorer.context import ALL_LEVELS, ViewContext
-from explorer.models import SHIPPED_KNOWS
 from explorer.views.common import fmt, islands_summary, plural, truth_choice
 from glom_viz import islands, render
 from glom_viz.text import plain, plain_html, plain_name, short_name
@@ -114,5 +113,5 @@ def model_input(context: ViewContext) -> None:
     height, width = frame.picture.rgb.shape[:2]
     inner[1].caption(f"**{plain_name(frame.picture.name)}** · {width}×{height} px · {plain(frame.info)}"
                      + (f" · {plain(frame.picture.note)}" if frame.picture.note else ""))
-    if context.page.model.shipped and not frame.truth:
-        st.caption(f"**What the shipped model knows.** {SHIPPED_KNOWS}")
+    if context.page.model.knows and not frame.truth:
+        st.caption(f"**What this model knows.** {context.page.model.knows}")
