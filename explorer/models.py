@@ -51,10 +51,6 @@ class LoadedModel:
         return self.title == STAND_IN_TITLE
 
     @property
-    def shipped(self) -> bool:
-        return self.title in KNOWS
-
-    @property
     def knows(self) -> str | None:
         """What a shipped model was trained on and is good for; None for other models."""
         return KNOWS.get(self.title)
@@ -83,10 +79,6 @@ def shipped_model(kind: str = "scenes") -> LoadedModel:
         checkpoint = read_checkpoint(path)
         return LoadedModel(checkpoint.model, sha, SHIPPED_TITLES[kind], checkpoint.note, sha)
     return cache.model(sha, load)
-
-
-def _shipped() -> LoadedModel:
-    return shipped_model("scenes")
 
 
 @dataclass(frozen=True)
@@ -141,13 +133,13 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, ModelProblem | Non
         try:  # before it is built: a tiny patch size asks for gigabytes of consensus masks
             check_limits(config, CHECKPOINT_LIMITS, "this random GLOM")
         except CheckpointError as error:
-            return _shipped(), ModelProblem(plain(str(error)))
+            return shipped_model(), ModelProblem(plain(str(error)))
         return cache.model(cache.content_key("random", seed, config), lambda: random_model(
             seed, config, f"random GLOM (seed {seed})",
             "Untrained weights: islands come from the architecture alone.")), None
     if settings.source == "upload":
         if settings.checkpoint is None:
-            return _shipped(), None
+            return shipped_model(), None
         sha = checkpoint_hash(settings.checkpoint)
         name, data, consensus_self = settings.checkpoint_name, settings.checkpoint, settings.consensus_self
         given = dict(settings.checkpoint_config)
@@ -162,13 +154,13 @@ def load_model(settings: ModelSettings) -> tuple[LoadedModel, ModelProblem | Non
             return cache.model(cache.content_key(sha, consensus_self, settings.checkpoint_config), load), None
         except CheckpointError as error:
             if error.fields:
-                return _shipped(), ModelProblem(
+                return shipped_model(), ModelProblem(
                     f"Could not use the checkpoint **{plain_name(name)}**: {plain(error.reason)}. Give the config "
                     "it was trained with in the sidebar, under the uploader.", error.fields,
                     tuple(sorted({**error.read, **given}.items())))
-            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
+            return shipped_model(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
         except ConfigError as error:
-            return _shipped(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
+            return shipped_model(), ModelProblem(f"Could not use the checkpoint **{plain_name(name)}**: {plain(str(error))}")
     try:
         return shipped_model("content" if settings.source == "content" else "scenes"), None
     except (CheckpointError, ConfigError) as error:

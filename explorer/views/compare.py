@@ -3,8 +3,8 @@ ids matched where they overlap (``glom_viz.islands.match_islands``) and their me
 
 The page's model is compared with an untrained model of its shape (what training started from), the other
 shipped model (position told or content only), a checkpoint of a training run under the server's runs folder,
-or a checkpoint the visitor uploads. Two
-models whose patch grids differ cover different patches: that is said, and the rest of the page works.
+or a checkpoint the visitor uploads. Two models whose patch grids differ cover different patches: that is
+said, and the rest of the page works.
 """
 
 from __future__ import annotations
