@@ -157,6 +157,10 @@ class GlomConfig:
     # level's, as glom-pytorch. Position lets a whole say where its part sits, but an absolute position
     # code also lets islands be decided by where a column is rather than by what it sees
     position_levels: tuple[int, ...] | None = None
+    # the levels whose starting state holds the column's position (init_levels + pos_emb), told once and not
+    # again: the consensus then averages it over an island, so a whole's island shares one position (where
+    # the whole is) where a position told every step keeps each column its own
+    start_position_levels: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.dim < 1 or self.levels < 2 or self.patch_size < 1 or self.image_size < 1:
@@ -199,6 +203,10 @@ class GlomConfig:
                     f"none), got {self.position_levels}"
                 )
             object.__setattr__(self, "position_levels", levels)
+        start = tuple(sorted({int(l) for l in self.start_position_levels}))
+        if any(not 0 <= l < self.levels for l in start):
+            raise ConfigError(f"start_position_levels name levels, 0..{self.levels - 1}, got {self.start_position_levels}")
+        object.__setattr__(self, "start_position_levels", start)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -216,7 +224,7 @@ class GlomConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "GlomConfig":
         values = known_fields(cls, values, "GLOM config")
-        for key in ("contribution_weights", "consensus_radii", "position_levels"):
+        for key in ("contribution_weights", "consensus_radii", "position_levels", "start_position_levels"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -1056,9 +1064,9 @@ class Glom(nn.Module):
         their neighbours start anew, a still background keeps its state. A column let go starts from the
         state of the most alike still column within ALIKE_RADIUS patches (``alike_neighbours``; still: no
         patch within `reach` of it changed), as far as their patches now look alike, and from the fresh
-        start (``init_levels`` at every level) where none does: a patch an object left joins the
-        background it now shows, and columns that all start from ``init_levels`` do not bind into an
-        island of their own.
+        start (``starting_state``: ``init_levels``, with the column's position where the model is told it at
+        the start) where none does: a patch an object left joins the background it now shows, and columns
+        that all start afresh do not bind into an island of their own.
 
         Args:
             levels: (b, patches, levels, dim) columns settled on `before`.
@@ -1092,7 +1100,7 @@ class Glom(nn.Module):
             share = F.max_pool2d(share.view(-1, 1, h, w), 2 * reach + 1, 1, reach).view(share.shape)
         levels = levels.float()
         share = share.to(levels.device)
-        start = self.init_levels.detach().float().expand_as(levels)
+        start = self.starting_state().detach().expand_as(levels)
         if alike is not None:
             index, difference = alike_neighbours(after.to(levels.device), share == 0, self.config.patch_size,
                                                  max(ALIKE_RADIUS, reach + 1))
@@ -1101,6 +1109,18 @@ class Glom(nn.Module):
         return torch.lerp(levels, start, share[..., None, None])
 
     # -- the update -----------------------------------------------------------------------------
+
+    def starting_state(self) -> torch.Tensor:
+        """(patches, levels, dim) float32: every column's state before the first step: ``init_levels``, plus
+        the column's position at ``config.start_position_levels``."""
+        n = self.num_patches
+        start = self.init_levels.float()[None].expand(n, -1, -1)
+        told = list(self.config.start_position_levels)
+        if not told:
+            return start
+        mask = torch.zeros(self.config.levels, 1, device=start.device)
+        mask[told] = 1.0
+        return start + self.pos_emb.weight[:n].float()[:, None] * mask
 
     def _prepared_nets(self, path: str) -> tuple[PreparedFeedForward, PreparedFeedForward]:
         """The bottom-up and top-down nets ready for ``path``.
@@ -1234,7 +1254,7 @@ class Glom(nn.Module):
                 told[list(self.config.position_levels)] = 1.0
                 pos = pos * told
             if levels is None:
-                state = repeat(self.init_levels.float(), "l d -> l b n d", b=b, n=n)
+                state = repeat(self.starting_state(), "n l d -> l b n d", b=b).contiguous()
             else:
                 self._check_levels(levels, b)
                 state = rearrange(levels.float(), "b n l d -> l b n d").contiguous()
@@ -1243,7 +1263,8 @@ class Glom(nn.Module):
         for step in range(1, iters + 1):
             with torch.autocast(device.type, enabled=False):
                 previous = state
-                uniform = step == 1 and levels is None  # every column still holds init_levels
+                # every column still holds init_levels (not so where it starts with its position)
+                uniform = step == 1 and levels is None and not self.config.start_position_levels
                 # from init_levels, the image has reached levels [0, step - 1) of the previous state
                 shared_from = None if levels is not None else min(step - 1, L)
                 state, parts, attention_weights = self._update(previous, from_image, pos, nets, dtype, uniform,

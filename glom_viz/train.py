@@ -232,6 +232,7 @@ class TrainConfig(ModelFields):
                 setattr(self, key, tuple(float(x) for x in getattr(self, key)))
         if self.position_levels is not None:
             self.position_levels = tuple(int(x) for x in self.position_levels)
+        self.start_position_levels = tuple(int(x) for x in self.start_position_levels)
         self.contrast_levels = tuple(int(x) for x in self.contrast_levels)
         self.motion_levels = tuple(int(x) for x in self.motion_levels)
         self.similarity_levels = tuple(int(x) for x in self.similarity_levels)
@@ -387,7 +388,7 @@ class Learner(nn.Module):
         the model's initial state elsewhere; with `frames` (the clean first and second frames, (b, 3, s, s)
         each), carried columns let go where those differ (``Glom.let_go`` from config.carry_release on)."""
         glom = self.glom
-        start = glom.init_levels[None, None].expand(len(before), glom.num_patches, *glom.init_levels.shape)
+        start = glom.starting_state()[None].expand(len(before), -1, -1, -1)
         if not carried.any():
             return start
         with torch.no_grad():

@@ -602,10 +602,42 @@ def test_without_position_the_columns_move_with_the_picture():
         torch.testing.assert_close(every(batch, iters=3), told(batch, iters=3), atol=1e-5, rtol=1e-4)
 
 
+def test_a_position_told_at_the_start_is_in_the_starting_state_alone():
+    # the starting state holds each column's position at the levels named, init_levels elsewhere; no new
+    # parameters, so any state dict loads
+    config = dict(dim=16, levels=3, image_size=32, patch_size=4, consensus_cosine=True, attention_scale=8.0,
+                  position_levels=())
+    torch.manual_seed(0)
+    blind = Glom(**config)
+    started = Glom(**config, start_position_levels=(2,))
+    started.load_state_dict(blind.state_dict(), strict=True)
+    start = started.starting_state()
+    assert start.shape == (64, 3, 16)
+    torch.testing.assert_close(start[:, :2], blind.init_levels[:2].expand(64, 2, 16))
+    torch.testing.assert_close(start[:, 2], blind.init_levels[2] + blind.pos_emb.weight)
+    assert torch.equal(blind.starting_state(), blind.init_levels.expand(64, 3, 16))
+    batch = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        first = next(iter(started.iterate(batch, iters=0))).levels
+        torch.testing.assert_close(first, start.expand(3, -1, -1, -1))
+        # it changes the columns, and each picture's in a batch are its own alone
+        together = started(batch, iters=4)
+        assert relative_error(together, blind(batch, iters=4)) > 1e-3
+        for i in range(3):
+            torch.testing.assert_close(together[i:i + 1], started(batch[i:i + 1], iters=4), atol=1e-5, rtol=1e-4)
+        # a column let go that finds no alike still column starts from its own starting state
+        settled = started(batch[:1], iters=3)
+        after = batch[:1].clone()
+        after[:, :, :8, :8] = 1.0 - after[:, :, :8, :8]
+        carried = started.let_go(settled, batch[:1], after, 0.1, reach=0, alike=None)
+        torch.testing.assert_close(carried[0, 0], start[0])
+        torch.testing.assert_close(carried[0, 63], settled[0, 63])
+
+
 def test_config_round_trips():
     config = GlomConfig(dim=32, levels=3, image_size=32, patch_size=8, contribution_weights=(1, 1, 1, 2),
-                        consensus_radii=(1, 2, 3), position_levels=(1, 0))
-    assert config.position_levels == (0, 1)
+                        consensus_radii=(1, 2, 3), position_levels=(1, 0), start_position_levels=[2, 1])
+    assert config.position_levels == (0, 1) and config.start_position_levels == (1, 2)
     assert GlomConfig.from_dict(config.to_dict()) == config
     assert Glom.from_config(config).config == config
     with pytest.raises(ConfigError, match="unknown"):
@@ -620,6 +652,7 @@ def test_config_round_trips():
     (dict(consensus_radii=(1, 2)), "one non-negative radius per level"),
     (dict(feedforward_mult=0), "feedforward_mult"),
     (dict(position_levels=(2,)), "top level has none"),
+    (dict(start_position_levels=(3,)), "start_position_levels name levels"),
 ])
 def test_impossible_configs_are_refused_with_the_reason(kwargs, match):
     base = dict(dim=16, levels=3, image_size=32, patch_size=8)

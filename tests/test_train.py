@@ -681,6 +681,14 @@ def test_carried_scenes_are_seen_as_their_second_frame_continuing_from_the_first
     torch.testing.assert_close(start[shown], let_go)
     assert not torch.allclose(start[shown], trainer.learner.continued_from(before, shown, 3)[shown])
     assert torch.isfinite(trainer.compute_losses(0)["total"])
+    # told its position at the start, a scene not carried starts from the model's starting state
+    trainer = Trainer(tiny(**MOTION, **SIMILARITY, carry_share=0.5, start_position_levels=(1,), batch_size=8, scenes=6))
+    images, views, groups, extras = trainer.shard(0)
+    before, shown = extras["before"]
+    start = trainer.learner.continued_from(before, shown, iters=3)
+    assert torch.equal(start[~shown], trainer.model.starting_state().detach().expand_as(start[~shown]))
+    assert not torch.equal(start[~shown][:, 0, 1], start[~shown][:, 1, 1])  # two columns, two positions
+    assert torch.isfinite(trainer.compute_losses(0)["total"])
     # shift consistency enters the total at its weight, beside the other terms
     trainer = Trainer(tiny(**MOTION, carry_share=0.5, shift_weight=2.0, max_view_shift=2, steps=3))
     losses = trainer.compute_losses(0)
