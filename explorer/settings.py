@@ -12,8 +12,10 @@ from glom_viz.model import PRECISIONS, RELEASE, GlomConfig, run_path
 from glom_viz.scenes import EVAL_SEEDS
 
 # the model panel
-SOURCES = {"shipped": "Trained (shipped)", "content": "Trained, content only",
+SOURCES = {"shipped": "Trained (shipped)", "content": "Trained, content only", "balanced": "Trained, balanced",
            "random": "Random weights (seeded)", "upload": "Upload a checkpoint"}
+# the sources that are a shipped model, and which (glom_viz.checkpoints.SHIPPED_KINDS)
+SHIPPED_SOURCES = {"shipped": "scenes", "content": "content", "balanced": "balanced"}
 # the shipped model's shape: a random model of the same shape stands in for it when the file is missing
 RANDOM_CONFIG = GlomConfig(dim=64, levels=4, image_size=64, patch_size=4)
 RANDOM_SEED = 0

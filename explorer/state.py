@@ -77,6 +77,7 @@ TRAINING_STEP = "training_step"
 TRAINING_LOSSES_CHART = "training_losses"
 COMPARE_WITH = "compare_with"  # the Compare view: what the page's model is compared with
 COMPARE_RUN = "compare_run"
+COMPARE_SHIPPED = "compare_shipped"  # which shipped model, when it is one
 COMPARE_STEP = "compare_step"
 COMPARE_CHECKPOINT = "compare_checkpoint"
 EXPORT_MENU = "export_menu"

@@ -46,7 +46,12 @@ SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "shipped.safetensors"
 # the shipped model fine-tuned with no position told to any level: its islands follow what the patches show,
 # so they hold on pictures outside the training scenes, where it finds the scenes' objects less well
 CONTENT_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("shipped-content.safetensors")
-SHIPPED_KINDS = ("scenes", "content")
+# the content-only model fine-tuned with each column's position told once, in its starting state at the top
+# level, whose consensus spans the picture: a whole's island shares one position, so alike objects part while
+# islands still move with the picture; between the other two on every measure
+BALANCED_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("shipped-balanced.safetensors")
+SHIPPED_PATHS = {"scenes": SHIPPED_CHECKPOINT, "content": CONTENT_CHECKPOINT, "balanced": BALANCED_CHECKPOINT}
+SHIPPED_KINDS = tuple(SHIPPED_PATHS)
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own cap on the JSON header
 HASH_CHUNK_BYTES = 2**20
@@ -250,10 +255,11 @@ def checkpoint_hash(path_or_bytes) -> str:
 
 def shipped_path(kind: str = "scenes") -> Path:
     """Where a shipped model lies: "scenes" (``SHIPPED_CHECKPOINT``, position told: objects on the project's
-    scenes) or "content" (``CONTENT_CHECKPOINT``, no position: islands that follow the picture)."""
+    scenes), "content" (``CONTENT_CHECKPOINT``, no position: islands that follow the picture) or "balanced"
+    (``BALANCED_CHECKPOINT``, position told once, at the start)."""
     if kind not in SHIPPED_KINDS:
         raise CheckpointError(f"no shipped model {kind!r}: pick one of {', '.join(SHIPPED_KINDS)}")
-    return SHIPPED_CHECKPOINT if kind == "scenes" else CONTENT_CHECKPOINT
+    return SHIPPED_PATHS[kind]
 
 
 def load_shipped(kind: str = "scenes") -> Glom:

@@ -603,11 +603,11 @@ def test_a_new_visitors_walk(walk_server, browser, tmp_path):
         assert six.get_by_role("radio").count() == 7 and fits(six) == []
         six.get_by_role("radio", name="5", exact=True).click()
         wait_for_islands(page, "scene 1", step=12, level=5)
-        # the content-only model for pictures, said what it is, and back to the scenes model
-        page.get_by_text("Trained, content only", exact=True).click()
-        page.locator("[data-testid='stSidebar']").get_by_text(re.compile("no position told")).first.wait_for(
-            timeout=WAIT_MS)
-        wait_for_islands(page, "scene 1")
+        # the content-only and balanced models, each said what it is, and back to the scenes model
+        for source, said in (("Trained, content only", "no position told"), ("Trained, balanced", "told once")):
+            page.get_by_text(source, exact=True).click()
+            page.locator("[data-testid='stSidebar']").get_by_text(re.compile(said)).first.wait_for(timeout=WAIT_MS)
+            wait_for_islands(page, "scene 1")
         page.get_by_text("Trained (shipped)", exact=True).click()
         wait_for_islands(page, "scene 1")
 

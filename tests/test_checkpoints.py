@@ -391,7 +391,7 @@ def test_half_precision_weights_load_as_float32():
 
 def test_load_shipped_reads_the_shipped_path(tmp_path, monkeypatch):
     path = tmp_path / "shipped.safetensors"
-    monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINT", path)
+    monkeypatch.setitem(checkpoints.SHIPPED_PATHS, "scenes", path)
     with pytest.raises(CheckpointError, match="shipped model is missing"):
         load_shipped()
     model = Glom(**TINY)
@@ -399,15 +399,16 @@ def test_load_shipped_reads_the_shipped_path(tmp_path, monkeypatch):
     assert_same_weights(model, load_shipped())
 
 
-def test_load_shipped_reads_either_shipped_model_and_refuses_others(tmp_path, monkeypatch):
-    path = tmp_path / "shipped-content.safetensors"
-    monkeypatch.setattr(checkpoints, "CONTENT_CHECKPOINT", path)
+@pytest.mark.parametrize("kind", checkpoints.SHIPPED_KINDS)
+def test_load_shipped_reads_each_shipped_model_and_refuses_others(tmp_path, monkeypatch, kind):
+    path = tmp_path / f"shipped-{kind}.safetensors"
+    monkeypatch.setitem(checkpoints.SHIPPED_PATHS, kind, path)
     with pytest.raises(CheckpointError, match="shipped model is missing"):
-        load_shipped("content")
+        load_shipped(kind)
     model = Glom(**TINY)
     save_checkpoint(model, path)
-    assert_same_weights(model, load_shipped("content"))
-    with pytest.raises(CheckpointError, match="no shipped model 'photos': pick one of scenes, content"):
+    assert_same_weights(model, load_shipped(kind))
+    with pytest.raises(CheckpointError, match="no shipped model 'photos': pick one of scenes, content, balanced"):
         load_shipped("photos")
 
 

@@ -152,7 +152,7 @@ def test_the_command_refuses_a_shift_that_shares_nothing_and_a_clip_of_one_frame
     assert "--max-speed must be at least" in capsys.readouterr().err
 
 
-# -- the two shipped models ----------------------------------------------------------------------------
+# -- the shipped models ----------------------------------------------------------------------------------
 
 
 def shipped_or_skip(kind: str) -> Glom:
@@ -197,3 +197,27 @@ def test_the_content_only_models_columns_move_with_the_photograph_where_the_scen
     content, scenes = agreement(shipped_or_skip("content")), agreement(shipped_or_skip("scenes"))
     assert content.min() > 0.98
     assert (content > scenes + 0.05).all()
+
+
+def test_two_alike_objects_share_an_island_without_position_and_part_when_it_is_told_at_the_start():
+    """Two red squares alike to the pixel, far apart on grey: with no position the content-only model's top
+    levels give them one vector (cosine 1.000), so one island; told each column's position once, at the start
+    of the top level, the balanced model gives each square its own (cosine about 0) and holds each together
+    (every column within cosine 0.93 of its square's mean), as the scenes model, told it every step, does."""
+    picture = torch.full((1, 3, 64, 64), 0.5)
+    red = torch.tensor([0.9, 0.2, 0.2]).view(3, 1, 1)
+    picture[:, :, 8:24, 8:24] = red
+    picture[:, :, 40:56, 40:56] = red
+    first = [row * 16 + column for row in range(2, 6) for column in range(2, 6)]
+    second = [row * 16 + column for row in range(10, 14) for column in range(10, 14)]
+    for kind, apart in (("content", False), ("balanced", True), ("scenes", True)):
+        model = shipped_or_skip(kind)
+        columns = unit(final_columns(model, picture)[0])  # (patches, levels, dim)
+        for level in (2, 3):
+            means = unit(np.stack([columns[first, level].mean(0), columns[second, level].mean(0)]))
+            labels = find_islands(columns[:, level], model.grid, "kmeans")
+            shared = np.intersect1d(labels[first], labels[second]).size > 0
+            assert shared != apart, (kind, level)
+            assert (means[0] @ means[1] < 0.5) == apart, (kind, level)
+            if apart:
+                assert (columns[first, level] @ means[0]).min() > 0.9 and (columns[second, level] @ means[1]).min() > 0.9

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import (APP, default_model, reference_labels, reference_run, scene_rgb, scrubber_data, set_step, shown,
                       shown_step)
 from glom_viz import islands
-from glom_viz.checkpoints import CONTENT_CHECKPOINT, SHIPPED_CHECKPOINT, load_shipped
+from glom_viz.checkpoints import CONTENT_CHECKPOINT, SHIPPED_CHECKPOINT, load_shipped, shipped_path
 from glom_viz.images import sample_images
 from glom_viz.train import KEPT_DIR, LOG_FILE, kept_checkpoint_name, main as train
 from glom_viz.training_runs import RUNS_ENV, open_run
@@ -229,6 +229,30 @@ def test_the_content_only_model_is_offered_for_pictures_and_compared_with_the_sc
     matched = islands.match_islands(theirs[:, level], mine[:, level])
     assert legends(at) == [expected_legend(mine[step, level]), expected_legend(matched[step])]
     assert "trained GLOM (shipped)" in shown(markdown_with(at, "| in-island cos |"))
+
+
+def test_the_balanced_model_is_offered_and_compared_with_the_shipped_model_picked(at):
+    if not all(shipped_path(kind).is_file() for kind in ("scenes", "content", "balanced")):
+        pytest.skip("the shipped models are not here")
+    balanced, content = load_shipped("balanced"), load_shipped("content")
+    rgb = sample_images()["china"]
+    at.session_state["images_bundled"] = ["china"]
+    run(at)
+    run(at.radio(key="model_source").set_value("balanced"))
+    assert any("trained GLOM, balanced (shipped)" in c for c in texts(at.sidebar.caption))
+    assert any(c.startswith("**What this model knows.**") and "told once" in c for c in texts(at.caption))
+    mine = reference_labels(reference_run(balanced, rgb).states, balanced.grid)
+    assert legends(at) == [expected_legend(mine[shown_step(at), at.button_group(key="level").value])]
+
+    run(at.button_group(key="view").set_value("Compare models"))
+    run(at.radio(key="compare_with").set_value("shipped"))
+    # the two shipped models it is not, the content-only one first
+    assert at.radio(key="compare_shipped").options == ["trained GLOM, content only (shipped)", "trained GLOM (shipped)"]
+    level, step = at.button_group(key="level").value, at.slider(key="step").value
+    theirs = reference_labels(reference_run(content, rgb).states, content.grid)
+    matched = islands.match_islands(theirs[:, level], mine[:, level])
+    assert legends(at) == [expected_legend(mine[step, level]), expected_legend(matched[step])]
+    assert "content only" in shown(markdown_with(at, "| in-island cos |"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The Compare view: two models side by side on the same picture, level and step, with their islands'
 ids matched where they overlap (``glom_viz.islands.match_islands``) and their measures next to each other.
 
-The page's model is compared with an untrained model of its shape (what training started from), the other
-shipped model (position told or content only), a checkpoint of a training run under the server's runs folder,
+The page's model is compared with an untrained model of its shape (what training started from), another
+shipped model (position told, content only or balanced), a checkpoint of a training run under the server's runs folder,
 or a checkpoint the visitor uploads. Two models whose patch grids differ cover different patches: that is
 said, and the rest of the page works.
 """
@@ -15,7 +15,8 @@ import streamlit as st
 from explorer import cache, derived, state
 from explorer.context import ViewContext
 from explorer.limits import CHECKPOINT_UPLOAD_MB, run_size_problem
-from explorer.models import CONTENT_TITLE, LoadedModel, shipped_model, state_dict_note, training_checkpoint, untrained_like
+from explorer.models import (SHIPPED_TITLES, LoadedModel, shipped_model, state_dict_note, training_checkpoint,
+                             untrained_like)
 from explorer.pictures import frame_of
 from explorer.running import runs_for
 from explorer.views.common import choose_run, fmt, islands_summary, truth_choice
@@ -25,8 +26,11 @@ from glom_viz.checkpoints import checkpoint_hash, read_checkpoint
 from glom_viz.errors import CheckpointError, ConfigError, RunError, StatesError
 from glom_viz.text import plain, plain_html
 
-CHOICES = {"untrained": "an untrained model of its shape", "shipped": "the other shipped model",
+CHOICES = {"untrained": "an untrained model of its shape", "shipped": "another shipped model",
            "run": "a checkpoint of a training run", "upload": "a checkpoint you upload"}
+# the shipped models in the order offered (the first the page is not showing is picked): the content-only
+# one beside any other model, the scenes model beside it
+COMPARE_ORDER = ("content", "scenes", "balanced")
 MEASURES = (("islands", "n_islands"), ("in-island cos", "within_cosine"), ("neighbours", "neighbour_agreement"),
             ("silhouette", "silhouette"), ("change", "change"), ("ARI", "ari"), ("FG-ARI", "fg_ari"))
 
@@ -37,8 +41,12 @@ def other_model(context: ViewContext) -> LoadedModel | None:
                       key=state.COMPARE_WITH)
     if choice == "untrained":
         return untrained_like(context.page.model.model.config)
-    if choice == "shipped":  # the content-only model beside any other, the scenes model beside it
-        return shipped_model("scenes" if context.page.model.title == CONTENT_TITLE else "content")
+    if choice == "shipped":  # one of the shipped models the page is not showing
+        others = [kind for kind in COMPARE_ORDER if kind != context.page.model.shipped_kind]
+        state.keep_choice(state.COMPARE_SHIPPED, others, others[0])
+        kind = st.radio("Which shipped model", others, format_func=SHIPPED_TITLES.get, horizontal=True,
+                        key=state.COMPARE_SHIPPED)
+        return shipped_model(kind)
     if choice == "run":
         pick = st.columns([2, 5], vertical_alignment="bottom")
         run = choose_run(state.COMPARE_RUN, pick[0])
