@@ -21,8 +21,9 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import (APP, default_model, reference_labels, reference_run, scene_rgb, scrubber_data, set_step, shown,
                       shown_step)
+from explorer.models import SHIPPED_TITLES
 from glom_viz import islands
-from glom_viz.checkpoints import CONTENT_CHECKPOINT, SHIPPED_CHECKPOINT, load_shipped, shipped_path
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped, shipped_path
 from glom_viz.images import sample_images
 from glom_viz.train import KEPT_DIR, LOG_FILE, kept_checkpoint_name, main as train
 from glom_viz.training_runs import RUNS_ENV, open_run
@@ -209,50 +210,33 @@ def test_what_the_shipped_model_knows_is_said(at):
     assert any(c.startswith("**What this model knows.**") and "content-only model" in c for c in texts(at.caption))
 
 
-def test_the_content_only_model_is_offered_for_pictures_and_compared_with_the_scenes_model(at):
-    if not (SHIPPED_CHECKPOINT.is_file() and CONTENT_CHECKPOINT.is_file()):
+@pytest.mark.parametrize("kind, title, knows, others", [
+    ("content", "trained GLOM, content only (shipped)", "no position told", ["scenes", "balanced"]),
+    ("balanced", "trained GLOM, balanced (shipped)", "told once", ["content", "scenes"]),
+])
+def test_a_shipped_model_for_pictures_is_offered_and_compared_with_the_other_shipped_ones(at, kind, title, knows,
+                                                                                         others):
+    if not all(shipped_path(other).is_file() for other in ("scenes", "content", "balanced")):
         pytest.skip("the shipped models are not here")
-    scenes, content = load_shipped("scenes"), load_shipped("content")
+    model, first_other = load_shipped(kind), load_shipped(others[0])
     rgb = sample_images()["china"]
     at.session_state["images_bundled"] = ["china"]
     run(at)
-    run(at.radio(key="model_source").set_value("content"))
-    assert any("trained GLOM, content only (shipped)" in c for c in texts(at.sidebar.caption))
-    assert any(c.startswith("**What this model knows.**") and "no position told" in c for c in texts(at.caption))
-    mine = reference_labels(reference_run(content, rgb).states, content.grid)
+    run(at.radio(key="model_source").set_value(kind))
+    assert any(title in c for c in texts(at.sidebar.caption))
+    assert any(c.startswith("**What this model knows.**") and knows in c for c in texts(at.caption))
+    mine = reference_labels(reference_run(model, rgb).states, model.grid)
     assert legends(at) == [expected_legend(mine[shown_step(at), at.button_group(key="level").value])]
 
     run(at.button_group(key="view").set_value("Compare models"))
     run(at.radio(key="compare_with").set_value("shipped"))
+    # the shipped models it is not, the first of them picked
+    assert at.radio(key="compare_shipped").options == [SHIPPED_TITLES[other] for other in others]
     level, step = at.button_group(key="level").value, at.slider(key="step").value
-    theirs = reference_labels(reference_run(scenes, rgb).states, scenes.grid)
+    theirs = reference_labels(reference_run(first_other, rgb).states, first_other.grid)
     matched = islands.match_islands(theirs[:, level], mine[:, level])
     assert legends(at) == [expected_legend(mine[step, level]), expected_legend(matched[step])]
-    assert "trained GLOM (shipped)" in shown(markdown_with(at, "| in-island cos |"))
-
-
-def test_the_balanced_model_is_offered_and_compared_with_the_shipped_model_picked(at):
-    if not all(shipped_path(kind).is_file() for kind in ("scenes", "content", "balanced")):
-        pytest.skip("the shipped models are not here")
-    balanced, content = load_shipped("balanced"), load_shipped("content")
-    rgb = sample_images()["china"]
-    at.session_state["images_bundled"] = ["china"]
-    run(at)
-    run(at.radio(key="model_source").set_value("balanced"))
-    assert any("trained GLOM, balanced (shipped)" in c for c in texts(at.sidebar.caption))
-    assert any(c.startswith("**What this model knows.**") and "told once" in c for c in texts(at.caption))
-    mine = reference_labels(reference_run(balanced, rgb).states, balanced.grid)
-    assert legends(at) == [expected_legend(mine[shown_step(at), at.button_group(key="level").value])]
-
-    run(at.button_group(key="view").set_value("Compare models"))
-    run(at.radio(key="compare_with").set_value("shipped"))
-    # the two shipped models it is not, the content-only one first
-    assert at.radio(key="compare_shipped").options == ["trained GLOM, content only (shipped)", "trained GLOM (shipped)"]
-    level, step = at.button_group(key="level").value, at.slider(key="step").value
-    theirs = reference_labels(reference_run(content, rgb).states, content.grid)
-    matched = islands.match_islands(theirs[:, level], mine[:, level])
-    assert legends(at) == [expected_legend(mine[step, level]), expected_legend(matched[step])]
-    assert "content only" in shown(markdown_with(at, "| in-island cos |"))
+    assert SHIPPED_TITLES[others[0]] in shown(markdown_with(at, "| in-island cos |"))
 
 
 # ---------------------------------------------------------------------------------------------------
