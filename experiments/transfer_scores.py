@@ -13,7 +13,8 @@ one or more checkpoints in one run, beside the pixels:
 - zero-shot: objects FG-ARI of the best level on a scene family no run trained on (``--sprites``, the test
   folder ``experiments/sprites.py`` writes; goal: at least k-means on pixels + 0.1).
 
-Prints one block per checkpoint and writes everything to --json.
+Prints one block per checkpoint and writes everything to --json. A quicker look at a run's checkpoints (about a
+minute each): ``--scenes 64 --clips 16 --speeds 2 --sprite-count 128``.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ SPEEDS = (1.0, 2.0, 3.0)
 CLIP_SEED = 1_000_100_000  # clips never used in choosing the let-go settings (docs/TRAINING.md)
 
 
-def scores(checkpoint: Path, scenes: int, clips: int, sprites: Path | None) -> dict:
+def scores(checkpoint: Path, scenes: int, clips: int, sprites: Path | None,
+           shift_scenes: int = invariance.TRANSLATION_SCENES,
+           speeds: tuple[float, ...] = SPEEDS, sprite_count: int | None = None) -> dict:
     model = load_model(checkpoint)
     images, objects, parts = make_batch(range(EVAL_SEEDS.start, EVAL_SEEDS.start + scenes), model.config.image_size)
     own = evaluate(model, images, objects, parts)["levels"]
     result = {"checkpoint": str(checkpoint), "scenes": scenes,
               "objects": [row["fg_ari_objects"] for row in own], "parts": [row["fg_ari_parts"] for row in own],
-              "translation": invariance.translation(model), "sequences": {}}
-    for speed in SPEEDS:
+              "translation": invariance.translation(model, scenes=shift_scenes), "sequences": {}}
+    for speed in speeds:
         clip_test = invariance.sequences(model, clips=clips, max_speed=speed, seed=CLIP_SEED)
         result["sequences"][speed] = {
             "fresh": [row["fresh_mean"] for row in clip_test["levels"]],
@@ -53,7 +56,7 @@ def scores(checkpoint: Path, scenes: int, clips: int, sprites: Path | None) -> d
             "pixels": clip_test["pixels"]["mean"]}
     if sprites is not None:
         family = load_dataset(sprites, model.config.image_size)
-        scored = family.with_masks("objects")
+        scored = family.with_masks("objects")[:sprite_count]
         images, objects = family.images(scored), family.masks(scored, "objects")
         parts = [family.samples[i].parts for i in scored]
         result["sprites"] = {"objects": [row["fg_ari_objects"] for row in evaluate(model, images, objects, parts)["levels"]],
@@ -103,13 +106,18 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=256)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--sprites", type=Path, help="experiments/sprites.py's test folder")
+    parser.add_argument("--shift-scenes", type=int, default=invariance.TRANSLATION_SCENES,
+                        help=f"scenes in the shift test (default {invariance.TRANSLATION_SCENES})")
+    parser.add_argument("--speeds", type=float, nargs="+", default=list(SPEEDS), help="clip speeds, px a frame")
+    parser.add_argument("--sprite-count", type=int, help="score the first N sprite pictures only (default all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
     results = []
     for checkpoint in args.checkpoints:
         started = time.perf_counter()
-        results.append(scores(checkpoint, args.scenes, args.clips, args.sprites))
+        results.append(scores(checkpoint, args.scenes, args.clips, args.sprites, args.shift_scenes, tuple(args.speeds),
+                              args.sprite_count))
         print(report(results[-1]) + f"\n  ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
