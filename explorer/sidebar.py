@@ -33,7 +33,7 @@ CHECKPOINT_FIELDS = (("dim", 8, 4096, 8), ("levels", 1, 16, 1), ("image_size", 8
 
 
 def model_panel() -> ModelSettings:
-    """Which model: one of the shipped two, random (with its config) or an uploaded checkpoint."""
+    """Which model: one of the shipped ones, random (with its config) or an uploaded checkpoint."""
     st.sidebar.header("Model")
     source = st.sidebar.radio("Weights", list(SOURCES), format_func=SOURCES.get, key=state.MODEL_SOURCE,
                               label_visibility="collapsed")

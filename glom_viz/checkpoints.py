@@ -48,7 +48,7 @@ SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "shipped.safetensors"
 CONTENT_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("shipped-content.safetensors")
 # the content-only model fine-tuned with each column's position told once, in its starting state at the top
 # level, whose consensus spans the picture: a whole's island shares one position, so alike objects part while
-# islands still move with the picture; between the other two on every measure
+# islands still move with the scenes; between the other two on objects, the shift test and moving clips
 BALANCED_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("shipped-balanced.safetensors")
 SHIPPED_PATHS = {"scenes": SHIPPED_CHECKPOINT, "content": CONTENT_CHECKPOINT, "balanced": BALANCED_CHECKPOINT}
 SHIPPED_KINDS = tuple(SHIPPED_PATHS)
