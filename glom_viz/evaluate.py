@@ -38,8 +38,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from glom_viz import invariance
 from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_checkpoint
+from glom_viz.columns import pixel_patches
 from glom_viz.errors import CheckpointError, ConfigError, DataError
-from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth, pixel_patches
+from glom_viz.islands import COUNT_CRITERIA, fg_ari, find_islands, mean_best_overlap, patch_truth
 from glom_viz.model import ALIKE, RELEASE, RELEASE_REACH, Glom
 from glom_viz.motion import SIMILARITY_SCALE, colour_regions
 from glom_viz.runs import final_columns

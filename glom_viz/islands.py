@@ -33,7 +33,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
 
-from glom_viz.columns import as_array, as_steps, check_grid, grid_shape, pixel_patches, unit_vectors
+from glom_viz.columns import as_array, as_steps, check_grid, grid_shape, unit_vectors
 from glom_viz.errors import StatesError
 from glom_viz.project import one_blas_thread
 

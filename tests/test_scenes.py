@@ -71,6 +71,7 @@ def test_parts_are_painted_with_their_own_colours():
             pixels = scene.image[scene.parts == part]
             mean = pixels.mean(0)
             assert np.linalg.norm(pixels - mean, axis=1).mean() < 0.3
+            assert np.linalg.norm(pixels - mean, axis=1).mean() < np.linalg.norm(pixels - background, axis=1).mean()
             assert pixels.std(0).max() < 0.15  # flat-ish colour with shading and noise, not texture
 
 
