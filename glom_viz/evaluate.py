@@ -225,24 +225,38 @@ def majority_share(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 # outline bins by majority share; the last holds the interior (every pixel one segment's)
 SHARE_BINS = (0.0, 0.6, 0.8, 1.0)
+SPLIT_SHARE = 0.75  # an object with less of its patches than this in its own island is split
 
 
 def outline_errors(columns: np.ndarray, objects: np.ndarray, grid: tuple[int, int]) -> dict:
     """Where a level's object islands go wrong: columns (b, patches, dim) of one level, objects (b, H, W).
 
-    A foreground patch is wrong when its island is not the island most of its object's patches are in.
-    Returns, per bin of majority share (``SHARE_BINS``; "interior" = share 1), the foreground patches
-    and the share of them wrong; "fg_ari_objects" as scored; and "fg_ari_outlines_right", the score
-    with every foreground patch on an outline (share < 1) moved to its object's island, which is how
-    much the outlines cost.
+    A foreground patch is wrong when its island is not the island most of its object's patches are in
+    (its object's home). Returns, per bin of majority share (``SHARE_BINS``; "interior" = share 1), the
+    foreground patches and the share of them wrong; "fg_ari_objects" as scored; "fg_ari_outlines_right", the
+    score with every foreground patch on an outline (share < 1) moved to its object's island, which is how
+    much the outlines cost; and "objects", what went wrong per object, each counted once, in this order: its
+    home is the background's ("with_background"), is another object's too ("merged"), or holds less than
+    SPLIT_SHARE of its patches ("split"), out of "count" objects. At the true count of islands a merge frees
+    an island that splits something else.
     """
     edges = np.array(SHARE_BINS)
     counts, wrongs = np.zeros(len(edges)), np.zeros(len(edges))
     scored, outlines_right = [], []
+    per_object = dict.fromkeys(("count", "with_background", "merged", "split"), 0)
     for i, mask in enumerate(objects):
         truth = patch_truth(mask, grid)
         labels = find_islands(columns[i], grid, "kmeans", n_islands=len(np.unique(truth)), seed=i)
         home = {t: np.bincount(labels[truth == t]).argmax() for t in np.unique(truth)}
+        homes = [home[t] for t in home if t > 0]
+        for t in (t for t in home if t > 0):
+            per_object["count"] += 1
+            if 0 in home and home[t] == home[0]:
+                per_object["with_background"] += 1
+            elif homes.count(home[t]) > 1:
+                per_object["merged"] += 1
+            elif np.mean(labels[truth == t] == home[t]) < SPLIT_SHARE:
+                per_object["split"] += 1
         wrong = labels != np.array([home[t] for t in truth])
         share = majority_share(mask, grid)
         interior = share > 1 - 1e-9
@@ -257,7 +271,8 @@ def outline_errors(columns: np.ndarray, objects: np.ndarray, grid: tuple[int, in
     names = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])] + ["interior"]
     return {"bins": [{"bin": name, "patches": int(n), "wrong": float(e / max(n, 1))}
                      for name, n, e in zip(names, counts, wrongs)],
-            "fg_ari_objects": float(np.nanmean(scored)), "fg_ari_outlines_right": float(np.nanmean(outlines_right))}
+            "fg_ari_objects": float(np.nanmean(scored)), "fg_ari_outlines_right": float(np.nanmean(outlines_right)),
+            "objects": per_object}
 
 
 def best_level(levels: list[dict], metric: str) -> dict:
@@ -485,6 +500,10 @@ def table(result: dict) -> str:
         lines += [f"{row['bin']:>16} {row['patches']:>6} patches, {row['wrong']:.3f} wrong" for row in found["bins"]]
         lines.append(f"FG-ARI {found['fg_ari_objects']:.3f}; with every outline patch right "
                      f"{found['fg_ari_outlines_right']:.3f}")
+        wrong = found["objects"]
+        lines.append(f"of {wrong['count']} objects, {wrong['with_background']} in the background's island, "
+                     f"{wrong['merged']} sharing an island with another, {wrong['split']} split (under "
+                     f"{SPLIT_SHARE:.0%} in one island)")
     if "auto_count" in result:
         found = result["auto_count"]
         lines.append(f"\nwith no count given (the app's default), islands found per level; the truth has "
@@ -561,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="first scene seed")
     parser.add_argument("--iters", type=int, default=None, help="settling steps (default 2 * levels)")
     parser.add_argument("--outlines", action="store_true",
-                        help="also report where the object islands go wrong: outline or interior patches")
+                        help="also report where the object islands go wrong: outline or interior patches, "
+                             "objects merged, split or lost in the background")
     parser.add_argument("--auto-count", action="store_true",
                         help="also score the islands found with no count given, as the app shows them")
     parser.add_argument("--translation", action="store_true",

@@ -95,6 +95,7 @@ def test_command_writes_the_issue_json_shape(tmp_path, capsys, monkeypatch):
     assert len(written["sequences"]["levels"]) == 4 and written["sequences"]["frames"] == 2
     printed = capsys.readouterr().out
     assert "with every outline patch right" in printed and "shared patches" in printed and "carried" in printed
+    assert "sharing an island with another" in printed
     assert main(["--scenes", "2", "--auto-count", "--json", str(out)]) == 0
     found = json.loads(out.read_text())["auto_count"]
     assert set(found) == {*COUNT_CRITERIA, "truth"}
@@ -147,6 +148,39 @@ def test_outline_errors_put_outline_mistakes_in_outline_bins():
     assert wrong_patches.pop("interior") == 0
     assert sum(wrong_patches.values()) == sum(e.sum() for e in outline)
     assert found["fg_ari_objects"] < 0.9 and found["fg_ari_outlines_right"] == pytest.approx(1.0)
+
+
+def scene_with_objects(count: int) -> np.ndarray:
+    """The objects mask of the first held-out scene with at least `count` objects of 6 patches or more."""
+    for seed in range(EVAL_SEEDS.start, EVAL_SEEDS.start + 64):
+        _, objects, _ = make_batch([seed], 64)
+        truth = patch_truth(objects[0], GRID)
+        if sum(int((truth == t).sum()) >= 6 for t in np.unique(truth[truth > 0])) >= count:
+            return objects
+    raise AssertionError("no such scene")
+
+
+def test_object_errors_tell_merged_split_and_lost_objects_apart():
+    objects = scene_with_objects(3)
+    truth = patch_truth(objects[0], GRID)
+    big = [t for t in np.unique(truth[truth > 0]) if (truth == t).sum() >= 6]
+    fresh = truth.max() + 1
+    right = outline_errors(planted(truth)[None], objects, GRID)["objects"]
+    assert right == {"count": len(np.unique(truth[truth > 0])), "with_background": 0, "merged": 0, "split": 0}
+
+    # two objects in one island, and the island freed for a part of the background: as many islands as segments
+    background = np.flatnonzero(truth == 0)
+    merged = np.where(truth == big[1], big[0], truth)
+    merged[background[: len(background) // 3]] = fresh
+    found = outline_errors(planted(merged)[None], objects, GRID)["objects"]
+    assert found == {**right, "merged": 2}
+
+    # one object halved between two islands, another lost in the background's
+    halved = np.where(truth == big[1], 0, truth)
+    halves = np.flatnonzero(truth == big[0])
+    halved[halves[: len(halves) // 2]] = fresh
+    found = outline_errors(planted(halved)[None], objects, GRID)["objects"]
+    assert found == {**right, "with_background": 1, "split": 1}
 
 
 def test_bad_requests_stop_with_a_message(tmp_path, capsys):
