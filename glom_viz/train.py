@@ -35,8 +35,9 @@ Two more terms take islands outside the training world:
 
 On a folder, common fate comes from its pairs of frames (``motion.common_fate``: the region shifts
 where they hold, optical flow where they do not), and similarity from each picture itself; each
-picture's groups are found once and kept. With ``--data`` and no other flag the run follows
-``DATA_RECIPE`` (the shipped model's last stages, at the CPU's batch of 16), common fate included
+picture's groups are found once and kept; ``data_share`` below 1 mixes the folder into the built-in scenes,
+which fill the rest of each batch (first) with their common fate and continuation. With ``--data`` alone the
+run follows ``DATA_RECIPE`` (the shipped model's last stages, at the CPU's batch of 16), common fate included
 when the folder has second frames or videos; ``--init`` takes the model's shape from the checkpoint;
 ``--max-minutes M`` stops cleanly after M minutes of wall clock with a final checkpoint, the learning
 rate's cosine then following the clock.
@@ -204,6 +205,9 @@ class TrainConfig(ModelFields):
     data: str | None = None
     fit: str = "crop"
     motion_method: str = "auto"
+    # the share of each batch drawn from `data`; the rest are built-in scenes, with their common fate and
+    # continuation, so a run can learn a folder's pictures without unlearning the scenes' parts and wholes
+    data_share: float = 1.0
     # optimisation
     steps: int = 1294
     # stop cleanly after this many minutes of wall clock (0: no limit), with a final checkpoint
@@ -333,9 +337,13 @@ class TrainConfig(ModelFields):
         if self.data is not None and not Path(self.data).exists():
             raise ConfigError(f"--data {self.data}: no such folder. A dataset is a folder with its pictures in "
                               f"images/ (and optionally next/, videos/): see the README, 'Bringing your own data'")
-        if self.data is not None and self.carry_share > 0:
+        if not 0 < self.data_share <= 1:
+            raise ConfigError(f"data_share is the share of each batch drawn from --data, in (0, 1], got {self.data_share}")
+        if self.data_share < 1 and self.data is None:
+            raise ConfigError("data_share mixes a --data folder's pictures into the scenes' batches: give --data")
+        if self.data is not None and self.data_share == 1 and self.carry_share > 0:
             raise ConfigError("carry_share continues the built-in moving scenes from their first frame; a --data "
-                              "folder has no such pairs here: set carry_share 0")
+                              "folder has no such pairs here: set carry_share 0, or mix scenes in with --data-share")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -884,7 +892,7 @@ class Trainer:
             dataset = load_dataset(c.data, c.image_size, c.fit, read_masks=False)
         except DataError as error:
             raise ConfigError(str(error)) from error
-        if c.motion_weight > 0 and not dataset.with_next():
+        if c.motion_weight > 0 and c.data_share == 1 and not dataset.with_next():
             raise ConfigError(f"--data {c.data}: none of its {len(dataset)} pictures has a second frame (next/ or "
                               "videos/), and common fate needs one: add them, or set --motion-weight 0")
         return dataset
@@ -928,24 +936,34 @@ class Trainer:
         else:
             part, parts = self.rank * self.accumulate + micro, self.world * self.accumulate
         share = slice(part * c.batch_size // parts, (part + 1) * c.batch_size // parts)
-        carried = np.zeros(share.stop - share.start, bool)  # the continuation path runs on the built-in scenes
-        if self.dataset is not None:
-            indices, flips = batch_pictures(c, step, len(self.dataset))
-            images = self.dataset.images(indices[share])
-            found = picture_groups(self.dataset, indices[share], flips[share], c, self._picture_groups)
-        else:
-            seeds, flips = batch_scenes(c, step)
-            carried = draw_carried(c, step)[share]
-            images, _, _ = make_batch(seeds[share], c.image_size)
+        # the batch's rows: its scenes first, then its folder's pictures (data_share of the batch)
+        scene_count = c.batch_size if self.dataset is None else c.batch_size - round(c.data_share * c.batch_size)
+        rows = np.arange(share.start, share.stop)
+        scene_rows, picture_rows = rows[rows < scene_count], rows[rows >= scene_count] - scene_count
+        parts_of_batch, flips, found_parts = [], [], []
+        seeds = scene_flips = None
+        carried = np.zeros(len(rows), bool)  # the continuation path runs on the built-in scenes
+        if scene_rows.size:
+            seeds, scene_flips = (values[scene_rows] for values in batch_scenes(c, step))
+            carried[:len(scene_rows)] = draw_carried(c, step)[scene_rows]
+            parts_of_batch.append(make_batch(seeds, c.image_size)[0])
             cache = self._groups_cache if c.scenes else None  # fresh scenes never repeat
-            found = scene_groups(seeds[share], flips[share], c, cache, carried)
-        images = torch.where(torch.from_numpy(flips[share])[:, None, None, None], images.flip(-1), images)
+            found_parts.append(scene_groups(seeds, scene_flips, c, cache, carried[:len(scene_rows)]))
+            flips.append(scene_flips)
+        if picture_rows.size:
+            indices, picture_flips = (values[picture_rows] for values in batch_pictures(c, step, len(self.dataset)))
+            parts_of_batch.append(self.dataset.images(indices))
+            found_parts.append(picture_groups(self.dataset, indices, picture_flips, c, self._picture_groups))
+            flips.append(picture_flips)
+        images, flips = torch.cat(parts_of_batch), np.concatenate(flips)
+        found = {term: torch.cat([groups[term] for groups in found_parts]) for term in found_parts[0]}
+        images = torch.where(torch.from_numpy(flips)[:, None, None, None], images.flip(-1), images)
         extras = {}
         if carried.any():
             # carried scenes: their second frame is seen, continuing from the columns settled on the first
             before = images.clone()
             for i in np.flatnonzero(carried):
-                first, second = scene_frames(int(seeds[share][i]), bool(flips[share][i]), c)
+                first, second = scene_frames(int(seeds[i]), bool(scene_flips[i]), c)
                 before[i], images[i] = (torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
                                         for frame in (first, second))
             noise, masked = draw_first_frames(c, step)
@@ -1215,7 +1233,7 @@ def recipe_defaults(given: dict) -> dict:
 
         stored = read_checkpoint(given["init"]).config
         values.update({name: getattr(stored, name) for name in MODEL_FIELDS})
-    if given.get("data") is not None:
+    if given.get("data") is not None and given.get("data_share", 1.0) == 1:  # mixed with scenes: the scenes' recipe
         from glom_viz.data import NEXT, VIDEOS, layout_counts
 
         recipe = dict(DATA_RECIPE)

@@ -126,6 +126,9 @@ def test_resume_without_a_run_is_refused(tmp_path):
     (dict(carry_share=1.5), "carry_share"),
     (dict(carry_share=0.5, max_shift=1), "max_shift"),
     (dict(carry_share=0.5, data="."), "carry_share continues the built-in moving scenes"),
+    (dict(data_share=0.0, data="."), "data_share is the share of each batch"),
+    (dict(data_share=1.5, data="."), "data_share is the share of each batch"),
+    (dict(data_share=0.5), "give --data"),
     (dict(carry_share=0.5, carry_release=-0.1), "carry_release is the RMS pixel change"),
     (dict(carry_release=0.1), "no scene is carried"),
     (dict(shift_weight=-1.0), "shift_weight"),
@@ -560,6 +563,34 @@ def test_mirrored_pictures_take_their_groups_mirrored(sprite_folder):
     for term in ("motion", "similarity"):
         assert torch.equal(mirrored[term].view(2, 8, 8), plain[term].view(2, 8, 8).flip(-1))
         assert (plain[term] >= 0).any()
+
+
+def test_a_folder_mixed_into_the_scenes_fills_its_share_of_each_batch(sprite_folder, tmp_path):
+    """Scenes first (carried as the continuation path says), then the folder's pictures, each with its own groups;
+    micro-batches split the same batch."""
+    from glom_viz.scenes import make_moving_scene
+    from glom_viz.train import batch_pictures, draw_carried, picture_groups
+
+    config = tiny(data=str(sprite_folder), data_share=0.25, batch_size=8, **MOTION, **SIMILARITY, carry_share=0.5,
+                  scenes=6, flip=False, steps=2, out=str(tmp_path))
+    trainer = Trainer(config)
+    images, views, groups, extras = trainer.shard(0)
+    seeds, _ = batch_scenes(config, 0)
+    indices, _ = batch_pictures(config, 0, len(trainer.dataset))
+    carried = draw_carried(config, 0)[:6]
+    scenes_seen = [make_moving_scene(int(seed), 32)[int(second)].image for seed, second in zip(seeds[:6], carried)]
+    assert torch.equal(images[:6], torch.from_numpy(np.stack(scenes_seen)).permute(0, 3, 1, 2))
+    assert torch.equal(images[6:], trainer.dataset.images(indices[:2]))  # the step's first two pictures
+    assert (extras["before"][1].numpy() == np.r_[carried, False, False]).all()  # pictures are never carried
+    pictures = picture_groups(trainer.dataset, indices[:2], np.zeros(2, bool), config, {})
+    for term in ("motion", "similarity"):
+        assert torch.equal(groups[term][6:], pictures[term])
+    # two micro-batches hold the same rows
+    trainer = Trainer(tiny(**{**config.to_dict(), "accumulate": 2}))
+    halves = [trainer.shard(0, micro)[0] for micro in (0, 1)]
+    assert torch.equal(torch.cat(halves), images)
+    trainer.fit()
+    assert all(math.isfinite(row["total"]) for row in trainer.history)
 
 
 def test_the_command_trains_on_a_folder_with_the_data_recipe(sprite_folder, tmp_path, capsys):
