@@ -45,13 +45,13 @@ def windows(image: np.ndarray, count: int, size: int, rng: np.random.Generator) 
     return found
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--windows", type=int, default=48, help="windows per picture")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     folder = args.out / "images"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 import pool_groups  # noqa: E402
 import replay_cpu  # noqa: E402
 import timed_fine_tune  # noqa: E402
+import world_pictures  # noqa: E402
 
 POOL = 3
 FLAGS = ["--dim", "16", "--levels", "4", "--image-size", "32", "--iters", "2", "--batch-size", "2",
@@ -117,3 +118,17 @@ def test_the_scripts_run_from_the_command_line(tmp_path):
     result = subprocess.run([sys.executable, str(EXPERIMENTS / "timed_fine_tune.py"), "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "--budget" in result.stdout
+
+
+def test_the_world_pictures_leave_out_the_photographs_that_score_the_islands(tmp_path):
+    from explorer.settings import PHOTOS
+    from glom_viz.data import load_dataset
+
+    world_pictures.main(["--out", str(tmp_path), "--windows", "2", "--size", "32"])
+    names = sorted(path.name for path in (tmp_path / "images").iterdir())
+    assert len(names) == 2 * len(world_pictures.PICTURES)
+    assert not {name.split("-")[0] for name in names} & {*PHOTOS, "cat"}  # chelsea is scikit-image's cat too
+    dataset = load_dataset(tmp_path, 32, read_masks=False)
+    assert len(dataset) == len(names) and not dataset.skipped
+    windows = dataset.images(range(len(dataset)))
+    assert windows.shape == (len(names), 3, 32, 32) and windows.std() > 0.05
