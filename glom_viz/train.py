@@ -207,6 +207,7 @@ class TrainConfig(ModelFields):
     motion_method: str = "auto"
     # the share of each batch drawn from `data`; the rest are built-in scenes, with their common fate and
     # continuation, so a run can learn a folder's pictures without unlearning the scenes' parts and wholes
+    # (each term is a mean over the whole batch: pictures without common fate weigh the scenes' down by the share)
     data_share: float = 1.0
     # optimisation
     steps: int = 1294
