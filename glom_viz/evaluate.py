@@ -247,7 +247,8 @@ def outline_errors(columns: np.ndarray, objects: np.ndarray, grid: tuple[int, in
     for i, mask in enumerate(objects):
         truth = patch_truth(mask, grid)
         labels = find_islands(columns[i], grid, "kmeans", n_islands=len(np.unique(truth)), seed=i)
-        home = {t: np.bincount(labels[truth == t]).argmax() for t in np.unique(truth)}
+        islands_of = {t: np.bincount(labels[truth == t]) for t in np.unique(truth)}  # each segment's patches per island
+        home = {t: found.argmax() for t, found in islands_of.items()}
         homes = [home[t] for t in home if t > 0]
         for t in (t for t in home if t > 0):
             per_object["count"] += 1
@@ -255,7 +256,7 @@ def outline_errors(columns: np.ndarray, objects: np.ndarray, grid: tuple[int, in
                 per_object["with_background"] += 1
             elif homes.count(home[t]) > 1:
                 per_object["merged"] += 1
-            elif np.mean(labels[truth == t] == home[t]) < SPLIT_SHARE:
+            elif islands_of[t].max() < SPLIT_SHARE * islands_of[t].sum():
                 per_object["split"] += 1
         wrong = labels != np.array([home[t] for t in truth])
         share = majority_share(mask, grid)

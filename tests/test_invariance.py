@@ -203,7 +203,7 @@ def test_two_alike_objects_share_an_island_without_position_and_part_when_it_is_
     """Two red squares alike to the pixel, far apart on grey: with no position the content-only model's top
     levels give them one vector (cosine 1.000), so one island; told each column's position once, at the start
     of the top level, the balanced model gives each square its own (cosine about 0) and holds each together
-    (every column within cosine 0.93 of its square's mean), as the scenes model, told it every step, does."""
+    (every column within cosine 0.9 of its square's mean), as the scenes model, told it every step, does."""
     picture = torch.full((1, 3, 64, 64), 0.5)
     red = torch.tensor([0.9, 0.2, 0.2]).view(3, 1, 1)
     picture[:, :, 8:24, 8:24] = red

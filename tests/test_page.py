@@ -23,7 +23,7 @@ from conftest import (APP, default_model, reference_labels, reference_run, scene
                       shown_step)
 from explorer.models import SHIPPED_TITLES
 from glom_viz import islands
-from glom_viz.checkpoints import SHIPPED_CHECKPOINT, load_shipped, shipped_path
+from glom_viz.checkpoints import SHIPPED_CHECKPOINT, SHIPPED_KINDS, load_shipped, shipped_path
 from glom_viz.images import sample_images
 from glom_viz.train import KEPT_DIR, LOG_FILE, kept_checkpoint_name, main as train
 from glom_viz.training_runs import RUNS_ENV, open_run
@@ -216,7 +216,7 @@ def test_what_the_shipped_model_knows_is_said(at):
 ])
 def test_a_shipped_model_for_pictures_is_offered_and_compared_with_the_other_shipped_ones(at, kind, title, knows,
                                                                                          others):
-    if not all(shipped_path(other).is_file() for other in ("scenes", "content", "balanced")):
+    if not all(shipped_path(other).is_file() for other in SHIPPED_KINDS):
         pytest.skip("the shipped models are not here")
     model, first_other = load_shipped(kind), load_shipped(others[0])
     rgb = sample_images()["china"]
